@@ -1,0 +1,234 @@
+"""The site file contract (v1) as frozen pydantic models: the domain types of the package.
+
+No I/O, no YAML, no Envoy here. A document that validates into `SiteSpec` is a site that
+can be rendered; checks that need other sites or settings live in `validating`. The JSON
+Schema of the site file (`controlplane schema`) is generated from these models, so the
+docs and the editor hints cannot drift from what is accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import re2
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+"""Site and upstream names: a DNS label of at most 63 characters."""
+
+MAX_SOCKET_PATH_BYTES = 107
+"""Envoy refuses a pipe path of 108 bytes or more (sun_path holds 108 with the NUL)."""
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def duration_ms(text: str) -> int:
+    """`'1.5s'` -> 1500. The model has already checked the form."""
+    match = _DURATION.match(text)
+    assert match is not None
+    return round(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, dict) else value
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _domain(value: str) -> str:
+    if value == "*":
+        return value
+    host = value.removeprefix("*.")
+    if "://" in value or "/" in value:
+        raise ValueError(f"{value!r}: a domain is a host name, without scheme or path")
+    if ":" in host:
+        raise ValueError(f"{value!r}: ports are not allowed in domains")
+    labels = host.split(".")
+    if len(host) > 253 or not all(DNS_LABEL.fullmatch(x) and len(x) <= 63 for x in labels):
+        raise ValueError(f"{value!r} is not a host name (labels of a-z, 0-9 and '-')")
+    if "*" in host:
+        raise ValueError(f"{value!r}: a wildcard is allowed only as a leading '*.'")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Endpoint(_Strict):
+    """One upstream endpoint: a Unix socket (the usual case) or a TCP address."""
+
+    socket: str | None = Field(None, description="Absolute path of a Unix socket.")
+    address: str | None = Field(None, description="HOST:PORT with an IP host, [v6]:port.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Endpoint:
+        if (self.socket is None) == (self.address is None):
+            raise ValueError("give exactly one of 'socket' or 'address'")
+        if self.socket is not None:
+            _check_socket(self.socket)
+        else:
+            self.host_port()
+        return self
+
+    def host_port(self) -> tuple[str, int]:
+        assert self.address is not None
+        host, sep, port = self.address.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"address: {self.address!r}: the host must be an IP address"
+                " (STATIC clusters do not resolve names)"
+            ) from None
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"address: {self.address!r}: the port must be 1-65535")
+        return host, int(port)
+
+
+def _check_socket(path: str) -> None:
+    if not path.startswith("/"):
+        raise ValueError(f"socket: {path!r}: the path must be absolute")
+    if ".." in path.split("/"):
+        raise ValueError(f"socket: {path!r}: '..' is not allowed in the path")
+    if "\x00" in path:
+        raise ValueError("socket: NUL bytes are not allowed in the path")
+    size = len(path.encode())
+    if size > MAX_SOCKET_PATH_BYTES:
+        raise ValueError(f"socket: path is {size} bytes; Envoy allows at most 107")
+
+
+Endpoints = Annotated[
+    list[Endpoint],
+    BeforeValidator(_as_list, json_schema_input_type=Endpoint | list[Endpoint]),
+    Field(min_length=1),
+]
+Domain = Annotated[str, BeforeValidator(_lower), BeforeValidator(_domain)]
+Name = Annotated[str, Field(pattern=DNS_LABEL.pattern, max_length=63)]
+Duration = Annotated[str, Field(pattern=_DURATION.pattern, examples=["30s", "500ms", "5m"])]
+
+
+class Route(_Strict):
+    """One route: a match (exactly one of prefix, path, regex) and where it goes."""
+
+    prefix: str | None = Field(None, description="Match paths starting with this.")
+    path: str | None = Field(None, description="Match this exact path.")
+    regex: str | None = Field(None, description="Match the whole path with this RE2 regex.")
+    upstream: Name | None = Field(None, description="A name under 'upstreams'.")
+    timeout: Duration | None = Field(None, description="Request timeout (Envoy's: 15s).")
+    websocket: bool = Field(False, description="Allow websocket upgrades.")
+    rewrite_prefix: str | None = Field(None, description="Replace the matched prefix.")
+
+    @model_validator(mode="after")
+    def _one_match(self) -> Route:
+        given = [k for k in ("prefix", "path", "regex") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'prefix', 'path' or 'regex'")
+        for key in ("prefix", "path"):
+            value = getattr(self, key)
+            if value is not None and not value.startswith("/"):
+                raise ValueError(f"{key}: {value!r} must start with '/'")
+        if self.regex is not None:
+            _check_re2(self.regex)
+            if self.rewrite_prefix is not None:
+                raise ValueError("rewrite_prefix: needs a 'prefix' or 'path' match")
+        return self
+
+    @property
+    def match(self) -> tuple[str, str]:
+        for key in ("prefix", "path", "regex"):
+            value = getattr(self, key)
+            if value is not None:
+                return key, value
+        raise AssertionError("validated route without a match")
+
+
+def _check_re2(pattern: str) -> None:
+    try:
+        re2.compile(pattern)
+    except re2.error as exc:
+        raise ValueError(f"regex: {pattern!r} is not valid RE2 syntax: {exc}") from None
+
+
+class SiteSpec(_Strict):
+    """A site file: the domains it serves and where their requests go."""
+
+    domains: Annotated[list[Domain], Field(min_length=1)] = Field(
+        description="Host names, lower-cased; '*.example.com' and '*' allowed.",
+    )
+    upstream: Endpoints | None = Field(None, description="The one upstream of the site.")
+    upstreams: dict[Name, Endpoints] | None = Field(None, description="Named upstreams.")
+    routes: list[Route] | None = Field(None, description="First match wins.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SiteSpec:
+        if (self.upstream is None) == (self.upstreams is None):
+            raise ValueError("give exactly one of 'upstream' or 'upstreams'")
+        if len(set(self.domains)) != len(self.domains):
+            raise ValueError("domains: a domain is listed twice")
+        if self.upstreams is not None and self.routes is None:
+            raise ValueError("routes: required when 'upstreams' names several upstreams")
+        for i, route in enumerate(self.routes or ()):
+            self._check_reference(f"routes.{i}.upstream", route)
+        return self
+
+    def _check_reference(self, where: str, route: Route) -> None:
+        if self.upstreams is None:
+            if route.upstream is not None:
+                raise ValueError(f"{where}: {route.upstream!r}: this site has one 'upstream';"
+                                 " name several under 'upstreams'")
+        elif route.upstream is None:
+            raise ValueError(f"{where}: each route needs an upstream from 'upstreams'")
+        elif route.upstream not in self.upstreams:
+            known = ", ".join(sorted(self.upstreams))
+            raise ValueError(f"{where}: {route.upstream!r} is not defined; known: {known}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Site:
+    """A validated site: its name (the file stem), its spec, and where it came from."""
+
+    name: str
+    spec: SiteSpec
+    source: str
+    digest: str
+
+    def upstream_names(self) -> tuple[str, ...]:
+        return tuple(sorted(self.spec.upstreams)) if self.spec.upstreams else ("",)
+
+    def endpoints(self, upstream: str) -> list[Endpoint]:
+        if self.spec.upstreams is None:
+            assert self.spec.upstream is not None
+            return self.spec.upstream
+        return self.spec.upstreams[upstream]
+
+    def sockets(self) -> list[tuple[str, str]]:
+        """(field path, socket path) of every socket endpoint, for cross-site checks."""
+        found = []
+        for name in self.upstream_names():
+            prefix = f"upstreams.{name}" if name else "upstream"
+            for i, endpoint in enumerate(self.endpoints(name)):
+                if endpoint.socket is not None:
+                    found.append((f"{prefix}.{i}.socket", endpoint.socket))
+        return found
+
+
+def digest_of(content: bytes) -> str:
+    """The content hash that identifies one version of a site file."""
+    return hashlib.sha256(content).hexdigest()[:16]
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of a site file, for editors (`# yaml-language-server: $schema=`)."""
+    document = SiteSpec.model_json_schema()
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    document["title"] = "controlplane site file (v1)"
+    return document

@@ -1,0 +1,124 @@
+"""The daemon loop: watch, debounce, reconcile, resync; signals and a clean stop.
+
+One thread does the work (this one); watchdog's observer thread only signals. Every
+wait is on an Event, so SIGTERM or SIGINT stops the loop at once: the observer thread
+is joined, no temp file is left, and the last written files stay for Envoy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+
+import structlog
+
+from controlplane.envoy_admin import AdminClient
+from controlplane.errors import ControlPlaneError
+from controlplane.reconciling import Outcome, Reconciler
+from controlplane.settings import Settings
+from controlplane.verifying import Verifier
+from controlplane.watching import Signal, Watch
+from controlplane.writing import ensure_folder, remove_stale_temps
+
+log = structlog.get_logger("controlplane")
+MISSING_FOLDER_POLL_S = 1.0
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set `stop`; the previous handlers come back on exit."""
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.signal = Signal()
+        self.passes = 0
+        self._seen_problems: dict[str, list[str]] = {}
+
+    def run(self) -> None:
+        settings = self.settings
+        ensure_folder(settings.out_dir)
+        remove_stale_temps(settings.out_dir)
+        admin = None
+        if settings.admin_socket is None:
+            log.warning("envoy.admin.none", detail="applies are written in order with a"
+                        f" {settings.unconfirmed_gap_s:g}s gap and not confirmed")
+        else:
+            admin = AdminClient(settings.admin_socket, settings)
+        verifier = Verifier(settings) if settings.verify_with_envoy else None
+        reconciler = Reconciler(settings, verifier=verifier, admin=admin, stop=self.stop)
+        watch = Watch(settings.sites_dir, self.signal)
+        log.info("daemon.start", sites=str(settings.sites_dir), out=str(settings.out_dir),
+                 admin_socket=str(settings.admin_socket))
+        try:
+            self._loop(reconciler, watch)
+        finally:
+            watch.stop()
+            remove_stale_temps(settings.out_dir)
+            log.info("daemon.stop", passes=self.passes)
+
+    def _loop(self, reconciler: Reconciler, watch: Watch) -> None:
+        settings = self.settings
+        watched = watch.ensure()
+        outcome = self._pass(reconciler)
+        next_resync = time.monotonic() + settings.resync_s
+        while not self.stop.is_set():
+            if watch.fallback_reason:
+                log.warning("watch.polling", reason=watch.fallback_reason)
+                watch.fallback_reason = None
+            timeout = max(0.0, next_resync - time.monotonic())
+            if outcome.retry:
+                timeout = min(timeout, settings.retry_s)
+            if not watched:
+                timeout = min(timeout, MISSING_FOLDER_POLL_S)
+            self.signal.wait_batch(timeout, settings.debounce_quiet_s, settings.debounce_max_s,
+                                   self.stop)
+            if self.stop.is_set():
+                break
+            watched = watch.ensure()
+            outcome = self._pass(reconciler)
+            if time.monotonic() >= next_resync or not outcome.retry:
+                next_resync = time.monotonic() + settings.resync_s
+
+    def _pass(self, reconciler: Reconciler) -> Outcome:
+        started = time.perf_counter()
+        try:
+            outcome = reconciler.run_pass()
+        except ControlPlaneError as exc:
+            log.error("pass.failed", error=str(exc))
+            return Outcome(retry=True, errors=[str(exc)])
+        self.passes += 1
+        self._log(outcome, time.perf_counter() - started)
+        return outcome
+
+    def _log(self, outcome: Outcome, seconds: float) -> None:
+        for name, problems in outcome.problems.items():
+            if self._seen_problems.get(name) != problems:
+                for problem in problems:
+                    log.warning("site.invalid", site=name, problem=problem)
+        self._seen_problems = outcome.problems
+        changed = outcome.added or outcome.changed or outcome.removed or outcome.written
+        level = "warning" if outcome.errors or outcome.rejected else "info" if changed else "debug"
+        log.log(_LEVELS[level], "pass", added=outcome.added, changed=outcome.changed,
+                removed=outcome.removed, invalid=outcome.invalid, rejected=outcome.rejected,
+                written=outcome.written, confirmed=outcome.confirmed, errors=outcome.errors,
+                versions=outcome.versions, stages_ms=outcome.durations_ms,
+                duration_ms=round(seconds * 1000, 2))
+
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30}

