@@ -133,10 +133,10 @@ def parse(content: bytes, where: str) -> Document:
 
 def _check_graph(root: yaml.Node, where: str, lines: dict[tuple[str | int, ...], int]) -> None:
     seen: set[int] = set()
-    stack: list[tuple[yaml.Node, tuple[str | int, ...]]] = [(root, ())]
+    stack: list[tuple[yaml.Node, tuple[str | int, ...], int]] = [
+        (root, (), root.start_mark.line + 1)]
     while stack:
-        node, path = stack.pop()
-        line = node.start_mark.line + 1
+        node, path, line = stack.pop()
         field = ".".join(str(p) for p in path)
         if id(node) in seen:
             raise SiteError([Problem(where, field, "YAML anchors and aliases are not allowed",
@@ -148,25 +148,29 @@ def _check_graph(root: yaml.Node, where: str, lines: dict[tuple[str | int, ...],
             raise SiteError([Problem(where, field, f"the tag {node.tag!r} is not allowed", line)])
         lines[path] = line
         if isinstance(node, yaml.SequenceNode):
-            stack.extend((item, (*path, i)) for i, item in enumerate(node.value))
+            stack.extend(reversed([(item, (*path, i), item.start_mark.line + 1)
+                                   for i, item in enumerate(node.value)]))
         elif isinstance(node, yaml.MappingNode):
-            stack.extend(_mapping_children(node, path, where))
+            stack.extend(reversed(_mapping_children(node, path, where)))
 
 
 def _mapping_children(
     node: yaml.MappingNode, path: tuple[str | int, ...], where: str,
-) -> list[tuple[yaml.Node, tuple[str | int, ...]]]:
+) -> list[tuple[yaml.Node, tuple[str | int, ...], int]]:
     children = []
     keys: set[str] = set()
     for key, value in node.value:
         field = ".".join(str(p) for p in (*path, key.value))
+        if key.tag == "tag:yaml.org,2002:merge":
+            raise SiteError([Problem(where, field, "YAML merge keys ('<<') are not allowed",
+                                     key.start_mark.line + 1)])
         if not isinstance(key, yaml.ScalarNode) or key.tag not in _PLAIN_TAGS:
             raise SiteError([Problem(where, field, "keys must be plain strings",
                                      key.start_mark.line + 1)])
         if key.value in keys:
             raise SiteError([Problem(where, field, "duplicate key", key.start_mark.line + 1)])
         keys.add(key.value)
-        children.append((value, (*path, key.value)))
+        children.append((value, (*path, key.value), key.start_mark.line + 1))
     return children
 
 

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import re2
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 """Site and upstream names: a DNS label of at most 63 characters."""
@@ -72,11 +80,16 @@ class Endpoint(_Strict):
     def _one_kind(self) -> Endpoint:
         if (self.socket is None) == (self.address is None):
             raise ValueError("give exactly one of 'socket' or 'address'")
-        if self.socket is not None:
-            _check_socket(self.socket)
-        else:
+        if self.address is not None:
             self.host_port()
         return self
+
+    @field_validator("socket")
+    @classmethod
+    def _socket(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path is not None:
+            _check_socket(path, (info.context or {}).get("socket_dirs", ()))
+        return path
 
     def host_port(self) -> tuple[str, int]:
         assert self.address is not None
@@ -94,16 +107,20 @@ class Endpoint(_Strict):
         return host, int(port)
 
 
-def _check_socket(path: str) -> None:
+def _check_socket(path: str, allowed: tuple[str, ...]) -> None:
+    """Absolute, no `..`, short enough for Envoy, under an allowed folder (if any)."""
     if not path.startswith("/"):
-        raise ValueError(f"socket: {path!r}: the path must be absolute")
+        raise ValueError(f"{path!r}: the path must be absolute")
     if ".." in path.split("/"):
-        raise ValueError(f"socket: {path!r}: '..' is not allowed in the path")
+        raise ValueError(f"{path!r}: '..' is not allowed in the path")
     if "\x00" in path:
-        raise ValueError("socket: NUL bytes are not allowed in the path")
+        raise ValueError("NUL bytes are not allowed in the path")
     size = len(path.encode())
     if size > MAX_SOCKET_PATH_BYTES:
-        raise ValueError(f"socket: path is {size} bytes; Envoy allows at most 107")
+        raise ValueError(f"path is {size} bytes; Envoy allows at most 107")
+    if allowed and not any(path.startswith(root.rstrip("/") + "/") for root in allowed):
+        raise ValueError(f"{path!r} is outside the allowed socket folders"
+                         f" ({', '.join(allowed)})")
 
 
 Endpoints = Annotated[
@@ -111,7 +128,8 @@ Endpoints = Annotated[
     BeforeValidator(_as_list, json_schema_input_type=Endpoint | list[Endpoint]),
     Field(min_length=1),
 ]
-Domain = Annotated[str, BeforeValidator(_lower), BeforeValidator(_domain)]
+# Before-validators run last-first: lower-case, then check.
+Domain = Annotated[str, BeforeValidator(_domain), BeforeValidator(_lower)]
 Name = Annotated[str, Field(pattern=DNS_LABEL.pattern, max_length=63)]
 Duration = Annotated[str, Field(pattern=_DURATION.pattern, examples=["30s", "500ms", "5m"])]
 
@@ -209,16 +227,6 @@ class Site:
             assert self.spec.upstream is not None
             return self.spec.upstream
         return self.spec.upstreams[upstream]
-
-    def sockets(self) -> list[tuple[str, str]]:
-        """(field path, socket path) of every socket endpoint, for cross-site checks."""
-        found = []
-        for name in self.upstream_names():
-            prefix = f"upstreams.{name}" if name else "upstream"
-            for i, endpoint in enumerate(self.endpoints(name)):
-                if endpoint.socket is not None:
-                    found.append((f"{prefix}.{i}.socket", endpoint.socket))
-        return found
 
 
 def digest_of(content: bytes) -> str:

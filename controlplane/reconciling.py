@@ -44,8 +44,8 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
     digest = digest_of(content)
     try:
         document = loading.parse(content, source)
-        site = validating.validate(name, source, digest, document)
-        validating.check_socket_dirs(site, settings.socket_dirs)
+        site = validating.validate(name, source, digest, document,
+                                   tuple(str(d) for d in settings.socket_dirs))
         resources = rendering.render_site(site)
     except SiteError as exc:
         return Checked(name=name, source=source, digest=digest, problems=exc.problems)

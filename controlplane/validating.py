@@ -12,7 +12,6 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,13 +25,15 @@ _FIELD_PREFIX = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*): (.*)$", re.DO
 _SCHEMA = schema()
 
 
-def validate(name: str, where: str, digest: str, document: Document) -> Site:
-    """One site's document -> Site, or SiteError with every problem in the file."""
+def validate(name: str, where: str, digest: str, document: Document,
+             socket_dirs: tuple[str, ...] = ()) -> Site:
+    """One site's document -> Site, or SiteError with every problem in the file.
+    Sockets must lie under one of `socket_dirs` (empty: anywhere absolute)."""
     if not isinstance(document.data, dict):
         kind = type(document.data).__name__
         raise SiteError([Problem(where, "", f"a site file is a mapping of keys, not a {kind}")])
     try:
-        spec = SiteSpec.model_validate(document.data)
+        spec = SiteSpec.model_validate(document.data, context={"socket_dirs": socket_dirs})
     except ValidationError as exc:
         raise SiteError([_problem(where, error, document) for error in exc.errors()]) from None
     return Site(name=name, spec=spec, source=where, digest=digest)
@@ -97,7 +98,7 @@ def _known_keys(path: tuple[str | int, ...]) -> list[str]:
     nodes = [_SCHEMA]
     for part in path:
         nodes = [c for n in nodes for c in _schema_children(n, part)]
-    return sorted({key for n in nodes for key in _resolve_all(n).get("properties", {})})
+    return sorted({key for n in nodes for o in _options(n) for key in o.get("properties", {})})
 
 
 def _schema_children(node: dict[str, Any], part: str | int) -> list[dict[str, Any]]:
@@ -128,22 +129,6 @@ def _resolve_all(node: dict[str, Any]) -> dict[str, Any]:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def check_socket_dirs(site: Site, allowed: tuple[PurePosixPath, ...] | tuple[Any, ...]) -> None:
-    """Refuse sockets outside the allowed folders (an empty tuple allows any)."""
-    if not allowed:
-        return
-    roots = [PurePosixPath(str(a)) for a in allowed]
-    problems = []
-    for field, socket in site.sockets():
-        path = PurePosixPath(socket)
-        if not any(path.is_relative_to(root) and path != root for root in roots):
-            listed = ", ".join(str(r) for r in roots)
-            problems.append(Problem(site.source, field, f"{socket!r} is outside the allowed"
-                                    f" socket folders ({listed})"))
-    if problems:
-        raise SiteError(problems)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,272 @@
+"""Real processes for the tests: nginx, the stand-in server, Envoy, the daemon; plus an
+HTTP client, a load generator and a deadline poll. No mocks: each helper starts the
+real program and stops it by its own PID."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from controlplane.verifying import envoy_binary
+from controlplane.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def upstream_kinds() -> list[str]:
+    """nginx when installed (required when CONTROLPLANE_REQUIRE_NGINX=1, as in CI), and
+    the stand-in server always, so both paths are exercised where nginx exists."""
+    has_nginx = shutil.which("nginx") is not None
+    if os.environ.get("CONTROLPLANE_REQUIRE_NGINX") == "1" and not has_nginx:
+        raise RuntimeError("CONTROLPLANE_REQUIRE_NGINX=1 but nginx is not installed")
+    return ["nginx", "python"] if has_nginx else ["python"]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (OSError, http.client.HTTPException) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def get(port: int, host: str, path: str = "/", timeout: float = 5.0) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers={"Host": host})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+class Upstreams:
+    """Named HTTP upstreams on Unix sockets in one folder."""
+
+    def __init__(self, folder: Path, kind: str) -> None:
+        self.folder = folder
+        self.kind = kind
+        self._processes: list[subprocess.Popen[bytes]] = []
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o755)
+
+    def start(self, name: str) -> Path:
+        sock = self.folder / f"{name}.sock"
+        process = self._nginx(name, sock) if self.kind == "nginx" else subprocess.Popen(
+            [sys.executable, "-m", "controlplane.unixhttp", str(sock), name],
+            stdin=subprocess.DEVNULL)
+        self._processes.append(process)
+        wait_for(lambda: _connects(sock) or process.poll() is not None, 10, f"{name} socket")
+        assert process.poll() is None, f"{self.kind} for {name} exited: {process.returncode}"
+        return sock
+
+    def _nginx(self, name: str, sock: Path) -> subprocess.Popen[bytes]:
+        home = self.folder.parent / f"nginx-{name}"
+        home.mkdir()
+        temps = "\n".join(f"    {t}_temp_path {home}/{t};"
+                          for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (home / "nginx.conf").write_text(f"""
+daemon off;
+worker_processes 1;
+pid {home}/nginx.pid;
+error_log {home}/error.log warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+{temps}
+    server {{
+        listen unix:{sock};
+        location / {{
+            default_type text/plain;
+            add_header X-Upstream {name} always;
+            return 200 "{name} $request_uri\\n";
+        }}
+    }}
+}}
+""")
+        return subprocess.Popen(["nginx", "-p", str(home), "-c", str(home / "nginx.conf")],
+                                stdin=subprocess.DEVNULL)
+
+    def close(self) -> None:
+        for process in self._processes:
+            _stop(process, signal.SIGQUIT if self.kind == "nginx" else signal.SIGTERM)
+
+
+def _connects(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+class Envoy:
+    """The real Envoy from the wheel, on a bootstrap printed by `controlplane bootstrap`."""
+
+    def __init__(self, folder: Path, out_dir: Path) -> None:
+        self.folder = folder
+        self.out_dir = out_dir
+        self.admin_socket = folder / "admin.sock"
+        self.log = folder / "envoy.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(cls, started: list[Envoy], folder: Path, out_dir: Path) -> Envoy:
+        envoy = cls(folder, out_dir)
+        started.append(envoy)
+        envoy.launch()
+        return envoy
+
+    def launch(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        bootstrap = self.folder / "bootstrap.yaml"
+        printed = subprocess.run(
+            [sys.executable, "-m", "controlplane", "bootstrap", "--out", str(self.out_dir),
+             "--admin-socket", str(self.admin_socket)], check=True, capture_output=True)
+        bootstrap.write_bytes(printed.stdout)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(envoy_binary(Settings())), "-c", str(bootstrap), "--disable-hot-restart",
+                 "--log-level", "warning", "--drain-time-s", "1"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_for(self._live, 20, "Envoy's admin /ready")
+
+    def _live(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"Envoy exited {self.process.returncode}: {self.log_text()}")
+        return self.admin("/ready").strip() == "LIVE"
+
+    def admin(self, target: str) -> str:
+        connection = http.client.HTTPConnection("localhost", timeout=5)
+        connection.sock = socket.socket(socket.AF_UNIX)
+        connection.sock.settimeout(5)
+        try:
+            connection.sock.connect(str(self.admin_socket))
+            connection.request("GET", target)
+            return connection.getresponse().read().decode()
+        finally:
+            connection.close()
+
+    def stats(self, pattern: str) -> dict[str, Any]:
+        document = json.loads(self.admin(f"/stats?format=json&filter={pattern}"))
+        return {s["name"]: s["value"] for s in document["stats"] if "name" in s}
+
+    def rejections(self) -> dict[str, int]:
+        """Every update_rejected and update_failure counter of the xDS files (all 0 in a
+        healthy run)."""
+        stats = self.stats(r"\.update_(rejected|failure)$")
+        return {k: v for k, v in stats.items() if v}
+
+    def clusters(self) -> set[str]:
+        document = json.loads(self.admin("/clusters?format=json"))
+        return {c["name"] for c in document.get("cluster_statuses", [])}
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+
+
+class DaemonProcess:
+    """`controlplane run` as a real child process."""
+
+    def __init__(self, folder: Path, args: list[str]) -> None:
+        self.log = folder / "daemon.log"
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "controlplane", "run", *args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if name is None or event.get("event") == name:
+                    found.append(event)
+        return found
+
+    def stop(self) -> int:
+        _stop(self.process)
+        return int(self.process.returncode)
+
+
+class Load:
+    """Requests to some hosts through Envoy in a loop, counting every status."""
+
+    def __init__(self, port: int, hosts: list[str]) -> None:
+        self.port = port
+        self.hosts = hosts
+        self.statuses: Counter[tuple[str, int]] = Counter()
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        while not self._stop.is_set():
+            for host in self.hosts:
+                try:
+                    connection.request("GET", "/load", headers={"Host": host})
+                    response = connection.getresponse()
+                    response.read()
+                    self.statuses[(host, response.status)] += 1
+                    if not 200 <= response.status < 300:
+                        self.failures.append(f"{host}: HTTP {response.status}")
+                except (OSError, http.client.HTTPException) as exc:
+                    self.failures.append(f"{host}: {exc!r}")
+                    connection.close()
+                    connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        connection.close()
+
+    def total(self) -> int:
+        return sum(self.statuses.values())

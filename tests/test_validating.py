@@ -1,0 +1,116 @@
+"""Schema and cross-site validation: every problem names the file, the field and why."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.reconciling import Checked, check_content, select
+from controlplane.settings import Settings
+
+SETTINGS = Settings()
+
+
+def _problems(text: str, name: str = "site") -> list[str]:
+    checked = check_content(name, f"sites/{name}.yaml", text.encode(), SETTINGS)
+    return [str(p) for p in checked.problems]
+
+
+def _valid(text: str, name: str) -> Checked:
+    checked = check_content(name, f"sites/{name}.yaml", text.encode(), SETTINGS)
+    assert checked.problems == (), checked.problems
+    return checked
+
+
+def test_smallest_site_is_valid() -> None:
+    """The contract's smallest site: one domain and one socket upstream."""
+    assert _problems("domains: [blog.example.com]\nupstream:\n  socket: /dev/shm/blog.sock\n") == []
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("domain: [a.example]\nupstream: {socket: /tmp/a.sock}\n",
+     "sites/site.yaml:1: domain: unknown key; did you mean 'domains'?"),
+    ("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\nroutes:\n  - prefx: /\n",
+     "sites/site.yaml:4: routes.0.prefx: unknown key; did you mean 'prefix'?"),
+    ("domains: [a.example]\n", "sites/site.yaml:1: give exactly one of 'upstream' or 'upstreams'"),
+    ("upstream: {socket: /tmp/a.sock}\n", "sites/site.yaml:1: domains: required"),
+    ("domains: a.example\nupstream: {socket: /tmp/a.sock}\n",
+     "sites/site.yaml:1: domains: Input should be a valid list, got str 'a.example'"),
+    ("domains: [a.example:8080]\nupstream: {socket: /tmp/a.sock}\n",
+     "domains.0: 'a.example:8080': ports are not allowed in domains"),
+    ("domains: ['https://a.example']\nupstream: {socket: /tmp/a.sock}\n",
+     "without scheme or path"),
+    ("domains: ['a b.example']\nupstream: {socket: /tmp/a.sock}\n", "is not a host name"),
+    ("domains: ['a.*.example']\nupstream: {socket: /tmp/a.sock}\n", "is not a host name"),
+    ("domains: [a.example, A.example]\nupstream: {socket: /tmp/a.sock}\n",
+     "domains: a domain is listed twice"),
+    ("domains: [a.example]\nupstream: {socket: tmp/a.sock}\n",
+     "sites/site.yaml:2: upstream.socket: 'tmp/a.sock': the path must be absolute"),
+    ("domains: [a.example]\nupstream: {socket: /tmp/../etc/a.sock}\n",
+     "upstream.socket: '/tmp/../etc/a.sock': '..' is not allowed in the path"),
+    ("domains: [a.example]\nupstream: {socket: /tmp/" + "a" * 103 + "}\n",
+     "upstream.socket: path is 108 bytes; Envoy allows at most 107"),
+    ("domains: [a.example]\nupstream: {socket: /srv/a.sock}\n",
+     "upstream.socket: '/srv/a.sock' is outside the allowed socket folders"),
+    ("domains: [a.example]\nupstream: [{socket: /tmp/a.sock}, {address: 'db:80'}]\n",
+     "upstream.1.address: 'db:80': the host must be an IP address"),
+    ("domains: [a.example]\nupstream: {address: '127.0.0.1:0'}\n", "the port must be 1-65535"),
+    ("domains: [a.example]\nupstream: {socket: /tmp/a.sock, address: '127.0.0.1:80'}\n",
+     "upstream: give exactly one of 'socket' or 'address'"),
+    ("domains: [a.example]\nupstreams: {a: {socket: /tmp/a.sock}}\nroutes:\n  - prefix: /\n"
+     "    upstream: b\n", "routes.0.upstream: 'b' is not defined; known: a"),
+    ("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\nroutes:\n  - regex: '(?=x)'\n",
+     "routes.0.regex: '(?=x)' is not valid RE2 syntax"),
+    ("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\nroutes:\n  - path: /a\n"
+     "    prefix: /b\n", "routes.0: give exactly one of 'prefix', 'path' or 'regex'"),
+    ("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\nroutes:\n  - prefix: /\n"
+     "    timeout: 30\n", "routes.0.timeout: Input should be a valid string, got int 30"),
+    ("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\nroutes:\n  - prefix: /\n"
+     "    websocket: 'yes'\n", "routes.0.websocket: Input should be a valid boolean"),
+    ("- a\n- b\n", "sites/site.yaml: a site file is a mapping of keys, not a list"),
+])
+def test_problems_name_file_field_and_reason(text: str, expected: str) -> None:
+    """Each mistake is reported with the file, the field path and the reason."""
+    problems = _problems(text)
+    assert any(expected in p for p in problems), problems
+
+
+def test_all_problems_of_a_file_are_reported_at_once() -> None:
+    """Three mistakes in one file give three lines, not one."""
+    problems = _problems("domains: [a.example:1]\nupstream: {socket: rel.sock}\nextra: 1\n")
+    assert len(problems) == 3, problems
+
+
+def test_uppercase_domains_are_normalised() -> None:
+    """Domains are lower-cased, so `Blog.Example.com` and `blog.example.com` collide."""
+    a = _valid("domains: [Blog.Example.com]\nupstream: {socket: /tmp/a.sock}\n", "a")
+    assert a.domains == ("blog.example.com",)
+
+
+def test_a_domain_claimed_twice_makes_both_invalid() -> None:
+    """Both sites are refused (as Contour does), each told who else claims the domain."""
+    a = _valid("domains: [x.example, a.example]\nupstream: {socket: /tmp/a.sock}\n", "a")
+    b = _valid("domains: [x.example]\nupstream: {socket: /tmp/b.sock}\n", "b")
+    c = _valid("domains: [c.example]\nupstream: {socket: /tmp/c.sock}\n", "c")
+    selection = select({"a": a, "b": b, "c": c}, {}, None)
+    assert set(selection.serving) == {"c"}
+    assert [str(p) for p in selection.problems["a"]] == [
+        "sites/a.yaml: domains: 'x.example' is also claimed by sites/b.yaml"]
+
+
+def test_an_established_site_keeps_its_domain_against_a_newcomer() -> None:
+    """With last-good versions, the newcomer is left out and the serving site stays."""
+    a = _valid("domains: [x.example]\nupstream: {socket: /tmp/a.sock}\n", "a")
+    b = _valid("domains: [x.example]\nupstream: {socket: /tmp/b.sock}\n", "b")
+    selection = select({"a": a, "b": b}, {"a": a}, None)
+    assert set(selection.serving) == {"a"}
+    assert "b" in selection.problems
+
+
+def test_a_broken_site_serves_its_last_good_version() -> None:
+    """A site whose new file is invalid keeps its last good version; others go ahead."""
+    good = _valid("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\n", "a")
+    broken = check_content("a", "sites/a.yaml", b"domains: [a.example]\n", SETTINGS)
+    new = _valid("domains: [n.example]\nupstream: {socket: /tmp/n.sock}\n", "n")
+    selection = select({"a": broken, "n": new}, {"a": good}, None)
+    assert selection.serving == {"a": good, "n": new}
+    assert "a" in selection.problems
