@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -150,9 +149,9 @@ def _bootstrap(config: settings.Settings, args: argparse.Namespace) -> int:
 
 def _run(config: settings.Settings, args: argparse.Namespace) -> int:
     logs.configure()
-    stop = threading.Event()
-    with stop_on_signals(stop):
-        Daemon(config, stop).run()
+    daemon = Daemon(config)
+    with stop_on_signals(daemon.request_stop):
+        daemon.run()
     return EXIT_OK
 
 

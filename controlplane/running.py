@@ -11,7 +11,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 import structlog
@@ -29,10 +29,10 @@ MISSING_FOLDER_POLL_S = 1.0
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set `stop`; the previous handlers come back on exit."""
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT call `stop`; the previous handlers come back on exit."""
     def handle(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        stop()
 
     previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -49,6 +49,11 @@ class Daemon:
         self.signal = Signal()
         self.passes = 0
         self._seen_problems: dict[str, list[str]] = {}
+
+    def request_stop(self) -> None:
+        """Stop soon: from a signal handler or another thread."""
+        self.stop.set()
+        self.signal.wake()
 
     def run(self) -> None:
         settings = self.settings

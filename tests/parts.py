@@ -235,9 +235,10 @@ class DaemonProcess:
 class Load:
     """Requests to some hosts through Envoy in a loop, counting every status."""
 
-    def __init__(self, port: int, hosts: list[str]) -> None:
+    def __init__(self, port: int, hosts: list[str], ok: frozenset[int] = frozenset({200})) -> None:
         self.port = port
         self.hosts = hosts
+        self.ok = ok
         self.statuses: Counter[tuple[str, int]] = Counter()
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -260,7 +261,7 @@ class Load:
                     response = connection.getresponse()
                     response.read()
                     self.statuses[(host, response.status)] += 1
-                    if not 200 <= response.status < 300:
+                    if response.status not in self.ok:
                         self.failures.append(f"{host}: HTTP {response.status}")
                 except (OSError, http.client.HTTPException) as exc:
                     self.failures.append(f"{host}: {exc!r}")
@@ -270,3 +271,61 @@ class Load:
 
     def total(self) -> int:
         return sum(self.statuses.values())
+
+
+class Node:
+    """The whole topology on this machine: upstreams on sockets, the daemon on a sites
+    folder, and Envoy on the bootstrap; what a user runs, as local processes."""
+
+    def __init__(self, folder: Path, kind: str, extra_args: tuple[str, ...] = ()) -> None:
+        self.folder = folder
+        self.sites = folder / "sites"
+        self.out = folder / "out"
+        self.port = free_port()
+        self.sites.mkdir(parents=True, exist_ok=True)
+        self.upstreams = Upstreams(folder / "sockets", kind)
+        self.envoy = Envoy(folder / "envoy", self.out)
+        self.extra_args = extra_args
+        self.daemon: DaemonProcess | None = None
+
+    def start(self) -> None:
+        self.start_daemon()
+        wait_for(lambda: (self.out / "lds.json").exists(), 10, "the first pass's files")
+        self.envoy.launch()
+
+    def start_daemon(self) -> None:
+        self.daemon = DaemonProcess(self.folder, [
+            str(self.sites), "--out", str(self.out), "--listen", f"127.0.0.1:{self.port}",
+            "--admin-socket", str(self.envoy.admin_socket), *self.extra_args])
+
+    def site(self, name: str, domains: list[str], socket_path: Path, extra: str = "") -> str:
+        return (f"domains: {json.dumps(domains)}\nupstream:\n  socket: {socket_path}\n{extra}")
+
+    def put(self, name: str, text: str) -> None:
+        """Save a site file the safe way: write a dotfile, rename it into place."""
+        temp = self.sites / f".{name}.yaml.partial"
+        temp.write_text(text)
+        os.replace(temp, self.sites / f"{name}.yaml")
+
+    def serves(self, host: str, body: str, path: str = "/") -> bool:
+        """The site answers 200 with `body` (trailing newline ignored)."""
+        status, text = get(self.port, host, path)
+        return (status, text.rstrip("\n")) == (200, body)
+
+    def status_code(self, host: str, path: str = "/") -> int:
+        return get(self.port, host, path)[0]
+
+    def status(self) -> dict[str, Any]:
+        out = subprocess.run([sys.executable, "-m", "controlplane", "status", "--json",
+                              "--out", str(self.out)], capture_output=True, text=True)
+        return json.loads(out.stdout) if out.returncode == 0 else {}
+
+    def close(self) -> None:
+        try:
+            if self.daemon is not None:
+                self.daemon.stop()
+        finally:
+            try:
+                self.envoy.stop()
+            finally:
+                self.upstreams.close()
