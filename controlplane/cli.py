@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
             "sites", "out", "listen", "admin-socket", "envoy", "no-envoy", "state")
     status_cmd = command("status", _status, "print the daemon's status file", "out", "state")
     status_cmd.add_argument("--json", action="store_true", help="print the raw JSON")
-    command("schema", _schema, "print the JSON Schema of a site file")
+    schema_cmd = command("schema", _schema, "print the JSON Schema of a site file")
+    schema_cmd.add_argument("--markdown", action="store_true",
+                            help="print the site file reference as a Markdown table")
     return parser
 
 
@@ -165,5 +167,8 @@ def _status(config: settings.Settings, args: argparse.Namespace) -> int:
 
 
 def _schema(config: settings.Settings, args: argparse.Namespace) -> int:
-    print(json.dumps(model.schema(), indent=2, sort_keys=True))
+    if args.markdown:
+        sys.stdout.write(model.reference())
+    else:
+        print(json.dumps(model.schema(), indent=2, sort_keys=True))
     return EXIT_OK

@@ -130,7 +130,7 @@ Endpoints = Annotated[
 ]
 # Before-validators run last-first: lower-case, then check.
 Domain = Annotated[str, BeforeValidator(_domain), BeforeValidator(_lower)]
-Name = Annotated[str, Field(pattern=DNS_LABEL.pattern, max_length=63)]
+Name = Annotated[str, Field(pattern=f"^{DNS_LABEL.pattern}$", max_length=63)]
 Duration = Annotated[str, Field(pattern=_DURATION.pattern, examples=["30s", "500ms", "5m"])]
 
 
@@ -240,3 +240,32 @@ def schema() -> dict[str, Any]:
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     document["title"] = "controlplane site file (v1)"
     return document
+
+
+def reference() -> str:
+    """The site file reference as a Markdown table, generated from the JSON Schema so
+    the README cannot drift from what is accepted (a test compares them)."""
+    document = schema()
+    rows = ["| where | key | type | meaning |", "|---|---|---|---|"]
+    sections = [("site", document), *sorted(document["$defs"].items())]
+    for where, node in sections:
+        for key, prop in node.get("properties", {}).items():
+            required = key in node.get("required", [])
+            meaning = prop.get("description", "") + (" Required." if required else "")
+            rows.append(f"| {where} | `{key}` | {_type_of(prop)} | {meaning.strip()} |")
+    return "\n".join(rows) + "\n"
+
+
+def _type_of(prop: dict[str, Any]) -> str:
+    if "$ref" in prop:
+        return str(prop["$ref"]).rsplit("/", 1)[-1]
+    if "anyOf" in prop:
+        kinds = [_type_of(p) for p in prop["anyOf"] if p.get("type") != "null"]
+        return " or ".join(kinds)
+    if prop.get("type") == "array":
+        return f"list of {_type_of(prop.get('items', {}))}"
+    if prop.get("type") == "object":
+        values = [*prop.get("patternProperties", {}).values(), prop.get("additionalProperties")]
+        return f"map of name to {_type_of(next(v for v in values if isinstance(v, dict)))}"
+    pattern = f" `{prop['pattern']}`".replace("|", "\\|") if "pattern" in prop else ""
+    return str(prop.get("type", "any")) + pattern

@@ -108,8 +108,9 @@ def _schema_children(node: dict[str, Any], part: str | int) -> list[dict[str, An
             found.append(option["items"])
         elif part in option.get("properties", {}):
             found.append(option["properties"][part])
-        elif isinstance(option.get("additionalProperties"), dict):
-            found.append(option["additionalProperties"])
+        elif option.get("type") == "object":
+            found.extend(v for v in (*option.get("patternProperties", {}).values(),
+                                     option.get("additionalProperties")) if isinstance(v, dict))
     return found
 
 

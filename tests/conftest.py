@@ -52,3 +52,14 @@ def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("CONTROLPLANE_") and name != "CONTROLPLANE_REQUIRE_NGINX":
             monkeypatch.delenv(name)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Where nginx is required (CI), a skipped test is a failure, not a pass."""
+    if os.environ.get("CONTROLPLANE_REQUIRE_NGINX") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped:
+        reporter.write_line(f"{len(skipped)} tests were skipped; CI runs them all", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -8,7 +8,6 @@ import contextlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,8 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controlplane.verifying import envoy_binary
+from controlplane import upstreams
 from controlplane.settings import Settings
+from controlplane.verifying import envoy_binary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,10 +29,10 @@ REPO = Path(__file__).resolve().parent.parent
 def upstream_kinds() -> list[str]:
     """nginx when installed (required when CONTROLPLANE_REQUIRE_NGINX=1, as in CI), and
     the stand-in server always, so both paths are exercised where nginx exists."""
-    has_nginx = shutil.which("nginx") is not None
+    has_nginx = upstreams.available_kind() == upstreams.NGINX
     if os.environ.get("CONTROLPLANE_REQUIRE_NGINX") == "1" and not has_nginx:
         raise RuntimeError("CONTROLPLANE_REQUIRE_NGINX=1 but nginx is not installed")
-    return ["nginx", "python"] if has_nginx else ["python"]
+    return [upstreams.NGINX, upstreams.STANDIN] if has_nginx else [upstreams.STANDIN]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
@@ -78,64 +78,24 @@ def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 class Upstreams:
-    """Named HTTP upstreams on Unix sockets in one folder."""
+    """Named HTTP upstreams on Unix sockets in one folder (nginx or the stand-in)."""
 
     def __init__(self, folder: Path, kind: str) -> None:
         self.folder = folder
         self.kind = kind
-        self._processes: list[subprocess.Popen[bytes]] = []
+        self._started: list[upstreams.Upstream] = []
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o755)
 
     def start(self, name: str) -> Path:
-        sock = self.folder / f"{name}.sock"
-        process = self._nginx(name, sock) if self.kind == "nginx" else subprocess.Popen(
-            [sys.executable, "-m", "controlplane.unixhttp", str(sock), name],
-            stdin=subprocess.DEVNULL)
-        self._processes.append(process)
-        wait_for(lambda: _connects(sock) or process.poll() is not None, 10, f"{name} socket")
-        assert process.poll() is None, f"{self.kind} for {name} exited: {process.returncode}"
-        return sock
-
-    def _nginx(self, name: str, sock: Path) -> subprocess.Popen[bytes]:
         home = self.folder.parent / f"nginx-{name}"
-        home.mkdir()
-        temps = "\n".join(f"    {t}_temp_path {home}/{t};"
-                          for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        (home / "nginx.conf").write_text(f"""
-daemon off;
-worker_processes 1;
-pid {home}/nginx.pid;
-error_log {home}/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-    access_log off;
-{temps}
-    server {{
-        listen unix:{sock};
-        location / {{
-            default_type text/plain;
-            add_header X-Upstream {name} always;
-            return 200 "{name} $request_uri\\n";
-        }}
-    }}
-}}
-""")
-        return subprocess.Popen(["nginx", "-p", str(home), "-c", str(home / "nginx.conf")],
-                                stdin=subprocess.DEVNULL)
+        started = upstreams.start(name, self.folder / f"{name}.sock", self.kind, home)
+        self._started.append(started)
+        return started.socket
 
     def close(self) -> None:
-        for process in self._processes:
-            _stop(process, signal.SIGQUIT if self.kind == "nginx" else signal.SIGTERM)
-
-
-def _connects(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
+        for started in self._started:
+            started.stop()
 
 
 class Envoy:

@@ -46,3 +46,11 @@ def test_missing_sites_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
     """check on a folder that is not there says so."""
     assert main(["check", str(tmp_path / "nope")]) == 2
     assert "No such file or directory" in capsys.readouterr().err
+
+
+def test_readme_reference_is_generated_from_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's site reference is exactly `controlplane schema --markdown`."""
+    assert main(["schema", "--markdown"]) == 0
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- reference:start -->\n") + len("<!-- reference:start -->\n")
+    assert readme[start:readme.index("<!-- reference:end -->")] == capsys.readouterr().out

@@ -58,8 +58,8 @@ def test_broken_site_fails_check_and_render_writes_nothing(short_tmp: Path) -> N
     """check exits 1 naming the file and field; render leaves the output folder empty."""
     sites = short_tmp / "sites"
     sites.mkdir()
-    (sites / "good.yaml").write_text("domains: [good.example.com]\nupstream: {socket: /tmp/g.sock}\n")
-    (sites / "bad.yaml").write_text("domains: [bad.example.com]\nupstream:\n  sokcet: /tmp/b.sock\n")
+    (sites / "good.yaml").write_text("domains: [good.example]\nupstream: {socket: /tmp/g.sock}\n")
+    (sites / "bad.yaml").write_text("domains: [bad.example]\nupstream:\n  sokcet: /tmp/b.sock\n")
     checked = _controlplane("check", str(sites))
     assert checked.returncode == 1
     assert f"{sites}/bad.yaml:3: upstream.sokcet: unknown key; did you mean 'socket'?" in (

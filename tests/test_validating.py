@@ -114,3 +114,13 @@ def test_a_broken_site_serves_its_last_good_version() -> None:
     selection = select({"a": broken, "n": new}, {"a": good}, None)
     assert selection.serving == {"a": good, "n": new}
     assert "a" in selection.problems
+
+
+def test_upstream_names_are_dns_labels_and_typos_inside_named_upstreams_get_hints() -> None:
+    """Upstream names are anchored DNS labels; a typo under a named upstream is hinted."""
+    text = ("domains: [a.example]\nupstreams:\n  Bad_Name: {socket: /tmp/a.sock}\n"
+            "  ok: {sockt: /tmp/b.sock}\nroutes:\n  - {prefix: /, upstream: ok}\n")
+    problems = _problems(text)
+    assert any("upstreams.Bad_Name" in p for p in problems), problems
+    assert any("upstreams.ok.sockt: unknown key; did you mean 'socket'?" in p
+               for p in problems), problems
