@@ -59,6 +59,7 @@ class Demo:
         self.admin_socket = sockets / "envoy-admin.sock"
         self.stop = threading.Event()
         self.kind = upstreams.available_kind()
+        self._check_settings = Settings(sites_dir=sites, verify_with_envoy=False)
         self._upstreams: dict[Path, upstreams.Upstream] = {}
         self._processes: list[subprocess.Popen[bytes]] = []
 
@@ -113,11 +114,10 @@ class Demo:
             self._upstreams.pop(sock).stop()
 
     def _wanted_sockets(self) -> dict[Path, str]:
-        settings = Settings(sites_dir=self.sites, verify_with_envoy=False)
         wanted: dict[Path, str] = {}
         with contextlib.suppress(OSError):
             for entry in loading.scan(self.sites):
-                checked = reconciling.check_entry(entry, settings)
+                checked = reconciling.check_entry(entry, self._check_settings)
                 if checked.resources is None:
                     continue
                 for _, cluster in checked.resources.clusters:
@@ -131,7 +131,7 @@ class Demo:
         port = self.listen.port
         _say(f"Envoy listens on http://{self.listen}; the daemon watches {self.sites}/")
         for entry in loading.scan(self.sites):
-            checked = reconciling.check_entry(entry, Settings(verify_with_envoy=False))
+            checked = reconciling.check_entry(entry, self._check_settings)
             if checked.domains:
                 _say(f"  curl -H 'Host: {checked.domains[0]}' http://127.0.0.1:{port}/")
         _say("add a site:  cp config/examples/shop.yaml config/sites/")

@@ -237,7 +237,8 @@ class Node:
     """The whole topology on this machine: upstreams on sockets, the daemon on a sites
     folder, and Envoy on the bootstrap; what a user runs, as local processes."""
 
-    def __init__(self, folder: Path, kind: str, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, folder: Path, kind: str, extra_args: tuple[str, ...] = (),
+                 tell_admin: bool = True) -> None:
         self.folder = folder
         self.sites = folder / "sites"
         self.out = folder / "out"
@@ -246,6 +247,7 @@ class Node:
         self.upstreams = Upstreams(folder / "sockets", kind)
         self.envoy = Envoy(folder / "envoy", self.out)
         self.extra_args = extra_args
+        self.tell_admin = tell_admin
         self.daemon: DaemonProcess | None = None
 
     def start(self) -> None:
@@ -256,7 +258,8 @@ class Node:
     def start_daemon(self) -> None:
         self.daemon = DaemonProcess(self.folder, [
             str(self.sites), "--out", str(self.out), "--listen", f"127.0.0.1:{self.port}",
-            "--admin-socket", str(self.envoy.admin_socket), *self.extra_args])
+            *(["--admin-socket", str(self.envoy.admin_socket)] if self.tell_admin else []),
+            *self.extra_args])
 
     def site(self, name: str, domains: list[str], socket_path: Path, extra: str = "") -> str:
         return (f"domains: {json.dumps(domains)}\nupstream:\n  socket: {socket_path}\n{extra}")

@@ -1,0 +1,102 @@
+"""Start-up, shutdown and running without an admin socket, with real processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from controlplane.writing import TEMP_PREFIX
+from tests.parts import Node, free_port, get, upstream_kinds, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def test_without_admin_socket_it_warns_once_and_still_applies(short_tmp: Path) -> None:
+    """No --admin-socket: one warning at start, changes still reach Envoy in order."""
+    node = Node(short_tmp, upstream_kinds()[0], tell_admin=False)
+    try:
+        sock = node.upstreams.start("plain")
+        node.start()
+        node.put("plain", node.site("plain", ["plain.example.com"], sock))
+        wait_for(lambda: node.serves("plain.example.com", "plain /"), 5, "plain served")
+        assert node.daemon is not None
+        assert len(node.daemon.events("envoy.admin.none")) == 1
+        assert node.status()["last_pass"]["confirmed"] is None
+        assert node.envoy.rejections() == {}
+    finally:
+        node.close()
+
+
+def test_first_pass_writes_complete_files_for_an_empty_folder(short_tmp: Path) -> None:
+    """Envoy can start on an empty folder's files: they exist and Envoy accepts them."""
+    node = Node(short_tmp, upstream_kinds()[0])
+    try:
+        node.start()
+        wait_for(lambda: node.status().get("last_pass", {}).get("confirmed") is True, 10)
+        assert get(node.port, "any.example.com")[0] == 404
+        assert node.envoy.rejections() == {}
+    finally:
+        node.close()
+
+
+def test_sigterm_stops_promptly_and_leaves_the_files(short_tmp: Path) -> None:
+    """SIGTERM: exit 0 soon, the output files stay, no temp file is left."""
+    sites, out = short_tmp / "sites", short_tmp / "out"
+    sites.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "controlplane", "run", str(sites),
+                                "--out", str(out), "--no-envoy"], stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: (out / "lds.json").exists(), 10, "the first pass")
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=5)
+        assert process.returncode == 0, errors
+        assert time.monotonic() - started < 5
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    names = set(os.listdir(out))
+    assert {"cds.json", "rds.json", "lds.json"} <= names
+    assert not [n for n in names if n.startswith(TEMP_PREFIX)]
+
+
+def test_demo_serves_the_examples_and_cleans_up(short_tmp: Path) -> None:
+    """The demo serves every example site from its socket and leaves nothing behind."""
+    repo = Path(__file__).resolve().parent.parent
+    sites, sockets = short_tmp / "sites", short_tmp / "sockets"
+    sites.mkdir()
+    for example in (repo / "config" / "sites").glob("*.yaml"):
+        text = example.read_text().replace("/dev/shm/controlplane-demo", str(sockets))
+        (sites / example.name).write_text(text)
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "controlplane.demo", "--sites", str(sites), "--work",
+         str(short_tmp / "work"), "--sockets", str(sockets), "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: get(port, "blog.example.com") == (200, "blog /\n"), 20, "blog")
+        assert get(port, "comments.example.com", "/static/a.css") == (
+            200, "comments-static /a.css\n")
+        shutil.copy(repo / "config" / "examples" / "shop.yaml", sites / "shop.yaml")
+        (sites / "shop.yaml").write_text((sites / "shop.yaml").read_text().replace(
+            "/dev/shm/controlplane-demo", str(sockets)))
+        wait_for(lambda: get(port, "shop.example.com") == (200, "shop /\n"), 5, "shop")
+        demo.send_signal(signal.SIGINT)
+        output, _ = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert demo.returncode == 0, output
+    assert "curl -H 'Host: blog.example.com'" in output
+    assert not sockets.exists() or list(sockets.iterdir()) == []
+    with pytest.raises(OSError):
+        get(port, "blog.example.com", timeout=1)

@@ -1,0 +1,96 @@
+"""The ordered, confirmed apply against a real Envoy: confirmation, rejection, timeout."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from controlplane.envoy_admin import AdminClient
+from controlplane.publishing import Publisher
+from controlplane.rendering import CLUSTER, assemble, fragment
+from controlplane.reconciling import check_content
+from controlplane.settings import Listen, Settings
+from tests.parts import Envoy, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def _settings(short_tmp: Path, **changes: object) -> Settings:
+    return Settings(out_dir=short_tmp / "out", listen=Listen(host="127.0.0.1", port=free_port()),
+                    admin_socket=short_tmp / "envoy" / "admin.sock", confirm_timeout_s=3.0,
+                    **changes)
+
+
+def _files(settings: Settings, *names: str) -> dict[str, list[str]]:
+    resources = []
+    for name in names:
+        text = f"domains: [{name}.example]\nupstream: {{socket: /tmp/{name}.sock}}\n"
+        checked = check_content(name, f"{name}.yaml", text.encode(), settings)
+        assert checked.resources is not None
+        resources.append(checked.resources)
+    return assemble(settings, resources)
+
+
+def _apply(publisher: Publisher, files: dict[str, list[str]], extra: list[str] = ()) -> object:
+    clusters = {json.loads(c)["name"]: c for c in [*files["cds"], *extra]}
+    return publisher.apply(clusters, files["rds"], files["lds"])
+
+
+@pytest.fixture
+def envoy_with_files(short_tmp: Path, envoy_factory: list[Envoy]) -> tuple[Settings, Envoy]:
+    settings = _settings(short_tmp)
+    settings.out_dir.mkdir()
+    first = Publisher(settings, None, threading.Event())
+    _apply(first, _files(settings, "a"))
+    return settings, Envoy.start(envoy_factory, short_tmp / "envoy", settings.out_dir)
+
+
+def test_each_step_is_confirmed_by_envoy(envoy_with_files: tuple[Settings, Envoy]) -> None:
+    """Adding and removing sites: every file written is confirmed, versions match."""
+    settings, envoy = envoy_with_files
+    assert settings.admin_socket is not None
+    publisher = Publisher(settings, AdminClient(settings.admin_socket, settings), threading.Event())
+    report = _apply(publisher, _files(settings, "a", "b"))
+    assert report.confirmed and report.written == ["cds", "rds"]
+    assert envoy.clusters() == {"a", "b"}
+    report = _apply(publisher, _files(settings, "b"))
+    assert report.confirmed and report.written == ["rds", "cds"]
+    assert envoy.clusters() == {"b"}
+    stats = envoy.stats(r"cluster_manager\.cds\.version_text")
+    assert stats["cluster_manager.cds.version_text"] == publisher.files["cds"].version
+    assert envoy.rejections() == {}
+
+
+def test_rejection_reinstalls_the_last_good_file(envoy_with_files: tuple[Settings, Envoy]) -> None:
+    """A file Envoy rejects (partly applied) is replaced by the last confirmed one under
+    a new version, and the rejection is reported."""
+    settings, envoy = envoy_with_files
+    assert settings.admin_socket is not None
+    publisher = Publisher(settings, AdminClient(settings.admin_socket, settings), threading.Event())
+    assert _apply(publisher, _files(settings, "a")).confirmed
+    good_version = publisher.files["cds"].version
+    bad = {"name": "bad", "type": "STATIC", "connect_timeout": "5s", "load_assignment": {
+        "cluster_name": "bad", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "pipe": {"path": "/tmp/" + "x" * 120}}}}]}]}}
+    report = _apply(publisher, _files(settings, "a", "c"), extra=[fragment(bad, CLUSTER)])
+    assert report.rejected and "cds" in report.rejected[0]
+    assert envoy.clusters() == {"a"}
+    now = envoy.stats(r"cluster_manager\.cds\.version_text")["cluster_manager.cds.version_text"]
+    assert now == publisher.files["cds"].version != good_version
+    assert publisher.files["cds"].confirmed
+
+
+def test_no_envoy_is_a_timeout_not_a_hang(short_tmp: Path) -> None:
+    """With the admin socket missing, the step is reported unconfirmed, files stay."""
+    settings = _settings(short_tmp)
+    settings.out_dir.mkdir()
+    assert settings.admin_socket is not None
+    publisher = Publisher(settings, AdminClient(settings.admin_socket, settings), threading.Event())
+    report = _apply(publisher, _files(settings, "a"))
+    assert not report.confirmed
+    assert {p.name for p in settings.out_dir.iterdir()} == {"cds.json", "rds.json", "lds.json"}
+    report = _apply(publisher, _files(settings, "a", "b"))
+    assert report.unconfirmed and "cds.json" in report.unconfirmed[0]

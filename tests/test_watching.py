@@ -1,0 +1,85 @@
+"""The change signal and the watch, with real threads and a real folder."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from controlplane.watching import Signal, Watch
+from tests.parts import wait_for
+
+
+def test_a_single_event_is_released_after_the_quiet_window() -> None:
+    """One event: the batch ends one quiet window later, not at the maximum wait."""
+    signal, stop = Signal(), threading.Event()
+    signal.notify()
+    started = time.monotonic()
+    assert signal.wait_batch(1.0, quiet=0.02, max_wait=5.0, stop=stop)
+    assert time.monotonic() - started < 2.0  # far below max_wait: it did not wait for it
+
+
+def test_a_steady_stream_is_cut_at_the_maximum_wait() -> None:
+    """Events every 5 ms for a long time: the batch still ends after max_wait."""
+    signal, stop, done = Signal(), threading.Event(), threading.Event()
+
+    def stream() -> None:
+        while not done.is_set():
+            signal.notify()
+            done.wait(0.005)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    try:
+        started = time.monotonic()
+        assert signal.wait_batch(5.0, quiet=0.05, max_wait=0.2, stop=stop)
+        assert time.monotonic() - started < 4.0
+    finally:
+        done.set()
+        thread.join()
+
+
+def test_stop_ends_the_wait() -> None:
+    """A stop request wakes a waiting loop at once and reports no batch."""
+    signal, stop = Signal(), threading.Event()
+    threading.Timer(0.05, lambda: (stop.set(), signal.wake())).start()
+    assert not signal.wait_batch(30.0, quiet=0.02, max_wait=0.5, stop=stop)
+
+
+def test_watch_signals_mutations_but_not_reads(tmp_path: Path) -> None:
+    """Writing a file signals; reading it does not (we subscribe to mutations only)."""
+    signal = Signal()
+    watch = Watch(tmp_path, signal)
+    try:
+        assert watch.ensure()
+        wait_for(lambda: signal.count >= 1, 5, "the initial rescan signal")
+        (tmp_path / "a.yaml").write_text("x")
+        wait_for(lambda: signal.count >= 2, 5, "the write to be seen")
+        time.sleep(0.2)  # let the write's own events (create, close) all arrive
+        settled = signal.count
+        for _ in range(5):
+            (tmp_path / "a.yaml").read_bytes()
+        time.sleep(0.2)  # give inotify time to deliver anything it would deliver
+        assert signal.count == settled
+    finally:
+        watch.stop()
+
+
+def test_watch_follows_a_recreated_folder(tmp_path: Path) -> None:
+    """The folder removed and made again (new inode) is watched again."""
+    folder = tmp_path / "sites"
+    folder.mkdir()
+    signal = Signal()
+    watch = Watch(folder, signal)
+    try:
+        assert watch.ensure()
+        os.rmdir(folder)
+        assert not watch.ensure()
+        folder.mkdir()
+        assert watch.ensure()
+        before = signal.count
+        (folder / "b.yaml").write_text("x")
+        wait_for(lambda: signal.count > before, 5, "an event from the new folder")
+    finally:
+        watch.stop()
