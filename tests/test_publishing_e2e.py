@@ -10,8 +10,8 @@ import pytest
 
 from controlplane.envoy_admin import AdminClient
 from controlplane.publishing import Publisher
-from controlplane.rendering import CLUSTER, assemble, fragment
 from controlplane.reconciling import check_content
+from controlplane.rendering import CLUSTER, assemble, fragment
 from controlplane.settings import Listen, Settings
 from tests.parts import Envoy, free_port
 
