@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     command("bootstrap", _bootstrap, "print an Envoy bootstrap reading the files in --out",
             "out", "admin-socket")
     command("run", _run, "the daemon: watch the folder, apply changes, confirm with Envoy",
-            "sites", "out", "listen", "admin-socket", "envoy", "no-envoy", "state")
+            "sites", "out", "listen", "admin-socket", "envoy", "no-envoy", "state", "metrics")
     status_cmd = command("status", _status, "print the daemon's status file", "out", "state")
     status_cmd.add_argument("--json", action="store_true", help="print the raw JSON")
     schema_cmd = command("schema", _schema, "print the JSON Schema of a site file")
@@ -76,6 +76,8 @@ _FLAGS = {
         "--no-envoy", dest="verify_with_envoy", action="store_false", default=None,
         help="skip `envoy --mode validate` (schema and type checks still run)"),
     "state": lambda p: p.add_argument("--state", dest="state_dir", type=Path, metavar="DIR"),
+    "metrics": lambda p: p.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics here"),
 }
 
 
@@ -91,8 +93,9 @@ def _settings(args: argparse.Namespace) -> settings.Settings:
         config = settings.from_mapping(values, config)
     flags = {k: v for k, v in vars(args).items()
              if k in {f for f in settings.Settings.__dataclass_fields__} and v is not None}
-    if "listen" in flags:
-        flags["listen"] = settings.Listen.parse(flags["listen"])
+    for key in ("listen", "metrics"):
+        if key in flags:
+            flags[key] = settings.Listen.parse(flags[key])
     return config.replace(**flags)
 
 

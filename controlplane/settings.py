@@ -59,6 +59,9 @@ class Settings:
     listen: Listen = field(default_factory=lambda: Listen(host="0.0.0.0", port=8080))
     """The HTTP listener's address."""
 
+    metrics: Listen | None = None
+    """Where to serve /healthz, /readyz and /metrics (off by default; e.g. 127.0.0.1:9102)."""
+
     admin_socket: Path | None = None
     """Envoy's admin interface on a Unix socket; without it, applies are not confirmed."""
 
@@ -131,7 +134,7 @@ def _coerce(key: str, value: Any) -> Any:
             return None
         if key in _PATHS:
             return Path(str(value))
-        if key == "listen":
+        if key in ("listen", "metrics"):
             return Listen.parse(str(value))
         if key == "socket_dirs":
             return tuple(Path(str(v)) for v in value)
