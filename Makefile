@@ -21,7 +21,7 @@ test: $(STAMP) lint
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check controlplane tests bench
+	$(BIN)/ruff check controlplane tests $(wildcard bench)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
