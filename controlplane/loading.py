@@ -114,6 +114,7 @@ def parse(content: bytes, where: str) -> Document:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _one(where, "", f"not UTF-8 (byte {exc.start}); save the file as UTF-8") from None
+    _check_depth(text, where)
     loader = yaml.CSafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -127,6 +128,27 @@ def parse(content: bytes, where: str) -> Document:
         reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
         line = mark.line + 1 if mark is not None else None
         raise SiteError([Problem(where, "", f"YAML: {reason}", line)]) from None
+    finally:
+        loader.dispose()
+
+
+def _check_depth(text: str, where: str) -> None:
+    """Refuse deep nesting from the event stream, before libyaml's recursive composer
+    sees it: 30,000 nested `[` (or `- - - ...`) overflow its C stack and kill the process."""
+    loader = yaml.CSafeLoader(text)
+    depth = 0
+    try:
+        while (event := loader.get_event()) is not None:
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    raise SiteError([Problem(where, "", f"nested deeper than {MAX_DEPTH}",
+                                             mark.line + 1 if mark is not None else None)])
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # the composer reports syntax errors with their position
     finally:
         loader.dispose()
 

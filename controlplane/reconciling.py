@@ -172,6 +172,13 @@ class Reconciler:
                 found[name] = item
         return found
 
+    def site_states(self) -> dict[str, int]:
+        """How many sites are in each state after the last pass."""
+        counts: dict[str, int] = {}
+        for site in self._sites.values():
+            counts[site.state] = counts.get(site.state, 0) + 1
+        return counts
+
     def run_pass(self) -> Outcome:
         outcome = Outcome()
         clock = _Clock(outcome.durations_ms)

@@ -18,6 +18,7 @@ import structlog
 
 from controlplane.envoy_admin import AdminClient
 from controlplane.errors import ControlPlaneError
+from controlplane.metrics import Metrics, MetricsServer
 from controlplane.reconciling import Outcome, Reconciler
 from controlplane.settings import Settings
 from controlplane.verifying import Verifier
@@ -48,6 +49,8 @@ class Daemon:
         self.stop = stop or threading.Event()
         self.signal = Signal()
         self.passes = 0
+        self.metrics = Metrics(settings.resync_s)
+        self.metrics_port: int | None = None
         self._seen_problems: dict[str, list[str]] = {}
 
     def request_stop(self) -> None:
@@ -68,12 +71,18 @@ class Daemon:
         verifier = Verifier(settings) if settings.verify_with_envoy else None
         reconciler = Reconciler(settings, verifier=verifier, admin=admin, stop=self.stop)
         watch = Watch(settings.sites_dir, self.signal)
+        server = None
+        if settings.metrics is not None:
+            server = MetricsServer(settings.metrics, self.metrics)
+            self.metrics_port = server.port
         log.info("daemon.start", sites=str(settings.sites_dir), out=str(settings.out_dir),
-                 admin_socket=str(settings.admin_socket))
+                 admin_socket=str(settings.admin_socket), metrics=str(settings.metrics))
         try:
             self._loop(reconciler, watch)
         finally:
             watch.stop()
+            if server is not None:
+                server.close()
             remove_stale_temps(settings.out_dir)
             log.info("daemon.stop", passes=self.passes)
 
@@ -95,6 +104,7 @@ class Daemon:
                                    self.stop)
             if self.stop.is_set():
                 break
+            self.metrics.beat()
             watched = watch.ensure()
             outcome = self._pass(reconciler)
             if time.monotonic() >= next_resync or not outcome.retry:
@@ -106,9 +116,12 @@ class Daemon:
             outcome = reconciler.run_pass()
         except ControlPlaneError as exc:
             log.error("pass.failed", error=str(exc))
+            self.metrics.record_failure(type(exc).__name__, str(exc))
             return Outcome(retry=True, errors=[str(exc)])
+        seconds = time.perf_counter() - started
         self.passes += 1
-        self._log(outcome, time.perf_counter() - started)
+        self._log(outcome, seconds)
+        self.metrics.record(outcome, seconds, reconciler.site_states())
         return outcome
 
     def _log(self, outcome: Outcome, seconds: float) -> None:
