@@ -186,7 +186,7 @@ def _mapping_children(
         if key.tag == "tag:yaml.org,2002:merge":
             raise SiteError([Problem(where, field, "YAML merge keys ('<<') are not allowed",
                                      key.start_mark.line + 1)])
-        if not isinstance(key, yaml.ScalarNode) or key.tag not in _PLAIN_TAGS:
+        if not isinstance(key, yaml.ScalarNode) or key.tag != "tag:yaml.org,2002:str":
             raise SiteError([Problem(where, field, "keys must be plain strings",
                                      key.start_mark.line + 1)])
         if key.value in keys:

@@ -50,8 +50,8 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-def _domain(value: str) -> str:
-    if value == "*":
+def _domain(value: Any) -> Any:
+    if not isinstance(value, str) or value == "*":  # the str type reports non-strings
         return value
     host = value.removeprefix("*.")
     if "://" in value or "/" in value:
@@ -169,11 +169,16 @@ class Route(_Strict):
         raise AssertionError("validated route without a match")
 
 
+_RE2_QUIET = re2.Options()
+_RE2_QUIET.log_errors = False  # the reason is reported per file; nothing on stderr
+
+
 def _check_re2(pattern: str) -> None:
     try:
-        re2.compile(pattern)
+        re2.compile(pattern, _RE2_QUIET)
     except re2.error as exc:
-        raise ValueError(f"regex: {pattern!r} is not valid RE2 syntax: {exc}") from None
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise ValueError(f"regex: {pattern!r} is not valid RE2 syntax: {reason}") from None
 
 
 class SiteSpec(_Strict):

@@ -254,8 +254,10 @@ class Reconciler:
         if report.rejected:
             self._blame(outcome, serving)
             return
-        if not report.unconfirmed:
-            self._promote(serving)
+        # Written and not rejected: these versions passed every check, Envoy's validate
+        # included, so they are the last good ones even before Envoy confirms (it may
+        # not be up yet; the files are what it will load).
+        self._promote(serving)
 
     def _blame(self, outcome: Outcome, serving: dict[str, Checked]) -> None:
         """Envoy rejected what `validate` passed: the sites new in this pass are held

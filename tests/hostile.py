@@ -1,0 +1,160 @@
+"""The hostile-input corpus: site files a typo, a tool or an attacker could leave in the
+folder. Each case makes one entry in a folder and names the reason it must be refused
+with. `tests/test_hostile.py` runs them through `controlplane check`, and
+`tests/test_hostile_e2e.py` through the running daemon beside a real Envoy."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+GOOD = "domains: [{name}.example.com]\nupstream:\n  socket: {sock}\n"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    """The site name; the file is NAME.yaml unless `filename` says otherwise."""
+    expected: str
+    """A part of the problem line that says why."""
+    content: bytes | None = None
+    make: Callable[[Path, Path], None] | None = None
+    """Builds a special entry: make(folder, path)."""
+    filename: str | None = None
+    keeps_name: bool = True
+    """The entry names a valid site (so a daemon keeps its last good version)."""
+
+    @property
+    def file(self) -> str:
+        return self.filename or f"{self.name}.yaml"
+
+    def create(self, folder: Path) -> None:
+        path = folder / self.file
+        if self.make is not None:
+            self.make(folder, path)
+        else:
+            assert self.content is not None
+            path.write_bytes(self.content)
+
+
+def _site(name: str, body: str) -> bytes:
+    return f"domains: [{name}.example.com]\n{body}".encode()
+
+
+def _fifo(folder: Path, path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _directory(folder: Path, path: Path) -> None:
+    path.mkdir()
+
+
+def _socket_file(folder: Path, path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))  # the file stays after close
+
+
+def _outside_link(folder: Path, path: Path) -> None:
+    target = folder.parent / "outside-secret.yaml"
+    target.write_text("domains: [secret.example.com]\nupstream: {socket: /tmp/s.sock}\n")
+    os.symlink(target, path)
+
+
+def _dangling_link(folder: Path, path: Path) -> None:
+    os.symlink(folder / "no-such-target.yaml", path)
+
+
+def _unreadable(folder: Path, path: Path) -> None:
+    path.write_bytes(b"\xff\xfe garbage that is not YAML")
+    os.chmod(path, 0)
+
+
+def _billion_laughs() -> bytes:
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+UP = "upstream:\n  socket: /tmp/cp-hostile.sock\n"
+
+CASES: list[Case] = [
+    # YAML itself
+    Case("malformed", "YAML: ", b"domains: [a.example.com\nupstream: {socket: /tmp/x.sock}\n"),
+    Case("tabs", "YAML: ", b"domains:\n\t- tabs.example.com\n"),
+    Case("empty", "the file is empty", b""),
+    Case("comments", "the file is empty", b"# nothing here\n"),
+    Case("toobig", "the limit is 1048576", b"#" * (1024 * 1024 + 1)),
+    Case("bomb", "anchors and aliases are not allowed", _billion_laughs()),
+    Case("deep", "nested deeper than 32", b"x: " + b"[" * 200_000 + b"]" * 200_000 + b"\n"),
+    Case("dashes", "nested deeper than 32", b"- " * 300_000 + b"x\n"),
+    Case("latin1", "not UTF-8", _site("latin1", UP).replace(b".example", b".caf\xe9")),
+    Case("binary", "NUL byte", bytes(range(256)) * 4),
+    Case("nul", "NUL byte", _site("nul", UP) + b"\x00\n"),
+    Case("utf16", "NUL byte", "domains: [utf16.example.com]\n".encode("utf-16")),
+    Case("dupkey", "duplicate key", _site("dupkey", UP + UP)),
+    Case("pyobject", "is not allowed", b"domains: !!python/object/apply:os.system [id]\n"),
+    Case("pyname", "is not allowed", b"x: !!python/name:os.system\n"),
+    Case("binarytag", "is not allowed", b"x: !!binary aGVsbG8=\n"),
+    Case("customtag", "is not allowed", b"x: !vault secret\n"),
+    Case("mergekey", "not allowed", b"a: &b {socket: /tmp/x.sock}\nupstream:\n  <<: *b\n"),
+    Case("multidoc", "YAML: ", _site("multidoc", UP) + b"---\n" + _site("multidoc", UP)),
+    Case("listdoc", "a mapping of keys, not a list", b"- domains: [x.example.com]\n"),
+    Case("scalardoc", "a mapping of keys, not a str", b"just words\n"),
+    Case("intkey", "1: keys must be plain strings", _site("intkey", UP) + b"1: one\n"),
+    # The schema
+    Case("typo", "did you mean 'upstream'", _site("typo", UP.replace("upstream", "upstrem"))),
+    Case("domainsstr", "domains: Input should be a valid list",
+         b"domains: x.example.com\n" + UP.encode()),
+    Case("domainsint", "domains.0: Input should be a valid string",
+         b"domains: [42]\n" + UP.encode()),
+    Case("upstreamstr", "upstream: Input should be", _site("upstreamstr", "upstream: /tmp/x\n")),
+    Case("socketint", "upstream.socket: Input should be a valid string",
+         _site("socketint", "upstream: {socket: 5}\n")),
+    Case("routesmap", "routes: Input should be a valid list",
+         _site("routesmap", UP + "routes: {prefix: /}\n")),
+    Case("prefixbool", "routes.0.prefix: Input should be a valid string",
+         _site("prefixbool", UP + "routes: [{prefix: true}]\n")),
+    Case("websocketstr", "routes.0.websocket: Input should be a valid boolean",
+         _site("websocketstr", UP + "routes: [{prefix: /, websocket: 'on'}]\n")),
+    Case("bothupstreams", "give exactly one of 'upstream' or 'upstreams'",
+         _site("bothupstreams", UP + "upstreams: {a: {socket: /tmp/a.sock}}\n")),
+    Case("undefined", "routes.0.upstream: 'nope' is not defined",
+         _site("undefined", "upstreams: {a: {socket: /tmp/a.sock}}\n"
+                            "routes: [{prefix: /, upstream: nope}]\n")),
+    Case("hostname", "the host must be an IP address",
+         _site("hostname", "upstream: {address: 'db.internal:5432'}\n")),
+    # Names
+    Case("Upper", "must be a DNS label", _site("upper", UP), keeps_name=False),
+    Case("under_score", "must be a DNS label", _site("underscore", UP), keeps_name=False),
+    Case("-dash", "must be a DNS label", _site("dash", UP), keeps_name=False),
+    Case("a" * 64, "must be a DNS label", _site("long", UP), keeps_name=False),
+    Case("twice", "two files define the site 'twice'", _site("twice", UP),
+         filename="twice.yml"),
+    # Sockets
+    Case("relsock", "the path must be absolute", _site("relsock", "upstream: {socket: a.sock}\n")),
+    Case("dotdot", "'..' is not allowed", _site("dotdot", "upstream: {socket: /tmp/../a.sock}\n")),
+    Case("longsock", "path is 108 bytes", _site("longsock", f"upstream: {{socket: /tmp/{'s' * 103}}}\n")),
+    Case("outside", "outside the allowed socket folders",
+         _site("outside", "upstream: {socket: /etc/passwd}\n")),
+    # Domains
+    Case("space", "is not a host name", b"domains: ['a b.example.com']\n" + UP.encode()),
+    Case("port", "ports are not allowed", b"domains: [port.example.com:8080]\n" + UP.encode()),
+    Case("scheme", "without scheme or path", b"domains: ['https://s.example.com']\n" + UP.encode()),
+    Case("midwild", "is not a host name", b"domains: ['a.*.example.com']\n" + UP.encode()),
+    Case("claimer", "is also claimed by", b"domains: [claimed.example.com]\n" + UP.encode()),
+    # Regexes Python's re accepts and RE2 refuses
+    Case("lookahead", "is not valid RE2 syntax", _site("lookahead", UP + "routes: [{regex: '(?=a)b'}]\n")),
+    Case("backref", "is not valid RE2 syntax", _site("backref", UP + r"routes: [{regex: '(a)\1'}]" + "\n")),
+    # Not regular files, links, permissions
+    Case("outlink", "symlink to outside the sites folder", make=_outside_link),
+    Case("dangling", "cannot open", make=_dangling_link),
+    Case("unreadable", "Permission denied" if os.geteuid() != 0 else "not UTF-8",
+         make=_unreadable),
+    Case("fifo", "not a regular file", make=_fifo),
+    Case("folder", "not a regular file", make=_directory),
+    Case("sock", "cannot open", make=_socket_file),
+]
+"""`claimer` claims the domain of the site `claimed`, which the tests create first."""
