@@ -30,7 +30,7 @@ def write_atomic(path: Path, data: bytes, mode: int = OUTPUT_MODE, *, force: boo
     try:
         fd, temp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX + path.name + ".")
     except OSError as exc:
-        raise OutputError(f"{path}: cannot create a temp file: {exc.strerror}") from exc
+        raise OutputError(f"{path}: cannot create a temp file: {_describe(exc)}") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), mode)

@@ -279,8 +279,11 @@ class Node:
         return get(self.port, host, path)[0]
 
     def status(self) -> dict[str, Any]:
-        out = subprocess.run([sys.executable, "-m", "controlplane", "status", "--json",
-                              "--out", str(self.out)], capture_output=True, text=True)
+        where = ["--out", str(self.out)]
+        if "--state" in self.extra_args:
+            where += ["--state", self.extra_args[self.extra_args.index("--state") + 1]]
+        out = subprocess.run([sys.executable, "-m", "controlplane", "status", "--json", *where],
+                             capture_output=True, text=True)
         return json.loads(out.stdout) if out.returncode == 0 else {}
 
     def close(self) -> None:
