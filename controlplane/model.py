@@ -28,6 +28,13 @@ from pydantic import (
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 """Site and upstream names: a DNS label of at most 63 characters."""
 
+CONTROL_SOCKETS = frozenset({
+    "docker.sock", "containerd.sock", "podman.sock", "crio.sock", "cri-dockerd.sock",
+    "dockershim.sock", "kubelet.sock",
+})
+"""Socket names of container runtimes and the kubelet: an upstream on one of them would
+hand the node to anyone who can reach the site."""
+
 MAX_SOCKET_PATH_BYTES = 107
 """Envoy refuses a pipe path of 108 bytes or more (sun_path holds 108 with the NUL)."""
 
@@ -88,7 +95,12 @@ class Endpoint(_Strict):
     @classmethod
     def _socket(cls, path: str | None, info: ValidationInfo) -> str | None:
         if path is not None:
-            _check_socket(path, (info.context or {}).get("socket_dirs", ()))
+            context = info.context or {}
+            _check_socket(path, context.get("socket_dirs", ()))
+            if path in context.get("forbidden_sockets", ()) or path.rsplit("/", 1)[-1] in (
+                    CONTROL_SOCKETS):
+                raise ValueError(f"{path!r} is a control socket (a container runtime's or"
+                                 " Envoy's admin); a site may not expose it")
         return path
 
     def host_port(self) -> tuple[str, int]:

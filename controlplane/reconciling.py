@@ -44,8 +44,9 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
     digest = digest_of(content)
     try:
         document = loading.parse(content, source)
+        admin = () if settings.admin_socket is None else (str(settings.admin_socket.absolute()),)
         site = validating.validate(name, source, digest, document,
-                                   tuple(str(d) for d in settings.socket_dirs))
+                                   tuple(str(d) for d in settings.socket_dirs), admin)
         resources = rendering.render_site(site)
     except SiteError as exc:
         return Checked(name=name, source=source, digest=digest, problems=exc.problems)

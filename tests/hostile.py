@@ -136,9 +136,12 @@ CASES: list[Case] = [
     # Sockets
     Case("relsock", "the path must be absolute", _site("relsock", "upstream: {socket: a.sock}\n")),
     Case("dotdot", "'..' is not allowed", _site("dotdot", "upstream: {socket: /tmp/../a.sock}\n")),
-    Case("longsock", "path is 108 bytes", _site("longsock", f"upstream: {{socket: /tmp/{'s' * 103}}}\n")),
+    Case("longsock", "path is 108 bytes",
+         _site("longsock", f"upstream: {{socket: /tmp/{'s' * 103}}}\n")),
     Case("outside", "outside the allowed socket folders",
          _site("outside", "upstream: {socket: /etc/passwd}\n")),
+    Case("docker", "is a control socket",
+         _site("docker", "upstream: {socket: /var/run/docker.sock}\n")),
     # Domains
     Case("space", "is not a host name", b"domains: ['a b.example.com']\n" + UP.encode()),
     Case("port", "ports are not allowed", b"domains: [port.example.com:8080]\n" + UP.encode()),
@@ -146,8 +149,10 @@ CASES: list[Case] = [
     Case("midwild", "is not a host name", b"domains: ['a.*.example.com']\n" + UP.encode()),
     Case("claimer", "is also claimed by", b"domains: [claimed.example.com]\n" + UP.encode()),
     # Regexes Python's re accepts and RE2 refuses
-    Case("lookahead", "is not valid RE2 syntax", _site("lookahead", UP + "routes: [{regex: '(?=a)b'}]\n")),
-    Case("backref", "is not valid RE2 syntax", _site("backref", UP + r"routes: [{regex: '(a)\1'}]" + "\n")),
+    Case("lookahead", "is not valid RE2 syntax",
+         _site("lookahead", UP + "routes: [{regex: '(?=a)b'}]\n")),
+    Case("backref", "is not valid RE2 syntax",
+         _site("backref", UP + r"routes: [{regex: '(a)\1'}]" + "\n")),
     # Not regular files, links, permissions
     Case("outlink", "symlink to outside the sites folder", make=_outside_link),
     Case("dangling", "cannot open", make=_dangling_link),

@@ -27,10 +27,9 @@ def test_check_refuses_every_hostile_entry_and_keeps_the_good_site(tmp_path: Pat
     sites.mkdir()
     for case in CASES:
         case.create(sites)
-    (sites / "good.yaml").write_text("domains: [good.example.com]\nupstream: {socket: /tmp/g.sock}\n")
-    (sites / "twice.yaml").write_text("domains: [twice.example.com]\nupstream: {socket: /tmp/t.sock}\n")
-    (sites / "claimed.yaml").write_text(
-        "domains: [claimed.example.com]\nupstream: {socket: /tmp/c.sock}\n")
+    for name in ("good", "twice", "claimed"):
+        (sites / f"{name}.yaml").write_text(
+            f"domains: [{name}.example.com]\nupstream: {{socket: /tmp/{name}.sock}}\n")
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "controlplane", "check", str(sites)],
                           capture_output=True, text=True, timeout=MAX_SECONDS)

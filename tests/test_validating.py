@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from controlplane.reconciling import Checked, check_content, select
@@ -124,3 +126,12 @@ def test_upstream_names_are_dns_labels_and_typos_inside_named_upstreams_get_hint
     assert any("upstreams.Bad_Name" in p for p in problems), problems
     assert any("upstreams.ok.sockt: unknown key; did you mean 'socket'?" in p
                for p in problems), problems
+
+
+def test_envoys_own_admin_socket_cannot_be_an_upstream() -> None:
+    """A site pointing at Envoy's admin socket would publish the admin interface."""
+    settings = Settings(admin_socket=Path("/run/envoy/admin.sock"))
+    text = b"domains: [a.example]\nupstream: {socket: /run/envoy/admin.sock}\n"
+    checked = check_content("a", "sites/a.yaml", text, settings)
+    assert [p.field for p in checked.problems] == ["upstream.socket"]
+    assert "is a control socket" in checked.problems[0].reason
