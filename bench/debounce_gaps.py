@@ -10,6 +10,7 @@ maximum wait must exceed a whole burst's span.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import statistics
@@ -51,7 +52,7 @@ def _measure(label: str, target: Path, action: Callable[[], None]) -> dict[str, 
         observer.stop()
         observer.join()
     times = stamps.times
-    gaps = sorted((b - a) * 1000 for a, b in zip(times, times[1:], strict=False))
+    gaps = sorted((b - a) * 1000 for a, b in itertools.pairwise(times))
     result = {"events": len(times), "span_ms": (times[-1] - times[0]) * 1000,
               "gap_p50_ms": statistics.median(gaps), "gap_p99_ms": gaps[int(len(gaps) * 0.99)],
               "gap_max_ms": gaps[-1]}

@@ -265,6 +265,12 @@ class Reconciler:
         back until their files change (their last good versions serve meanwhile)."""
         reason = "Envoy rejected the update that carried this version: " + "; ".join(
             outcome.rejected)
+        if self._verifier is not None:
+            why = self._verifier.explain([c.resources for c in serving.values()
+                                          if c.resources is not None])
+            if why is not None:
+                reason += f"; Envoy says: {why}"
+                outcome.rejected.append(f"Envoy says: {why}")
         for name in outcome.added + outcome.changed:
             self._rejected[serving[name].digest] = reason
 

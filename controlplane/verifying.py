@@ -55,6 +55,11 @@ class Verifier:
             return {}
         return self._bisect(todo, sources)
 
+    def explain(self, candidates: Sequence[SiteResources]) -> str | None:
+        """Envoy's reason for refusing these resources together (no cache), or None.
+        Used after Envoy rejected a file, to report why in Envoy's own words."""
+        return self._run(list(candidates)) if candidates else None
+
     def _bisect(self, group: list[SiteResources], sources: dict[str, str]) -> dict[
         str, list[Problem]
     ]:
