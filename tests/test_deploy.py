@@ -106,7 +106,9 @@ def _bytes(quantity: str) -> int:
                     reason="docker-compose is not installed (.ci/run installs it)")
 def test_compose_file_passes_docker_compose_config() -> None:
     """`docker-compose config -q` accepts the compose file, without an engine."""
-    done = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "config", "-q"],
+    tool = shutil.which("docker-compose")
+    assert tool is not None
+    done = subprocess.run([tool, "-f", "docker-compose.yml", "config", "-q"],
                           cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin"}, check=False)
     assert done.returncode == 0, done.stderr
