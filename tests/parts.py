@@ -101,9 +101,10 @@ class Upstreams:
 class Envoy:
     """The real Envoy from the wheel, on a bootstrap printed by `controlplane bootstrap`."""
 
-    def __init__(self, folder: Path, out_dir: Path) -> None:
+    def __init__(self, folder: Path, out_dir: Path, runtime: dict[str, Any] | None = None) -> None:
         self.folder = folder
         self.out_dir = out_dir
+        self.runtime = runtime
         self.admin_socket = folder / "admin.sock"
         self.log = folder / "envoy.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -122,6 +123,10 @@ class Envoy:
             [sys.executable, "-m", "controlplane", "bootstrap", "--out", str(self.out_dir),
              "--admin-socket", str(self.admin_socket)], check=True, capture_output=True)
         bootstrap.write_bytes(printed.stdout)
+        if self.runtime:  # a live Envoy configured unlike the validating one
+            layers = {"layers": [{"name": "test", "static_layer": self.runtime}]}
+            bootstrap.write_text(printed.stdout.decode() + "layered_runtime: "
+                                 + json.dumps(layers) + "\n")
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [str(envoy_binary(Settings())), "-c", str(bootstrap), "--disable-hot-restart",

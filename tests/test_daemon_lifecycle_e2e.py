@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.writing import TEMP_PREFIX
-from tests.parts import Node, free_port, get, upstream_kinds, wait_for
+from tests.parts import Load, Node, free_port, get, upstream_kinds, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -100,3 +100,33 @@ def test_demo_serves_the_examples_and_cleans_up(short_tmp: Path) -> None:
     assert not sockets.exists() or list(sockets.iterdir()) == []
     with pytest.raises(OSError):
         get(port, "blog.example.com", timeout=1)
+
+
+def test_envoy_rejection_is_undone_and_the_site_held_back(short_tmp: Path) -> None:
+    """A live Envoy stricter than the validating one rejects a route file: the last good
+    file comes back under a new version, the site carrying the change is held back with
+    the reason in its status, other sites keep serving, and a fixed file goes through."""
+    node = Node(short_tmp, upstream_kinds()[0])
+    node.envoy.runtime = {"re2.max_program_size.error_level": 10}
+    try:
+        sock = node.upstreams.start("r")
+        node.put("stable", node.site("stable", ["stable.example.com"], sock))
+        node.start()
+        wait_for(lambda: node.serves("stable.example.com", "r /"), 10, "stable served")
+        with Load(node.port, ["stable.example.com"]) as load:
+            node.put("rx", node.site("rx", ["rx.example.com"], sock,
+                                     "routes:\n  - regex: '/api/v[0-9]+/live'\n"))
+            wait_for(lambda: node.status().get("sites", {}).get("rx", {}).get("state") ==
+                     "invalid", 10, "rx held back")
+            problems = node.status()["sites"]["rx"]["problems"]
+            assert "Envoy rejected" in problems[0] and "rds.json" in problems[0]
+            assert node.status_code("rx.example.com") == 404
+            assert node.envoy.rejections() == {
+                "http.ingress_http.rds.routes.update_rejected": 1}
+            versions = node.envoy.stats(r"rds\.routes\.version_text")
+            assert node.status()["last_pass"]["versions"]["rds"] in versions.values()
+            node.put("rx", node.site("rx", ["rx.example.com"], sock))
+            wait_for(lambda: node.serves("rx.example.com", "r /"), 5, "fixed rx served")
+        assert load.total() > 0 and load.failures == []
+    finally:
+        node.close()
