@@ -227,4 +227,12 @@ def bootstrap(settings: Settings) -> dict[str, Any]:
     if settings.admin_socket is not None:
         document["admin"] = {"address": {"pipe": {"path": str(settings.admin_socket.absolute()),
                                                   "mode": 0o600}}}
+    document["overload_manager"] = {"resource_monitors": [{
+        "name": "envoy.resource_monitors.global_downstream_max_connections",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.resource_monitors"
+                     ".downstream_connections.v3.DownstreamConnectionsConfig",
+            "max_active_downstream_connections": settings.max_connections,
+        },
+    }]}
     return document

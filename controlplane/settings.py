@@ -62,6 +62,10 @@ class Settings:
     metrics: Listen | None = None
     """Where to serve /healthz, /readyz and /metrics (off by default; e.g. 127.0.0.1:9102)."""
 
+    max_connections: int = 50_000
+    """Envoy's limit on open downstream connections (the bootstrap's overload manager):
+    an edge proxy without one can be exhausted by idle connections."""
+
     admin_socket: Path | None = None
     """Envoy's admin interface on a Unix socket; without it, applies are not confirmed."""
 
@@ -143,7 +147,7 @@ def _coerce(key: str, value: Any) -> Any:
             return tuple(Path(str(v)) for v in value)
         if key in _FLOATS:
             return float(value)
-        if key == "max_file_bytes":
+        if key in ("max_file_bytes", "max_connections"):
             return int(value)
         if key == "verify_with_envoy":
             if not isinstance(value, bool):
