@@ -89,6 +89,7 @@ class Daemon:
     def _loop(self, reconciler: Reconciler, watch: Watch) -> None:
         settings = self.settings
         watched = watch.ensure()
+        self.signal.clear()  # the first pass looks at everything that ensure() signalled
         outcome = self._pass(reconciler)
         next_resync = time.monotonic() + settings.resync_s
         while not self.stop.is_set():

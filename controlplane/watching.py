@@ -74,6 +74,12 @@ class Signal:
             self._event.clear()
         return not stop.is_set()
 
+    def clear(self) -> None:
+        """Forget what was signalled so far (a full pass is about to look anyway)."""
+        with self._lock:
+            self._first = None
+            self._event.clear()
+
     def wake(self) -> None:
         """Wake the loop without an event (stop, tests)."""
         self._event.set()
