@@ -1,0 +1,182 @@
+"""Data path: requests per second and p99 through Envoy to nginx over a Unix socket, the
+same over TCP loopback, side by side, and nginx alone (wrk straight at its TCP port) as
+the ceiling.
+
+One nginx (one worker) listens on both `unix:SOCK` and `127.0.0.1:PORT` with the same
+answer; two sites point at it, one with `upstream: {socket: ...}` and one with
+`upstream: {address: 127.0.0.1:PORT}`, rendered by the daemon's own code and given to
+Envoy as files. The three variants alternate, repeated; medians are kept. wrk, Envoy and
+nginx share the machine's 2 cores, as they would on a small node. Without nginx the
+stand-in serves the Unix socket only, and the TCP rows are left out (the results say so).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from controlplane import upstreams
+from tests.parts import free_port, wait_for
+
+CONNECTIONS = 8
+VARIANTS = ("envoy_unix", "envoy_tcp", "nginx_alone_tcp")
+
+
+def _nginx(folder: Path, stack: ExitStack, sock: Path, port: int) -> None:
+    """nginx on the socket and on 127.0.0.1:PORT, answering like the demo's upstreams."""
+    home = folder / "nginx"
+    home.mkdir()
+    temps = "\n".join(f"    {t}_temp_path {home}/{t};"
+                      for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    config = home / "nginx.conf"
+    config.write_text(f"""daemon off;
+worker_processes 1;
+pid {home}/nginx.pid;
+error_log {home}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+{temps}
+    server {{
+        listen unix:{sock};
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type text/plain;
+            return 200 "dp $request_uri\\n";
+        }}
+    }}
+}}
+""")
+    process = subprocess.Popen(["nginx", "-p", str(home), "-c", str(config)],
+                               stdin=subprocess.DEVNULL)
+    started = upstreams.Upstream(name="dp", socket=sock, kind=upstreams.NGINX, process=process)
+    stack.callback(started.stop)
+    wait_for(lambda: upstreams.connects(sock), 10, "nginx on its socket")
+
+
+def measure(seconds: float, repeats: int) -> dict[str, Any]:
+    with common.scratch("dp") as (folder, stack):
+        sock, port = folder / "dp.sock", free_port()
+        kind = upstreams.available_kind()
+        if kind == upstreams.NGINX:
+            _nginx(folder, stack, sock, port)
+            variants = VARIANTS
+        else:
+            sock = common.start_upstreams(folder, stack, "dp")["dp"]
+            variants = ("envoy_unix",)
+        settings = common.Settings(sites_dir=folder / "sites", out_dir=folder / "d-out")
+        sites = [common.render_site(settings, "unix", common.site_text(["unix.example.com"],
+                                                                        sock))]
+        if "envoy_tcp" in variants:
+            sites.append(common.render_site(settings, "tcp", common.site_text(
+                ["tcp.example.com"], address=f"127.0.0.1:{port}")))
+        side = common.start_side(folder, stack, "d", folder / "sites", sites)
+        envoy_url = f"http://127.0.0.1:{side.settings.listen.port}/"
+        targets = {"envoy_unix": (envoy_url, "unix.example.com"),
+                   "envoy_tcp": (envoy_url, "tcp.example.com"),
+                   "nginx_alone_tcp": (f"http://127.0.0.1:{port}/", None)}
+        for name in variants:
+            url, host = targets[name]
+            common.wrk(url, host, 1, CONNECTIONS)  # warm up connections and caches
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        for r in range(repeats):
+            order = variants if r % 2 == 0 else tuple(reversed(variants))
+            for name in order:
+                url, host = targets[name]
+                runs[name].append(common.wrk(url, host, seconds, CONNECTIONS))
+        return _summary(runs, kind, seconds)
+
+
+def _summary(runs: dict[str, list[dict[str, Any]]], kind: str, seconds: float) -> dict[str, Any]:
+    medians = {name: {k: round(common.median([r[k] for r in found]), 3)
+                      for k in ("rps", "p50_ms", "p99_ms")} for name, found in runs.items()}
+    ceiling = medians.get("nginx_alone_tcp", {}).get("rps", 0.0)
+    for values in medians.values():
+        values["rps_vs_nginx_alone"] = common.ratio(values["rps"], ceiling)
+    data: dict[str, Any] = {"upstream": kind, "connections": CONNECTIONS,
+                            "seconds_per_run": seconds, "medians": medians, "runs": runs,
+                            "errors": sum(r["status_4xx_5xx"] + r["connect_errors"]
+                                          + r["read_errors"] + r["timeouts"]
+                                          for found in runs.values() for r in found)}
+    if "envoy_tcp" in medians:
+        data["unix_vs_tcp_rps"] = common.ratio(medians["envoy_unix"]["rps"],
+                                               medians["envoy_tcp"]["rps"])
+        data["unix_vs_tcp_p99"] = common.ratio(medians["envoy_unix"]["p99_ms"],
+                                               medians["envoy_tcp"]["p99_ms"])
+    else:
+        data["note"] = "nginx is not installed: the stand-in serves the Unix socket only"
+    return data
+
+
+def run(full: bool, quick: bool) -> dict[str, Any]:
+    if not common.have_wrk():
+        data = {"skipped": "wrk is not installed (apt-get install wrk)"}
+        common.save("datapath", data, f"### Data path\n\nSkipped: {data['skipped']}.\n",
+                    common.pyplot().figure())
+        return data
+    data = measure(2 if quick else 5, 1 if quick else 5)
+    common.save("datapath", data, _markdown(data), _plot(data))
+    return data
+
+
+LABELS = {"envoy_unix": "Envoy → nginx, Unix socket", "envoy_tcp": "Envoy → nginx, TCP loopback",
+          "nginx_alone_tcp": "nginx alone, TCP (ceiling)"}
+
+
+def _markdown(data: dict[str, Any]) -> str:
+    rows = [[LABELS[name], f"{m['rps']:,.0f}", f"{m['rps_vs_nginx_alone']:.2f}",
+             f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}"]
+            for name, m in data["medians"].items()]
+    tail = (f"\nUnix socket vs TCP through Envoy: {data['unix_vs_tcp_rps']:.2f}x the req/s,"
+            f" {data['unix_vs_tcp_p99']:.2f}x the p99." if "unix_vs_tcp_rps" in data
+            else f"\n{data['note']}.")
+    return (f"### Data path: wrk, 1 thread, {data['connections']} connections,"
+            f" {data['seconds_per_run']:g} s per run, upstream {data['upstream']}"
+            " (medians of the repeats)\n\n" +
+            common.table(["path", "req/s", "vs nginx alone", "p50 ms", "p99 ms"], rows) +
+            tail + f" Errors and non-2xx in all runs: {data['errors']}.\n")
+
+
+def _plot(data: dict[str, Any]) -> Any:
+    plt = common.pyplot()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    names = list(data["medians"])
+    labels = [LABELS[n].replace(", ", "\n") for n in names]
+    left.bar(labels, [data["medians"][n]["rps"] for n in names], color="tab:blue")
+    left.set_ylabel("req/s (median)")
+    left.set_title("Throughput")
+    right.bar(labels, [data["medians"][n]["p99_ms"] for n in names], color="tab:orange")
+    right.set_ylabel("p99 latency (ms, median)")
+    right.set_title("Tail latency")
+    for axis in (left, right):
+        axis.tick_params(axis="x", labelsize=7)
+    return figure
+
+
+def nginx_available() -> bool:
+    return shutil.which("nginx") is not None
+
+
+def summary(data: dict[str, Any]) -> list[list[str]]:
+    if "skipped" in data:
+        return [["Data path", "—", data["skipped"], "—", "—", "—"]]
+    m = data["medians"]
+    rows = []
+    for name in ("envoy_unix", "envoy_tcp"):
+        if name in m:
+            rows.append([f"Data path: {LABELS[name]}", f"upstream {data['upstream']}",
+                         f"{m[name]['rps']:,.0f} req/s, p99 {m[name]['p99_ms']:.2f} ms",
+                         f"nginx alone {m['nginx_alone_tcp']['rps']:,.0f} req/s,"
+                         f" p99 {m['nginx_alone_tcp']['p99_ms']:.2f} ms"
+                         if "nginx_alone_tcp" in m else "—",
+                         f"{m[name]['rps_vs_nginx_alone']:.2f}x (req/s)", "—"])
+    if "unix_vs_tcp_rps" in data:
+        rows.append(["Data path: Unix socket vs TCP through Envoy", "—",
+                     f"{m['envoy_unix']['rps']:,.0f} vs {m['envoy_tcp']['rps']:,.0f} req/s",
+                     "TCP loopback", f"{data['unix_vs_tcp_rps']:.2f}x req/s,"
+                     f" {data['unix_vs_tcp_p99']:.2f}x p99", "—"])
+    return rows
