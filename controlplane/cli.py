@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from controlplane import loading, logs, model, reconciling, rendering, settings, status
+from controlplane import loading, logs, model, reconciling, rendering, settings, status, tls
 from controlplane.errors import ControlPlaneError, SettingsError
 from controlplane.running import Daemon, stop_on_signals
 from controlplane.verifying import Verifier
@@ -51,13 +51,14 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command("check", _check, "validate a sites folder; exit 1 on any problem",
-            "sites", "listen", "envoy", "no-envoy")
+            "sites", "listen", "listen-tls", "envoy", "no-envoy")
     command("render", _render, "validate, then write cds/lds/rds.json once",
-            "sites", "out", "listen", "envoy", "no-envoy")
+            "sites", "out", "listen", "listen-tls", "envoy", "no-envoy")
     command("bootstrap", _bootstrap, "print an Envoy bootstrap reading the files in --out",
             "out", "admin-socket")
     command("run", _run, "the daemon: watch the folder, apply changes, confirm with Envoy",
-            "sites", "out", "listen", "admin-socket", "envoy", "no-envoy", "state", "metrics")
+            "sites", "out", "listen", "listen-tls", "admin-socket", "envoy", "no-envoy", "state",
+            "metrics")
     status_cmd = command("status", _status, "print the daemon's status file", "out", "state")
     status_cmd.add_argument("--json", action="store_true", help="print the raw JSON")
     schema_cmd = command("schema", _schema, "print the JSON Schema of a site file")
@@ -70,6 +71,8 @@ _FLAGS = {
     "sites": lambda p: p.add_argument("sites_dir", type=Path, nargs="?", metavar="SITES_DIR"),
     "out": lambda p: p.add_argument("--out", dest="out_dir", type=Path, metavar="DIR"),
     "listen": lambda p: p.add_argument("--listen", metavar="HOST:PORT"),
+    "listen-tls": lambda p: p.add_argument("--listen-tls", metavar="HOST:PORT",
+                                           help="the HTTPS listener (default 0.0.0.0:8443)"),
     "admin-socket": lambda p: p.add_argument("--admin-socket", type=Path, metavar="PATH"),
     "envoy": lambda p: p.add_argument("--envoy", type=Path, metavar="PATH"),
     "no-envoy": lambda p: p.add_argument(
@@ -93,7 +96,7 @@ def _settings(args: argparse.Namespace) -> settings.Settings:
         config = settings.from_mapping(values, config)
     flags = {k: v for k, v in vars(args).items()
              if k in {f for f in settings.Settings.__dataclass_fields__} and v is not None}
-    for key in ("listen", "metrics"):
+    for key in ("listen", "metrics", "listen_tls"):
         if key in flags:
             flags[key] = settings.Listen.parse(flags[key])
     return config.replace(**flags)
@@ -112,13 +115,16 @@ def _select(config: settings.Settings) -> reconciling.Selection:
                                 problems=tuple(duplicates[entry.name]))
             if entry.name in duplicates else reconciling.check_entry(entry, config))
     verifier = Verifier(config) if config.verify_with_envoy else None
-    return reconciling.select(checked, {}, verifier)
+    return reconciling.select(checked, {}, verifier, config.max_certificates)
 
 
 def _report(selection: reconciling.Selection) -> int:
     problems = [p for name in sorted(selection.problems) for p in selection.problems[name]]
     for problem in problems:
         print(problem, file=sys.stderr)
+    for name in sorted(selection.warnings):
+        for warning in selection.warnings[name]:
+            print(f"warning: {warning}", file=sys.stderr)
     total = len(selection.serving) + len(selection.problems)
     print(f"{total} sites: {len(selection.serving)} valid, {len(selection.problems)} invalid",
           file=sys.stderr)
@@ -137,6 +143,10 @@ def _render(config: settings.Settings, args: argparse.Namespace) -> int:
     resources = [c.resources for c in selection.serving.values() if c.resources is not None]
     files = rendering.assemble(config, resources)
     ensure_folder(config.out_dir)
+    for secret in files["sds"]:  # certificates before the listeners that name them
+        ensure_folder(config.out_dir / tls.SDS_FOLDER)
+        _, data = rendering.discovery_response([secret])
+        write_atomic(tls.sds_path(config.out_dir, rendering.secret_name_of(secret)), data)
     for kind in ("cds", "rds", "lds"):  # clusters before the routes that name them
         _, data = rendering.discovery_response(files[kind])
         write_atomic(config.out_dir / f"{kind}.json", data)

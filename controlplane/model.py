@@ -10,23 +10,43 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import re2
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails
 
-DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-"""Site and upstream names: a DNS label of at most 63 characters."""
+from controlplane.kinds import (
+    DNS_LABEL,
+    Duration,
+    HeaderEdits,
+    Name,
+    PositiveDuration,
+    Strict,
+    duration_ms,
+)
+from controlplane.policies import (
+    Access,
+    AccessLog,
+    CircuitBreaker,
+    Cors,
+    HealthCheck,
+    LbPolicy,
+    RateLimit,
+    Tls,
+)
+from controlplane.routes import Route
+
+__all__ = ["DNS_LABEL", "Duration", "Endpoint", "Route", "Site", "SiteSpec", "Upstream",
+           "duration_ms"]
 
 CONTROL_SOCKETS = frozenset({
     "docker.sock", "containerd.sock", "podman.sock", "crio.sock", "cri-dockerd.sock",
@@ -37,17 +57,6 @@ hand the node to anyone who can reach the site."""
 
 MAX_SOCKET_PATH_BYTES = 107
 """Envoy refuses a pipe path of 108 bytes or more (sun_path holds 108 with the NUL)."""
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
-
-
-def duration_ms(text: str) -> int:
-    """`'1.5s'` -> 1500. The model has already checked the form."""
-    match = _DURATION.match(text)
-    assert match is not None
-    return round(float(match.group(1)) * _UNIT_MS[match.group(2)])
-
 
 def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, dict) else value
@@ -73,11 +82,7 @@ def _domain(value: Any) -> Any:
     return value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class Endpoint(_Strict):
+class Endpoint(Strict):
     """One upstream endpoint: a Unix socket (the usual case) or a TCP address."""
 
     socket: str | None = Field(None, description="Absolute path of a Unix socket.")
@@ -135,73 +140,84 @@ def _check_socket(path: str, allowed: tuple[str, ...]) -> None:
                          f" ({', '.join(allowed)})")
 
 
-Endpoints = Annotated[
-    list[Endpoint],
-    BeforeValidator(_as_list, json_schema_input_type=Endpoint | list[Endpoint]),
-    Field(min_length=1),
-]
 # Before-validators run last-first: lower-case, then check.
 Domain = Annotated[str, BeforeValidator(_domain), BeforeValidator(_lower)]
-Name = Annotated[str, Field(pattern=f"^{DNS_LABEL.pattern}$", max_length=63)]
-Duration = Annotated[str, Field(pattern=_DURATION.pattern, examples=["30s", "500ms", "5m"])]
 
 
-class Route(_Strict):
-    """One route: a match (exactly one of prefix, path, regex) and where it goes."""
+class Upstream(Strict):
+    """An upstream: its endpoints and how Envoy talks to them. A site file may also give
+    just an endpoint mapping or a list of endpoints (no options)."""
 
-    prefix: str | None = Field(None, description="Match paths starting with this.")
-    path: str | None = Field(None, description="Match this exact path.")
-    regex: str | None = Field(None, description="Match the whole path with this RE2 regex.")
-    upstream: Name | None = Field(None, description="A name under 'upstreams'.")
-    timeout: Duration | None = Field(None, description="Request timeout (Envoy's: 15s).")
-    websocket: bool = Field(False, description="Allow websocket upgrades.")
-    rewrite_prefix: str | None = Field(None, description="Replace the matched prefix.")
+    endpoints: Annotated[list[Endpoint], Field(min_length=1)] = Field(
+        description="The endpoints (sockets or addresses).")
+    lb_policy: LbPolicy = Field("round_robin", description="How requests are spread.")
+    health_check: HealthCheck | None = Field(None, description="Active HTTP health checks.")
+    circuit_breaker: CircuitBreaker | None = Field(None, description="Limits in flight.")
+    http2: bool = Field(False, description="Speak HTTP/2 (cleartext) to the endpoints.")
+    connect_timeout: PositiveDuration = Field("5s", description="Connection timeout.")
 
-    @model_validator(mode="after")
-    def _one_match(self) -> Route:
-        given = [k for k in ("prefix", "path", "regex") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of 'prefix', 'path' or 'regex'")
-        for key in ("prefix", "path"):
-            value = getattr(self, key)
-            if value is not None and not value.startswith("/"):
-                raise ValueError(f"{key}: {value!r} must start with '/'")
-        if self.regex is not None:
-            _check_re2(self.regex)
-            if self.rewrite_prefix is not None:
-                raise ValueError("rewrite_prefix: needs a 'prefix' or 'path' match")
-        return self
-
-    @property
-    def match(self) -> tuple[str, str]:
-        for key in ("prefix", "path", "regex"):
-            value = getattr(self, key)
-            if value is not None:
-                return key, value
-        raise AssertionError("validated route without a match")
+    @model_validator(mode="wrap")
+    @classmethod
+    def _short_forms(cls, value: Any, handler: ModelWrapValidatorHandler[Upstream]) -> Upstream:
+        """`{socket: ...}` and `[...]` mean `{endpoints: [...]}`; errors keep the user's
+        paths (`upstream.socket`, `upstream.1.address`)."""
+        if isinstance(value, Upstream) or (isinstance(value, dict) and "endpoints" in value):
+            return handler(value)
+        single = not isinstance(value, list)
+        try:
+            return handler({"endpoints": [value] if single else value})
+        except ValidationError as exc:
+            raise ValidationError.from_exception_data(
+                exc.title, [_short_form_error(e, single) for e in exc.errors()]) from None
 
 
-_RE2_QUIET = re2.Options()
-_RE2_QUIET.log_errors = False  # the reason is reported per file; nothing on stderr
+def _short_form_error(error: Any, single: bool) -> InitErrorDetails:
+    loc = tuple(error["loc"])
+    loc = loc[1:] if loc[:1] == ("endpoints",) else loc
+    loc = loc[1:] if single and loc[:1] == (0,) else loc
+    details = InitErrorDetails(type=error["type"], loc=loc, input=error["input"])
+    if "ctx" in error:
+        details["ctx"] = error["ctx"]
+    return details
 
 
-def _check_re2(pattern: str) -> None:
-    try:
-        re2.compile(pattern, _RE2_QUIET)
-    except re2.error as exc:
-        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
-        raise ValueError(f"regex: {pattern!r} is not valid RE2 syntax: {reason}") from None
+UpstreamField = Annotated[
+    Upstream,
+    BeforeValidator(lambda v: v, json_schema_input_type=Endpoint | list[Endpoint] | Upstream),
+]
 
 
-class SiteSpec(_Strict):
+class Overrides(Strict):
+    """Envoy fields merged into what this site renders (see 'The envoy: escape hatch')."""
+
+    cluster: dict[str, Any] | None = Field(None, description="Into every cluster of the site.")
+    clusters: dict[Name, dict[str, Any]] | None = Field(
+        None, description="Into the cluster of one named upstream (after 'cluster').")
+    virtual_host: dict[str, Any] | None = Field(None, description="Into the virtual host.")
+
+
+class SiteSpec(Strict):
     """A site file: the domains it serves and where their requests go."""
 
     domains: Annotated[list[Domain], Field(min_length=1)] = Field(
         description="Host names, lower-cased; '*.example.com' and '*' allowed.",
     )
-    upstream: Endpoints | None = Field(None, description="The one upstream of the site.")
-    upstreams: dict[Name, Endpoints] | None = Field(None, description="Named upstreams.")
+    upstream: UpstreamField | None = Field(None, description="The one upstream of the site.")
+    upstreams: dict[Name, UpstreamField] | None = Field(None, description="Named upstreams.")
     routes: list[Route] | None = Field(None, description="First match wins.")
+    tls: Tls | None = Field(None, description="Serve over HTTPS with these certificate files.")
+    cors: Cors | None = Field(None, description="CORS for the whole site.")
+    rate_limit: RateLimit | None = Field(None, description="Local rate limit for the site.")
+    access: Access | None = Field(None, description="Client IP allow and deny lists.")
+    compression: bool = Field(False, description="Compress responses (gzip) for clients"
+                              " that accept it.")
+    access_log: AccessLog | None = Field(None, description="An access log of this site.")
+    stats_prefix: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", max_length=60)] | None = Field(
+        None, description="Name of the site's upstream and route stats (default: the name).")
+    request_headers: HeaderEdits | None = Field(None, description="Edit request headers.")
+    response_headers: HeaderEdits | None = Field(None, description="Edit response headers.")
+    envoy: Overrides | None = Field(None, description="Envoy fields merged into this site's"
+                                    " clusters and virtual host.")
 
     @model_validator(mode="after")
     def _consistent(self) -> SiteSpec:
@@ -212,19 +228,28 @@ class SiteSpec(_Strict):
         if self.upstreams is not None and self.routes is None:
             raise ValueError("routes: required when 'upstreams' names several upstreams")
         for i, route in enumerate(self.routes or ()):
-            self._check_reference(f"routes.{i}.upstream", route)
+            self._check_reference(f"routes.{i}", route)
+        unknown = set((self.envoy and self.envoy.clusters) or ()) - set(self.upstreams or ())
+        if unknown:
+            raise ValueError(f"envoy.clusters: {', '.join(sorted(unknown))}: not a name under"
+                             " 'upstreams'")
         return self
 
     def _check_reference(self, where: str, route: Route) -> None:
+        named = route.upstreams()
         if self.upstreams is None:
-            if route.upstream is not None:
-                raise ValueError(f"{where}: {route.upstream!r}: this site has one 'upstream';"
-                                 " name several under 'upstreams'")
-        elif route.upstream is None:
-            raise ValueError(f"{where}: each route needs an upstream from 'upstreams'")
-        elif route.upstream not in self.upstreams:
-            known = ", ".join(sorted(self.upstreams))
-            raise ValueError(f"{where}: {route.upstream!r} is not defined; known: {known}")
+            if named:
+                key = "upstream" if route.upstream else "split"
+                raise ValueError(f"{where}.{key}: this site has one 'upstream'; name several"
+                                 " under 'upstreams'")
+            return
+        if route.proxies and not named:
+            raise ValueError(f"{where}.upstream: each route needs an upstream from 'upstreams'")
+        for name in named:
+            if name not in self.upstreams:
+                known = ", ".join(sorted(self.upstreams))
+                key = "upstream" if route.upstream else "split"
+                raise ValueError(f"{where}.{key}: {name!r} is not defined; known: {known}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -239,11 +264,14 @@ class Site:
     def upstream_names(self) -> tuple[str, ...]:
         return tuple(sorted(self.spec.upstreams)) if self.spec.upstreams else ("",)
 
-    def endpoints(self, upstream: str) -> list[Endpoint]:
+    def upstream(self, name: str) -> Upstream:
         if self.spec.upstreams is None:
             assert self.spec.upstream is not None
             return self.spec.upstream
-        return self.spec.upstreams[upstream]
+        return self.spec.upstreams[name]
+
+    def endpoints(self, upstream: str) -> list[Endpoint]:
+        return self.upstream(upstream).endpoints
 
 
 def digest_of(content: bytes) -> str:
@@ -281,8 +309,11 @@ def _type_of(prop: dict[str, Any]) -> str:
         return " or ".join(kinds)
     if prop.get("type") == "array":
         return f"list of {_type_of(prop.get('items', {}))}"
+    if "enum" in prop:
+        return "one of " + ", ".join(f"`{v}`" for v in prop["enum"]).replace("|", "\\|")
     if prop.get("type") == "object":
         values = [*prop.get("patternProperties", {}).values(), prop.get("additionalProperties")]
-        return f"map of name to {_type_of(next(v for v in values if isinstance(v, dict)))}"
+        typed = [v for v in values if isinstance(v, dict) and v]
+        return f"map of name to {_type_of(typed[0])}" if typed else "mapping (Envoy fields)"
     pattern = f" `{prop['pattern']}`".replace("|", "\\|") if "pattern" in prop else ""
     return str(prop.get("type", "any")) + pattern

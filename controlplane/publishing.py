@@ -3,9 +3,12 @@
 Envoy serves 503 (or rejects) routes that name a cluster it does not have yet, so one
 apply is up to three steps, each confirmed through the admin socket before the next:
 
+  0. SDS files of new certificates, `sds/<secret>.json` (before any listener names them;
+     nothing watches them yet, so there is nothing to confirm)
   1. CDS with the old and the new clusters     (only when clusters are added or changed)
   2. RDS, then LDS                             (only the ones whose content changed)
-  3. CDS without the clusters no route needs   (only when clusters are removed)
+  3. CDS without the clusters no route needs   (only when clusters are removed), and the
+     SDS files no listener names any more
 
 A rejection re-installs the last confirmed file under a new version and is reported; a
 timeout keeps the files and leaves the step unconfirmed, to be re-checked next pass.
@@ -21,9 +24,10 @@ from pathlib import Path
 
 from controlplane.envoy_admin import ALREADY_WRITTEN, AdminClient, Counters
 from controlplane.errors import EnvoyRejected, EnvoyUnavailable
-from controlplane.rendering import discovery_response, fragment
+from controlplane.rendering import discovery_response, fragment, secret_name_of
 from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Settings
-from controlplane.writing import write_atomic
+from controlplane.tls import SDS_FOLDER
+from controlplane.writing import ensure_folder, write_atomic
 
 FILES = {"cds": CDS_FILE, "lds": LDS_FILE, "rds": RDS_FILE}
 
@@ -63,6 +67,8 @@ class Publisher:
         self._stop = stop
         self._salt = 0
         self.files = {kind: self._read_existing(kind) for kind in FILES}
+        self.secrets = self._read_secrets()
+        """What each SDS file holds, by secret name."""
 
     def _read_existing(self, kind: str) -> FileState:
         """A restart continues from what is on disk, so make-before-break still holds."""
@@ -74,12 +80,28 @@ class Publisher:
         except (OSError, ValueError, KeyError, TypeError):
             return FileState(version="", confirmed=False)
 
+    def _read_secrets(self) -> dict[str, str]:
+        folder = self._settings.out_dir / SDS_FOLDER
+        found = {}
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            try:
+                document = json.loads(path.read_bytes())
+                found[path.stem] = fragment(document["resources"][0], None)
+            except (OSError, ValueError, KeyError, TypeError, IndexError):
+                continue
+        return found
+
     def cluster_fragments(self) -> dict[str, str]:
         return {json.loads(f)["name"]: f for f in self.files["cds"].fragments}
 
-    def apply(self, clusters: dict[str, str], rds: list[str], lds: list[str]) -> Report:
-        """Bring the three files to the target, in the make-before-break order."""
+    def apply(self, clusters: dict[str, str], rds: list[str], lds: list[str],
+              sds: list[str] | None = None) -> Report:
+        """Bring the files to the target, in the make-before-break order. `sds` None
+        leaves the SDS files as they are."""
         report = Report()
+        secrets = None if sds is None else {secret_name_of(f): f for f in sds}
+        if secrets is not None:
+            self._write_secrets(report, secrets)
         self._create_missing(report, {"cds": _sorted(clusters), "rds": tuple(rds),
                                       "lds": tuple(lds)})
         current = self.cluster_fragments()
@@ -90,7 +112,31 @@ class Publisher:
             self._step(report, {"rds": tuple(rds), "lds": tuple(lds)})
         if not report.rejected and not report.unconfirmed:
             self._step(report, {"cds": _sorted(clusters)})
+        if secrets is not None and not report.rejected and not report.unconfirmed:
+            self._remove_secrets(report, secrets)
         return report
+
+    def _write_secrets(self, report: Report, secrets: dict[str, str]) -> None:
+        """New or changed SDS files, one secret each (Envoy takes one per file)."""
+        folder = self._settings.out_dir / SDS_FOLDER
+        for name, text in sorted(secrets.items()):
+            if self.secrets.get(name) == text and (folder / f"{name}.json").exists():
+                continue
+            ensure_folder(folder)
+            _, data = discovery_response([text])
+            write_atomic(folder / f"{name}.json", data)
+            self.secrets[name] = text
+            report.written.append(f"{SDS_FOLDER}/{name}.json")
+
+    def _remove_secrets(self, report: Report, secrets: dict[str, str]) -> None:
+        """SDS files no confirmed listener names any more."""
+        for name in sorted(set(self.secrets) - set(secrets)):
+            try:
+                (self._settings.out_dir / SDS_FOLDER / f"{name}.json").unlink(missing_ok=True)
+            except OSError as exc:
+                report.errors.append(f"removing {SDS_FOLDER}/{name}.json: {exc.strerror}")
+                continue
+            del self.secrets[name]
 
     def _create_missing(self, report: Report, targets: dict[str, tuple[str, ...]]) -> None:
         """Envoy cannot start until all three files exist, and cannot have loaded a file

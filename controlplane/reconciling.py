@@ -13,12 +13,13 @@ out; every other site goes ahead. `select` is shared with the one-shot `check` a
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from controlplane import loading, rendering, status, validating
+from controlplane import certificates, loading, rendering, status, tls, validating
 from controlplane.envoy_admin import AdminClient
 from controlplane.errors import OutputError, Problem, SiteError
 from controlplane.model import digest_of
@@ -38,6 +39,7 @@ class Checked:
     resources: rendering.SiteResources | None = None
     problems: tuple[Problem, ...] = ()
     domains: tuple[str, ...] = ()
+    warnings: tuple[Problem, ...] = ()
 
 
 def check_content(name: str, source: str, content: bytes, settings: Settings) -> Checked:
@@ -47,7 +49,7 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
         admin = () if settings.admin_socket is None else (str(settings.admin_socket.absolute()),)
         site = validating.validate(name, source, digest, document,
                                    tuple(str(d) for d in settings.socket_dirs), admin)
-        resources = rendering.render_site(site)
+        resources = rendering.render_site(site, settings)
     except SiteError as exc:
         return Checked(name=name, source=source, digest=digest, problems=exc.problems)
     return Checked(name=name, source=source, digest=digest, content=content,
@@ -60,7 +62,20 @@ def check_entry(entry: loading.Entry, settings: Settings) -> Checked:
         content = loading.read(entry, settings.sites_dir, settings.max_file_bytes)
     except SiteError as exc:
         return Checked(name=entry.name, source=source, digest="", problems=exc.problems)
-    return check_content(entry.name, source, content, settings)
+    return _check_certificates(check_content(entry.name, source, content, settings))
+
+
+def _check_certificates(item: Checked) -> Checked:
+    """A TLS site's certificate files: unreadable or mismatched is a problem; not
+    covering a domain or expiring soon is a warning."""
+    site_tls = item.resources.tls if item.resources is not None else None
+    if site_tls is None:
+        return item
+    problems, warnings = certificates.inspect(item.source, site_tls.spec, site_tls.domains)
+    if problems:
+        return Checked(name=item.name, source=item.source, digest=item.digest,
+                       problems=tuple(problems))
+    return dataclasses.replace(item, warnings=tuple(warnings))
 
 
 def duplicate_names(entries: list[loading.Entry]) -> dict[str, list[Problem]]:
@@ -77,10 +92,11 @@ def duplicate_names(entries: list[loading.Entry]) -> dict[str, list[Problem]]:
 class Selection:
     serving: dict[str, Checked]
     problems: dict[str, list[Problem]] = field(default_factory=dict)
+    warnings: dict[str, list[Problem]] = field(default_factory=dict)
 
 
 def select(checked: dict[str, Checked], last_good: dict[str, Checked],
-           verifier: Verifier | None) -> Selection:
+           verifier: Verifier | None, max_certificates: int | None = None) -> Selection:
     """Which version of each site serves: the new one when it passes every check, else
     its last good one, else none. Cross-site checks and Envoy's verdict run here."""
     result = Selection(serving={})
@@ -91,6 +107,11 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
         if chosen is not None:
             result.serving[name] = chosen
     _settle(result, last_good, lambda serving: _conflicts(serving))
+    if max_certificates is not None:
+        _settle(result, last_good, lambda serving: tls.certificate_overflow(
+            {n: (c.source, c.resources.tls.secret_name) for n, c in serving.items()
+             if c.resources is not None and c.resources.tls is not None}, max_certificates))
+    result.warnings = {n: list(c.warnings) for n, c in result.serving.items() if c.warnings}
     if verifier is not None:
         _settle(result, last_good, lambda serving: verifier.verify(
             [c.resources for c in serving.values() if c.resources is not None],
@@ -188,7 +209,8 @@ class Reconciler:
         if checked is None:
             selection = Selection(serving=dict(self._serving or self.last_good))
         else:
-            selection = select(checked, self.last_good, self._verifier)
+            selection = select(checked, self.last_good, self._verifier,
+                               self._settings.max_certificates)
         clock.lap("verify")
         self._diff(outcome, selection)
         self._apply(outcome, selection)
@@ -242,7 +264,7 @@ class Reconciler:
         clusters = {name: text for r in resources for name, text in r.cluster_json}
         files = rendering.assemble(self._settings, resources)
         try:
-            report = self._publisher.apply(clusters, files["rds"], files["lds"])
+            report = self._publisher.apply(clusters, files["rds"], files["lds"], files["sds"])
         except OutputError as exc:
             outcome.errors.append(str(exc))
             outcome.retry, outcome.confirmed = True, False

@@ -1,13 +1,14 @@
 """Pure rendering: validated Sites -> Envoy resources, and resources -> file bytes.
 
-Each site renders on its own into a `SiteResources` (its clusters and its virtual host,
-as Envoy's JSON form, each parsed strictly into Envoy's protobuf types once). The files
-are then assembled from cached per-resource JSON fragments, so a pass over 10,000 sites
-that changes one re-renders one. Output is deterministic: sorted keys, sorted resources,
-`version_info` a hash of the content.
+Each site renders on its own into a `SiteResources` (its clusters, its virtual host, its
+TLS secret and access log, as Envoy's JSON form, each parsed strictly into Envoy's
+protobuf types once, after the site's `envoy:` overrides are merged in). The files are
+then assembled from cached per-resource JSON fragments, so a pass over 10,000 sites
+that changes one re-renders one. Output is deterministic: sorted keys, sorted
+resources, `version_info` a hash of the content.
 
-Names: a site with one `upstream` gets the cluster `SITE`; named upstreams get
-`SITE/UPSTREAM`. The virtual host is named after the site.
+The pieces: `clusters` (upstreams), `vhosts` (routes and site-wide features), `tls`
+(secrets and HTTPS filter chains), `overrides` (the escape hatch).
 """
 
 from __future__ import annotations
@@ -20,33 +21,72 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
+from envoy.extensions.compression.gzip.compressor.v3 import gzip_pb2
+from envoy.extensions.filters.http.compressor.v3 import compressor_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from controlplane import tls as tls_rendering
+from controlplane.clusters import cluster, cluster_name
 from controlplane.errors import Problem, SiteError
-from controlplane.model import Endpoint, Route, Site, duration_ms
+from controlplane.model import Site
+from controlplane.overrides import (
+    confine_cluster,
+    confine_references,
+    confine_virtual_host,
+    merge,
+)
+from controlplane.policies import Tls
 from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Settings
+from controlplane.vhosts import HTTP_FILTERS, access_log, virtual_host
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SECRET = tls_rendering.SECRET
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
     ".HttpConnectionManager"
 )
-ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _MESSAGES: dict[str, type[Message]] = {
     CLUSTER: cluster_pb2.Cluster,
     LISTENER: listener_pb2.Listener,
     ROUTE_CONFIGURATION: route_pb2.RouteConfiguration,
+    SECRET: secret_pb2.Secret,
     "virtual_host": route_components_pb2.VirtualHost,
+    "access_log": http_connection_manager_pb2.HttpConnectionManager,
+    "tls_context": tls_pb2.DownstreamTlsContext,
 }
-# Imported for their side effect: the Any types inside the listener must be registered.
-_ = (router_pb2, http_connection_manager_pb2)
+# Imported for their side effect: the Any types inside the resources must be registered.
+_ = (router_pb2, file_pb2, cel_pb2, gzip_pb2, compressor_pb2, cors_pb2, local_rate_limit_pb2,
+     rbac_pb2, tls_inspector_pb2, http_protocol_options_pb2)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteTls:
+    """A TLS site's share of the HTTPS listener and of the SDS files."""
+
+    secret_name: str
+    secret: dict[str, Any]
+    secret_json: str
+    context: dict[str, Any]
+    """DownstreamTlsContext naming the secret by SDS file (`sds_file` filled at assembly)."""
+    static_context: dict[str, Any]
+    """The same naming a static secret (the scratch bootstrap of `envoy --mode validate`)."""
+    domains: tuple[str, ...]
+    spec: Tls
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,112 +100,136 @@ class SiteResources:
     virtual_host: dict[str, Any]
     cluster_json: tuple[tuple[str, str], ...]
     virtual_host_json: str
+    tls: SiteTls | None = None
+    access_log: dict[str, Any] | None = None
 
 
-def cluster_name(site: Site, upstream: str) -> str:
-    return f"{site.name}/{upstream}" if upstream else site.name
-
-
-def render_site(site: Site) -> SiteResources:
-    """Render one site and check every resource against Envoy's API types."""
-    clusters = tuple(
-        (cluster_name(site, u), _cluster(cluster_name(site, u), site.endpoints(u)))
-        for u in site.upstream_names()
-    )
-    vhost = _virtual_host(site)
-    for name, cluster in clusters:
-        check_types(cluster, CLUSTER, site.source, f"cluster {name}")
+def render_site(site: Site, settings: Settings | None = None) -> SiteResources:
+    """Render one site, merge its overrides, and check every resource against Envoy's
+    API types; a failure names the site file and the Envoy field."""
+    settings = settings or Settings()
+    clusters = tuple((cluster_name(site, u), _cluster(site, u)) for u in site.upstream_names())
+    vhost = _virtual_host(site, settings)
+    for name, rendered in clusters:
+        check_types(rendered, CLUSTER, site.source, f"cluster {name}")
     check_types(vhost, "virtual_host", site.source, "virtual_host")
+    log = access_log(site)
+    if log is not None:
+        check_types({"access_log": [log]}, "access_log", site.source, "access_log")
+    site_tls = _site_tls(site, settings)
     cluster_json = tuple((n, fragment(c, CLUSTER)) for n, c in clusters)
     vhost_json = fragment(vhost, None)
-    digest = _hash([j for _, j in cluster_json] + [vhost_json])
+    extra = [fragment(log or {}, None), site_tls.secret_json if site_tls else "",
+             fragment(site_tls.context, None) if site_tls else ""]
+    digest = _hash([j for _, j in cluster_json] + [vhost_json] + extra)
     return SiteResources(name=site.name, digest=digest, clusters=clusters, virtual_host=vhost,
-                         cluster_json=cluster_json, virtual_host_json=vhost_json)
+                         cluster_json=cluster_json, virtual_host_json=vhost_json,
+                         tls=site_tls, access_log=log)
 
 
-def _cluster(name: str, endpoints: list[Endpoint]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "5s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(e)}}
-                                            for e in endpoints]}],
-        },
-    }
+def _cluster(site: Site, upstream: str) -> dict[str, Any]:
+    rendered = cluster(site, upstream)
+    overrides = site.spec.envoy
+    if overrides is None:
+        return rendered
+    for field, override in (("envoy.cluster", overrides.cluster),
+                            (f"envoy.clusters.{upstream}", (overrides.clusters or {}).get(
+                                upstream))):
+        if override:
+            confine_cluster(site.source, field, override)
+            rendered = merge(rendered, override)
+    return rendered
 
 
-def _address(endpoint: Endpoint) -> dict[str, Any]:
-    if endpoint.socket is not None:
-        return {"pipe": {"path": endpoint.socket}}
-    host, port = endpoint.host_port()
-    return {"socket_address": {"address": host, "port_value": port}}
+def _virtual_host(site: Site, settings: Settings) -> dict[str, Any]:
+    port = settings.https_redirect_port or settings.listen_tls.port
+    vhost = virtual_host(site, port)
+    override = site.spec.envoy.virtual_host if site.spec.envoy else None
+    if override:
+        confine_virtual_host(site.source, "envoy.virtual_host", override)
+        vhost = merge(vhost, override)
+    own = {cluster_name(site, u) for u in site.upstream_names()}
+    confine_references(site.source, vhost, own)
+    return vhost
 
 
-def _virtual_host(site: Site) -> dict[str, Any]:
-    routes = site.spec.routes
-    if routes is None:
-        rendered = [{"match": {"prefix": "/"}, "route": {"cluster": cluster_name(site, "")}}]
-    else:
-        rendered = [_route(site, r) for r in routes]
-    return {"name": site.name, "domains": list(site.spec.domains), "routes": rendered}
+def _site_tls(site: Site, settings: Settings) -> SiteTls | None:
+    spec = site.spec.tls
+    if spec is None:
+        return None
+    name = tls_rendering.secret_name(spec)
+    secret = tls_rendering.secret(spec)
+    context = tls_rendering.tls_context(spec, tls_rendering.sds_path(settings.out_dir, name))
+    check_types(secret, SECRET, site.source, "tls secret")
+    check_types({k: v for k, v in context.items() if k != "@type"}, "tls_context",
+                site.source, "tls context")
+    return SiteTls(secret_name=name, secret=secret, secret_json=fragment(secret, SECRET),
+                   context=context, static_context=tls_rendering.tls_context(spec, None),
+                   domains=tuple(site.spec.domains), spec=spec)
 
 
-def _route(site: Site, route: Route) -> dict[str, Any]:
-    kind, value = route.match
-    match = {"safe_regex": {"regex": value}} if kind == "regex" else {kind: value}
-    action: dict[str, Any] = {"cluster": cluster_name(site, route.upstream or "")}
-    if route.timeout is not None:
-        action["timeout"] = _duration(route.timeout)
-    if route.websocket:
-        action["upgrade_configs"] = [{"upgrade_type": "websocket"}]
-    if route.rewrite_prefix is not None:
-        action["prefix_rewrite"] = route.rewrite_prefix
-    return {"match": match, "route": action}
+def listeners(settings: Settings, sites: list[SiteResources]) -> list[dict[str, Any]]:
+    """The HTTP listener, and the HTTPS listener while some site has TLS. Routes come
+    through RDS from a file and site features are per-virtual-host filter configs, so
+    the listeners change only when a TLS site or an access log comes, goes or changes."""
+    logs = [r.access_log for r in sites if r.access_log is not None]
+    found = [listener(settings, logs)]
+    chains = [tls_rendering.filter_chain(r.name, list(r.tls.domains), r.tls.context,
+                                         hcm(settings, rds(settings), logs))
+              for r in sites if r.tls is not None]
+    if chains:
+        address = settings.listen_tls
+        found.append(tls_rendering.https_listener(address.host, address.port, chains))
+    return found
 
 
-def _duration(text: str) -> str:
-    ms = duration_ms(text)
-    return f"{ms // 1000}.{ms % 1000:03d}s"
-
-
-def listener(settings: Settings) -> dict[str, Any]:
-    """The one HTTP listener. Routes come through RDS from a file, so site changes
-    never modify the listener (an inline route_config change would drain it)."""
-    rds_path = str(settings.out_dir.absolute() / RDS_FILE)
+def listener(settings: Settings, access_logs: list[dict[str, Any]] | None = None) -> dict[
+        str, Any]:
+    """The HTTP listener: one filter chain, routes from `rds.json`."""
     return {
         "name": "http",
         "address": {"socket_address": {"address": settings.listen.host,
                                        "port_value": settings.listen.port}},
         "filter_chains": [{"filters": [{
             "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": hcm(settings, {"rds": {
-                "route_config_name": settings.route_config_name,
-                "config_source": {"path_config_source": {"path": rds_path},
-                                  "resource_api_version": "V3"},
-            }}),
+            "typed_config": hcm(settings, rds(settings), access_logs or []),
         }]}],
     }
 
 
-def hcm(settings: Settings, routes: dict[str, Any]) -> dict[str, Any]:
-    """The HttpConnectionManager, with its routes given as `rds` or `route_config`."""
-    return {
+def rds(settings: Settings) -> dict[str, Any]:
+    """The HCM's routes: the one RouteConfiguration of `rds.json`, shared by every HCM
+    (Envoy keeps one subscription for equal RDS configs)."""
+    return {"rds": {
+        "route_config_name": settings.route_config_name,
+        "config_source": {"path_config_source": {
+            "path": str(settings.out_dir.absolute() / RDS_FILE)}, "resource_api_version": "V3"},
+    }}
+
+
+def hcm(settings: Settings, routes: dict[str, Any],
+        access_logs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The HttpConnectionManager, with its routes given as `rds` or `route_config`, the
+    constant set of HTTP filters, and the sites' access logs."""
+    manager = {
         "@type": HCM,
         "stat_prefix": settings.stat_prefix,
         "use_remote_address": True,
         "normalize_path": True,
         "merge_slashes": True,
         **routes,
-        "http_filters": [{"name": "envoy.filters.http.router",
-                          "typed_config": {"@type": ROUTER}}],
+        "http_filters": [dict(f) for f in HTTP_FILTERS],
     }
+    if access_logs:
+        manager["access_log"] = list(access_logs)
+    return manager
 
 
 def route_configuration(settings: Settings, vhost_fragments: list[str]) -> str:
-    """The RouteConfiguration as a JSON fragment, from cached virtual-host fragments."""
-    return (f'{{"@type":"{ROUTE_CONFIGURATION}","name":{json.dumps(settings.route_config_name)},'
+    """The RouteConfiguration as a JSON fragment, from cached virtual-host fragments.
+    `Host: a.example:8080` matches the domain `a.example`."""
+    return (f'{{"@type":"{ROUTE_CONFIGURATION}","ignore_port_in_host_matching":true,'
+            f'"name":{json.dumps(settings.route_config_name)},'
             f'"virtual_hosts":[{",".join(vhost_fragments)}]}}')
 
 
@@ -200,15 +264,23 @@ def _hash(parts: list[str]) -> str:
 
 
 def assemble(settings: Settings, sites: list[SiteResources]) -> dict[str, list[str]]:
-    """The fragments of each file for these sites: `clusters` (sorted by name), `rds`,
-    `lds`. The daemon and `render` write exactly these."""
+    """The fragments of each file for these sites: `cds` (clusters sorted by name),
+    `rds`, `lds`, and `sds` (one secret per SDS file, sorted by name). The daemon and
+    `render` write exactly these."""
     ordered = sorted(sites, key=lambda r: r.name)
     clusters = sorted((name, text) for r in ordered for name, text in r.cluster_json)
+    secrets = {r.tls.secret_name: r.tls.secret_json for r in ordered if r.tls is not None}
     return {
         "cds": [text for _, text in clusters],
         "rds": [route_configuration(settings, [r.virtual_host_json for r in ordered])],
-        "lds": [fragment(listener(settings), LISTENER)],
+        "lds": [fragment(item, LISTENER) for item in listeners(settings, ordered)],
+        "sds": [secrets[name] for name in sorted(secrets)],
     }
+
+
+def secret_name_of(fragment_text: str) -> str:
+    """The name of a secret fragment (its SDS file is `sds/<name>.json`)."""
+    return str(json.loads(fragment_text)["name"])
 
 
 def bootstrap(settings: Settings) -> dict[str, Any]:

@@ -59,6 +59,19 @@ class Settings:
     listen: Listen = field(default_factory=lambda: Listen(host="0.0.0.0", port=8080))
     """The HTTP listener's address."""
 
+    listen_tls: Listen = field(default_factory=lambda: Listen(host="0.0.0.0", port=8443))
+    """The HTTPS listener's address (only opened while some site has `tls`)."""
+
+    https_redirect_port: int | None = None
+    """The port HTTP -> HTTPS redirects point to. Default: the port of `listen_tls`; set
+    443 when a load balancer or a port mapping puts the HTTPS listener on 443."""
+
+    max_certificates: int = 40
+    """At most this many distinct certificate files in use (sites sharing one count once).
+    Envoy spends two inotify instances on each (default limit: 128 per user, shared with
+    the daemon and every other watcher of Envoy's user); a site that would pass the
+    limit is refused."""
+
     metrics: Listen | None = None
     """Where to serve /healthz, /readyz and /metrics (off by default; e.g. 127.0.0.1:9102)."""
 
@@ -141,7 +154,7 @@ def _coerce(key: str, value: Any) -> Any:
             return None
         if key in _PATHS:
             return Path(str(value))
-        if key in ("listen", "metrics"):
+        if key in ("listen", "metrics", "listen_tls"):
             return Listen.parse(str(value))
         if key == "socket_dirs":
             return tuple(Path(str(v)) for v in value)

@@ -1,8 +1,11 @@
 """The Envoy binary's verdict on candidate resources, before anything is written.
 
 `envoy --mode validate` does not read path-based dynamic files (envoyproxy/envoy#24663),
-so candidates go into a scratch bootstrap as `static_resources`: the clusters, and one
-listener whose inline route_config holds the virtual hosts. Verdicts are cached by the
+so candidates go into a scratch bootstrap as `static_resources`: the clusters, one
+listener whose inline route_config holds the virtual hosts (with the sites' access
+logs), and for TLS sites an HTTPS listener whose filter chains name the secrets given as
+static secrets (validate mode reads the certificate files, so a key that does not match
+its certificate is refused here). Verdicts are cached by the
 digest of each site's rendered resources, so a pass re-checks only what changed. When a
 batch fails, it is bisected to name the sites at fault (about 2·log2(n) runs for one bad
 site among n).
@@ -19,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from controlplane import tls
 from controlplane.errors import EnvoyBinaryError, Problem
 from controlplane.rendering import SiteResources, hcm
 from controlplane.settings import Settings
@@ -102,14 +106,23 @@ def scratch_bootstrap(settings: Settings, group: Sequence[SiteResources]) -> dic
     """A bootstrap embedding the candidates as static resources (validate mode reads it)."""
     route_config = {"name": settings.route_config_name,
                     "virtual_hosts": [c.virtual_host for c in group]}
+    logs = [c.access_log for c in group if c.access_log is not None]
+    listeners = [{
+        "name": "validate",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": hcm(settings, {"route_config": route_config}, logs),
+        }]}],
+    }]
+    secrets = {c.tls.secret_name: c.tls.secret for c in group if c.tls is not None}
+    chains = [tls.filter_chain(c.name, list(c.tls.domains), c.tls.static_context,
+                               hcm(settings, {"route_config": route_config}))
+              for c in group if c.tls is not None]
+    if chains:
+        listeners.append(tls.https_listener("127.0.0.1", 2, chains))
     return {"static_resources": {
         "clusters": [cluster for c in group for _, cluster in c.clusters],
-        "listeners": [{
-            "name": "validate",
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": hcm(settings, {"route_config": route_config}),
-            }]}],
-        }],
+        "listeners": listeners,
+        "secrets": [secrets[name] for name in sorted(secrets)],
     }}

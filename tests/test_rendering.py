@@ -20,9 +20,9 @@ GOLDEN = Path(__file__).parent / "golden"
 SETTINGS = Settings(out_dir=Path("/srv/envoy/dynamic"), listen=Listen(host="0.0.0.0", port=8080))
 
 
-def _render_examples() -> dict[str, bytes]:
+def _render_examples(folder: str = "sites") -> dict[str, bytes]:
     resources = []
-    for path in sorted((REPO / "config" / "sites").glob("*.yaml")):
+    for path in sorted((REPO / "config" / folder).glob("*.yaml")):
         checked = check_content(path.stem, path.name, path.read_bytes(), SETTINGS)
         assert checked.resources is not None, checked.problems
         resources.append(checked.resources)
@@ -31,11 +31,13 @@ def _render_examples() -> dict[str, bytes]:
             for kind, fragments in files.items()}
 
 
-@pytest.mark.parametrize("name", ["cds.json", "rds.json", "lds.json"])
-def test_examples_render_to_the_golden_files(name: str) -> None:
-    """Rendering is deterministic and matches the reviewed output byte for byte."""
-    rendered = _render_examples()[name]
-    golden = GOLDEN / name
+@pytest.mark.parametrize("folder", ["sites", "examples/features"])
+@pytest.mark.parametrize("name", ["cds.json", "rds.json", "lds.json", "sds.json"])
+def test_examples_render_to_the_golden_files(folder: str, name: str) -> None:
+    """Rendering is deterministic and matches the reviewed output byte for byte
+    (`config/sites` in `golden/`, every feature in `config/examples/features` in `golden/examples/`)."""
+    rendered = _render_examples(folder)[name]
+    golden = (GOLDEN if folder == "sites" else GOLDEN / "examples") / name
     if os.environ.get("UPDATE_GOLDEN") == "1":
         golden.write_bytes(rendered)
     assert rendered == golden.read_bytes()
@@ -55,7 +57,7 @@ def test_files_are_discovery_responses_with_content_versions() -> None:
 
 def test_listener_takes_routes_from_the_route_file() -> None:
     """The listener names rds.json by path, so site changes never modify the listener."""
-    listener = rendering.listener(SETTINGS)
+    listener = rendering.listeners(SETTINGS, [])[0]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     assert "route_config" not in hcm
     assert hcm["rds"]["config_source"]["path_config_source"]["path"] == (
