@@ -153,6 +153,8 @@ CASES: list[Case] = [
          _site("lookahead", UP + "routes: [{regex: '(?=a)b'}]\n")),
     Case("backref", "is not valid RE2 syntax",
          _site("backref", UP + r"routes: [{regex: '(a)\1'}]" + "\n")),
+    Case("bigregex", "Envoy allows at most 100",
+         _site("bigregex", UP + "routes: [{regex: '/[a-z]{1000}'}]\n")),
     # Not regular files, links, permissions
     Case("outlink", "symlink to outside the sites folder", make=_outside_link),
     Case("dangling", "cannot open", make=_dangling_link),
