@@ -238,7 +238,8 @@ def check_types(resource: dict[str, Any], kind: str, where: str, what: str) -> N
     try:
         json_format.ParseDict(resource, _MESSAGES[kind](), ignore_unknown_fields=False)
     except json_format.ParseError as exc:
-        raise SiteError([Problem(where, f"envoy.{what}", str(exc))]) from None
+        reason = str(exc).split("\n Available Fields", 1)[0].strip()
+        raise SiteError([Problem(where, f"envoy.{what}", reason)]) from None
 
 
 def fragment(resource: dict[str, Any], type_url: str | None) -> str:

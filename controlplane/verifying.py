@@ -99,7 +99,18 @@ class Verifier:
         if match is None:
             raise EnvoyBinaryError(f"{self._binary} --mode validate failed without a reason"
                                    f" (exit {done.returncode}): {output.strip()[-500:]}")
-        return " ".join(match.group(1).split())
+        return _short_reason(" ".join(match.group(1).split()))
+
+
+def _short_reason(reason: str) -> str:
+    """A proto constraint failure comes after a dump of the whole scratch bootstrap:
+    keep the innermost cause, which names the Envoy message and field
+    (`ClusterValidationError.ConnectTimeout: value must be greater than 0s`)."""
+    marker = "Proto constraint validation failed ("
+    if marker not in reason:
+        return reason.replace("goo.gle/debugonly ", "")
+    detail = reason[reason.index(marker) + len(marker):].removesuffix(")")
+    return "Proto constraint validation failed: " + detail.rsplit(" | caused by ", 1)[-1]
 
 
 def scratch_bootstrap(settings: Settings, group: Sequence[SiteResources]) -> dict[str, Any]:

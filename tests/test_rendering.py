@@ -35,7 +35,8 @@ def _render_examples(folder: str = "sites") -> dict[str, bytes]:
 @pytest.mark.parametrize("name", ["cds.json", "rds.json", "lds.json", "sds.json"])
 def test_examples_render_to_the_golden_files(folder: str, name: str) -> None:
     """Rendering is deterministic and matches the reviewed output byte for byte
-    (`config/sites` in `golden/`, every feature in `config/examples/features` in `golden/examples/`)."""
+    (`config/sites` in `golden/`; every feature, from `config/examples/features`, in
+    `golden/examples/`)."""
     rendered = _render_examples(folder)[name]
     golden = (GOLDEN if folder == "sites" else GOLDEN / "examples") / name
     if os.environ.get("UPDATE_GOLDEN") == "1":
