@@ -12,10 +12,12 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from controlplane import rendering, upstreams
-from controlplane.envoy_admin import AdminClient, Counters
+from controlplane.envoy_admin import AdminClient, stat_prefixes
 from controlplane.reconciling import check_content
 from controlplane.rendering import SiteResources
 from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Listen, Settings
@@ -153,34 +155,37 @@ def apply_files(side: Side, files: dict[str, bytes], serves: str | None = None,
             handle.write(files[kind])
             handle.flush()
             os.fsync(handle.fileno())
-    before = side.admin.counters()
     started = time.monotonic()
     os.replace(temps[first], side.out / FILES[first])
-    wait_version(side, first, version_of(files[first]), before[first], timeout)
+    wait_version(side, first, version_of(files[first]), timeout)
     middle = time.monotonic()
-    before = side.admin.counters()
     os.replace(temps[second], side.out / FILES[second])
     if serves is not None:
         side.probe.until(serves, 200, timeout)
     else:
-        wait_version(side, second, version_of(files[second]), before[second], timeout)
+        wait_version(side, second, version_of(files[second]), timeout)
     done = time.monotonic()
     cds_s, rds_s = (done - middle, middle - started) if removal else (
         middle - started, done - middle)
     return Applied(cds_s=cds_s, rds_s=rds_s, total_s=done - started)
 
 
-def wait_version(side: Side, kind: str, version: str, before: Counters,
-                 timeout: float = 60.0) -> None:
+def wait_version(side: Side, kind: str, version: str, timeout: float = 60.0) -> None:
+    """Until Envoy serves `version` of one file. Polls only the text readout
+    `version_text` (which moves only on a successful apply): about 1 ms of Envoy's main
+    thread at 1,000 clusters, where a `/stats` query for counters scans every cluster's
+    stats (about 60 ms) and would slow the very apply it waits for."""
+    name = f"{stat_prefixes(side.settings)[kind]}.version_text"
+    query = urllib.parse.urlencode({"format": "json", "type": "TextReadouts",
+                                    "filter": f"^{re.escape(name)}$"})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        now = side.admin.counters()[kind]
-        if now.version == version and now.success > before.success:
+        stats = json.loads(side.admin.get(f"/stats?{query}"))["stats"]
+        if any(s.get("name") == name and s.get("value") == version for s in stats):
             return
-        if now.rejected > before.rejected or now.failure > before.failure:
-            raise RuntimeError(f"Envoy rejected {kind} {version}: {side.envoy.log_text()}")
         time.sleep(POLL_S)
-    raise TimeoutError(f"Envoy did not take {kind} {version} within {timeout}s")
+    raise TimeoutError(f"Envoy did not take {kind} {version} within {timeout}s:"
+                       f" {side.envoy.log_text()}")
 
 
 # ---- the daemon --------------------------------------------------------------------------
