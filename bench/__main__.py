@@ -104,7 +104,9 @@ def _commit() -> str:
 
 
 def _envoy_version() -> str:
-    parts = _version([str(envoy_binary(Settings())), "--version"]).split("/")
+    """`1.40.0` from `PATH  version: COMMIT/1.40.0/Clean/RELEASE/BoringSSL`."""
+    text = _version([str(envoy_binary(Settings())), "--version"])
+    parts = text.rpartition("version: ")[2].split("/")
     return parts[1] if len(parts) > 1 else "unknown"
 
 
