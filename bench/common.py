@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -105,11 +106,26 @@ def start_side(folder: Path, stack: ExitStack, tag: str, sites_dir: Path,
         (out / FILES[kind]).write_bytes(data)
     envoy = Envoy(folder / tag, out)
     stack.callback(envoy.stop)
-    envoy.launch()
+    _launch(envoy)
     probe = Probe(settings.listen.port)
     stack.callback(probe.close)
     return Side(settings=settings, envoy=envoy, admin=AdminClient(admin_socket, settings),
                 probe=probe)
+
+
+def _launch(envoy: Envoy, tries: int = 4) -> None:
+    """Start Envoy; when it aborts for want of inotify instances (128 per user, shared
+    with whatever else runs on the machine, such as a test suite), wait and retry."""
+    for attempt in range(tries):
+        try:
+            envoy.launch()
+            return
+        except AssertionError as exc:
+            if "inotify" not in str(exc) or attempt == tries - 1:
+                raise
+            print("bench: Envoy is out of inotify instances; retrying in 15 s",
+                  file=sys.stderr, flush=True)
+            time.sleep(15)
 
 
 def render_site(settings: Settings, name: str, text: str) -> SiteResources:
