@@ -66,6 +66,7 @@ def _options(spec: Upstream) -> dict[str, Any]:
         options["health_checks"] = [{
             "timeout": envoy_duration(check.timeout),
             "interval": envoy_duration(check.interval),
+            "no_traffic_interval": envoy_duration(check.interval),  # Envoy's default: 60s
             "healthy_threshold": check.healthy,
             "unhealthy_threshold": check.unhealthy,
             "http_health_check": http,

@@ -327,6 +327,9 @@ response_headers: {{set: {{x-site: feat}}}}
 envoy:
   cluster: {{per_connection_buffer_limit_bytes: 12345}}
 """)
+        node.put("hc", f"domains: [hc.test]\nupstream:\n  endpoints: [{{socket: {plain}}}]\n"
+                 "  lb_policy: least_request\n  circuit_breaker: {max_requests: 5}\n"
+                 "  health_check: {path: /healthz, interval: 100ms, timeout: 1s}\n")
         node.put("denied", f"domains: [denied.test]\nupstream: {{socket: {plain}}}\n"
                  "access: {deny: [127.0.0.0/8]}\n")
         node.start()
@@ -335,6 +338,10 @@ envoy:
         _retries(node)
         _filters(node, log)
         _overrides(node)
+        wait_for(lambda: node.envoy.stats(r"^cluster\.hc\.health_check\.success$").get(
+            "cluster.hc.health_check.success", 0) >= 2, 10,
+            f"health checks over the socket {node.status()['sites'].get('hc')}"
+            f" {node.envoy.stats('health_check')}")
         assert node.envoy.rejections() == {}
     finally:
         echo.close()
