@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from controlplane.kinds import Duration, PositiveDuration, Strict
 
@@ -87,9 +87,21 @@ class Access(Strict):
 class AccessLog(Strict):
     """An access log file for this site's requests."""
 
-    path: AbsolutePath = Field(description="Log file (Envoy appends to it).")
+    path: AbsolutePath = Field(description="Log file (Envoy appends to it); under one of"
+                               " the allowed log folders (setting `log_dirs`).")
     format: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
         None, description="Envoy format string; default: Envoy's default line.")
+
+    @field_validator("path")
+    @classmethod
+    def _allowed(cls, path: str, info: ValidationInfo) -> str:
+        """Envoy opens the file with its own rights: a site may not pick any file."""
+        allowed = (info.context or {}).get("log_dirs", ())
+        if allowed and path not in ("/dev/stdout", "/dev/stderr") and not any(
+                path.startswith(root.rstrip("/") + "/") for root in allowed):
+            raise ValueError(f"{path!r} is outside the allowed log folders"
+                             f" ({', '.join(allowed)}); /dev/stdout and /dev/stderr also work")
+        return path
 
 
 class HealthCheck(Strict):

@@ -48,7 +48,8 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
         document = loading.parse(content, source)
         admin = () if settings.admin_socket is None else (str(settings.admin_socket.absolute()),)
         site = validating.validate(name, source, digest, document,
-                                   tuple(str(d) for d in settings.socket_dirs), admin)
+                                   tuple(str(d) for d in settings.socket_dirs), admin,
+                                   tuple(str(d) for d in settings.log_dirs))
         resources = rendering.render_site(site, settings)
     except SiteError as exc:
         return Checked(name=name, source=source, digest=digest, problems=exc.problems)

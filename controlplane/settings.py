@@ -91,6 +91,10 @@ class Settings:
     socket_dirs: tuple[Path, ...] = (Path("/dev/shm"), Path("/run"), Path("/var/run"), Path("/tmp"))
     """Upstream sockets must lie under one of these folders (empty: anywhere absolute)."""
 
+    log_dirs: tuple[Path, ...] = (Path("/var/log"), Path("/tmp"))
+    """Per-site access logs must lie under one of these folders, or be /dev/stdout or
+    /dev/stderr (empty: anywhere absolute). Envoy opens them with its own rights."""
+
     max_file_bytes: int = 1024 * 1024
     """Site files larger than this are refused unread (bytes)."""
 
@@ -156,7 +160,7 @@ def _coerce(key: str, value: Any) -> Any:
             return Path(str(value))
         if key in ("listen", "metrics", "listen_tls"):
             return Listen.parse(str(value))
-        if key == "socket_dirs":
+        if key in ("socket_dirs", "log_dirs"):
             return tuple(Path(str(v)) for v in value)
         if key in _FLOATS:
             return float(value)

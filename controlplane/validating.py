@@ -26,16 +26,19 @@ _SCHEMA = schema()
 
 
 def validate(name: str, where: str, digest: str, document: Document,
-             socket_dirs: tuple[str, ...] = (), forbidden_sockets: tuple[str, ...] = ()) -> Site:
+             socket_dirs: tuple[str, ...] = (), forbidden_sockets: tuple[str, ...] = (),
+             log_dirs: tuple[str, ...] = ()) -> Site:
     """One site's document -> Site, or SiteError with every problem in the file.
     Sockets must lie under one of `socket_dirs` (empty: anywhere absolute) and may not be
-    one of `forbidden_sockets` (Envoy's own admin socket)."""
+    one of `forbidden_sockets` (Envoy's own admin socket); access logs go under one of
+    `log_dirs` (empty: anywhere absolute)."""
     if not isinstance(document.data, dict):
         kind = type(document.data).__name__
         raise SiteError([Problem(where, "", f"a site file is a mapping of keys, not a {kind}")])
     try:
         spec = SiteSpec.model_validate(document.data, context={
-            "socket_dirs": socket_dirs, "forbidden_sockets": forbidden_sockets})
+            "socket_dirs": socket_dirs, "forbidden_sockets": forbidden_sockets,
+            "log_dirs": log_dirs})
     except ValidationError as exc:
         raise SiteError([_problem(where, error, document) for error in exc.errors()]) from None
     return Site(name=name, spec=spec, source=where, digest=digest)

@@ -142,6 +142,8 @@ CASES: list[Case] = [
          _site("outside", "upstream: {socket: /etc/passwd}\n")),
     Case("docker", "is a control socket",
          _site("docker", "upstream: {socket: /var/run/docker.sock}\n")),
+    Case("logfile", "outside the allowed log folders",
+         _site("logfile", UP + "access_log: {path: /etc/cron.d/evil}\n")),
     # Domains
     Case("space", "is not a host name", b"domains: ['a b.example.com']\n" + UP.encode()),
     Case("port", "ports are not allowed", b"domains: [port.example.com:8080]\n" + UP.encode()),

@@ -16,6 +16,9 @@ def test_defaults_are_pinned() -> None:
     assert (str(s.listen), s.admin_socket, s.verify_with_envoy) == ("0.0.0.0:8080", None, True)
     assert s.socket_dirs == tuple(Path(p) for p in ("/dev/shm", "/run", "/var/run", "/tmp"))
     assert s.max_connections == 50_000
+    assert (str(s.listen_tls), s.https_redirect_port, s.max_certificates) == ("0.0.0.0:8443",
+                                                                             None, 40)
+    assert s.log_dirs == (Path("/var/log"), Path("/tmp"))
     assert (s.max_file_bytes, s.stat_prefix, s.route_config_name) == (1 << 20, "ingress_http",
                                                                       "routes")
     assert (s.debounce_quiet_s, s.debounce_max_s, s.resync_s) == (0.02, 0.5, 30.0)
