@@ -174,7 +174,7 @@ def _summary(runs: dict[str, list[dict[str, Any]]], seconds: float) -> dict[str,
 
 
 def run(full: bool, quick: bool) -> dict[str, Any]:
-    data = measure(4 if quick else 15, 1 if quick else 3)
+    data = measure(4 if quick else 10, 1 if quick else 5)
     common.save("hitless", data, _markdown(data), _plot(data))
     return data
 
