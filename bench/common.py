@@ -27,6 +27,7 @@ from typing import Any
 
 from controlplane import rendering, upstreams
 from controlplane.envoy_admin import AdminClient, stat_prefixes
+from controlplane.errors import EnvoyUnavailable
 from controlplane.reconciling import check_content
 from controlplane.rendering import SiteResources
 from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Listen, Settings
@@ -196,7 +197,10 @@ def wait_version(side: Side, kind: str, version: str, timeout: float = 60.0) -> 
                                     "filter": f"^{re.escape(name)}$"})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        stats = json.loads(side.admin.get(f"/stats?{query}"))["stats"]
+        try:
+            stats = json.loads(side.admin.get(f"/stats?{query}"))["stats"]
+        except EnvoyUnavailable:  # its main thread is busy applying (1 s per request)
+            continue
         if any(s.get("name") == name and s.get("value") == version for s in stats):
             return
         time.sleep(POLL_S)
