@@ -42,8 +42,15 @@ def cluster(site: Site, upstream: str) -> dict[str, Any]:
     }
     if site.spec.stats_prefix is not None:
         rendered["alt_stat_name"] = stats_name(site, upstream)
-    rendered.update(_options(spec))
+    rendered.update(_options(spec, _health_host(site)))
     return rendered
+
+
+def _health_host(site: Site) -> str:
+    """The Host of health checks: the site's first plain domain (Envoy's default, the
+    cluster name, is `site/upstream` for named upstreams, which nginx answers with 400)."""
+    plain = [d for d in site.spec.domains if "*" not in d]
+    return plain[0] if plain else site.name
 
 
 def address(endpoint: Endpoint) -> dict[str, Any]:
@@ -53,16 +60,14 @@ def address(endpoint: Endpoint) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _options(spec: Upstream) -> dict[str, Any]:
+def _options(spec: Upstream, health_host: str) -> dict[str, Any]:
     """Only the options that differ from Envoy's defaults, so plain sites stay small."""
     options: dict[str, Any] = {}
     if spec.lb_policy != "round_robin":
         options["lb_policy"] = _LB[spec.lb_policy]
     if spec.health_check is not None:
         check = spec.health_check
-        http: dict[str, Any] = {"path": check.path}
-        if check.host is not None:
-            http["host"] = check.host
+        http: dict[str, Any] = {"path": check.path, "host": check.host or health_host}
         options["health_checks"] = [{
             "timeout": envoy_duration(check.timeout),
             "interval": envoy_duration(check.interval),

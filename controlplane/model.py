@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import posixpath
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -50,7 +51,7 @@ __all__ = ["DNS_LABEL", "Duration", "Endpoint", "Route", "Site", "SiteSpec", "Up
 
 CONTROL_SOCKETS = frozenset({
     "docker.sock", "containerd.sock", "podman.sock", "crio.sock", "cri-dockerd.sock",
-    "dockershim.sock", "kubelet.sock",
+    "dockershim.sock", "kubelet.sock", "snapd.socket", "system_bus_socket",
 })
 """Socket names of container runtimes and the kubelet: an upstream on one of them would
 hand the node to anyone who can reach the site."""
@@ -130,6 +131,9 @@ def _check_socket(path: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{path!r}: the path must be absolute")
     if ".." in path.split("/"):
         raise ValueError(f"{path!r}: '..' is not allowed in the path")
+    if posixpath.normpath(path) != path:  # '//' or '/./' would dodge the checks below
+        raise ValueError(f"{path!r}: write the path plainly, as"
+                         f" {posixpath.normpath(path)!r}")
     if "\x00" in path:
         raise ValueError("NUL bytes are not allowed in the path")
     size = len(path.encode())

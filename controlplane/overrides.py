@@ -29,6 +29,13 @@ FORBIDDEN_ROUTE_KEYS = ("cluster_header", "cluster_specifier_plugin",
                         "inline_cluster_specifier_plugin")
 """Route fields that would pick a cluster at request time, outside the site's own."""
 _CLUSTER_REFERENCES = ("cluster", "cluster_name")
+FILE_KEYS = frozenset({
+    "filename", "environment_variable", "watched_directory", "path_config_source",
+    "event_log_path", "access_log_path", "access_log", "event_logger",
+})
+"""Envoy fields that read a file or the environment, or write a file, with Envoy's rights:
+a direct response body from `/etc/passwd`, a health-check event log anywhere. Sites get
+files only through fields the schema checks (`tls`, `access_log`)."""
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -60,8 +67,18 @@ def confine_virtual_host(where: str, field: str, override: dict[str, Any]) -> No
         raise SiteError(problems)
 
 
+def confine_files(where: str, field: str, resource: dict[str, Any]) -> None:
+    """Refuse any field that reads or writes a file (or the environment)."""
+    problems = [Problem(where, f"{path}.{key}", "reads or writes a file with Envoy's"
+                        " rights; a site may not (the site file's own fields are checked)")
+                for path, key, _ in _walk(resource, field) if key in FILE_KEYS]
+    if problems:
+        raise SiteError(problems)
+
+
 def confine_references(where: str, vhost: dict[str, Any], own: set[str]) -> None:
     """Every cluster the virtual host names must be one of the site's own."""
+    confine_files(where, "envoy.virtual_host", vhost)
     problems = []
     for path, key, value in _walk(vhost, "envoy.virtual_host"):
         if key in FORBIDDEN_ROUTE_KEYS:

@@ -108,7 +108,7 @@ class HealthCheck(Strict):
     """Active HTTP health checks of each endpoint."""
 
     path: str = Field("/", description="Path to GET.")
-    host: str | None = Field(None, description="Host header (default: the cluster name).")
+    host: str | None = Field(None, description="Host header (default: the site's first domain).")
     interval: PositiveDuration = Field("10s", description="Time between checks.")
     timeout: PositiveDuration = Field("2s", description="Time to wait for an answer.")
     healthy: Annotated[int, Field(ge=1, le=100)] = Field(

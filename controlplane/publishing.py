@@ -41,6 +41,10 @@ class FileState:
     confirmed: bool | None = None
     """True: Envoy confirmed; False: not (yet); None: no admin socket to ask."""
     last_confirmed: tuple[str, ...] | None = None
+    before: Counters | None = None
+    """Envoy's counters read just before this version was written, kept until it is
+    confirmed: a later pass still sees a rejection that came after a timeout. None when
+    unknown (a file found on disk at start)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -106,7 +110,7 @@ class Publisher:
                                       "lds": tuple(lds)})
         current = self.cluster_fragments()
         union = {**current, **clusters}
-        if union != current:
+        if union != current or self.files["cds"].confirmed is False:
             self._step(report, {"cds": _sorted(union)})
         if not report.rejected and not report.unconfirmed:
             self._step(report, {"rds": tuple(rds), "lds": tuple(lds)})
@@ -156,7 +160,7 @@ class Publisher:
             state = self.files[kind]
             if fragments == state.fragments and state.version:
                 continue
-            self._write(kind, fragments)
+            self._write(kind, fragments, before=(before or {}).get(kind))
             report.written.append(kind)
         self._confirm(report, targets, before)
 
@@ -164,16 +168,29 @@ class Publisher:
         if self._admin is None:
             return None
         try:
-            return dict(self._admin.counters())
+            counters = dict(self._admin.counters())
         except EnvoyUnavailable as exc:
             report.errors.append(str(exc))
             return {}
+        self._adopt(counters)
+        return counters
 
-    def _write(self, kind: str, fragments: tuple[str, ...], salt: str = "") -> None:
+    def _adopt(self, counters: dict[str, Counters]) -> None:
+        """After a restart: a file on disk that Envoy runs (same version) is confirmed,
+        and is the one to re-install after a later rejection."""
+        for kind, state in self.files.items():
+            now = counters.get(kind)
+            if state.confirmed is False and state.before is None and now is not None and (
+                    now.version == state.version != ""):
+                state.confirmed, state.last_confirmed = True, state.fragments
+
+    def _write(self, kind: str, fragments: tuple[str, ...], salt: str = "",
+               before: Counters | None = None) -> None:
         version, data = discovery_response(list(fragments), salt)
         write_atomic(self._settings.out_dir / FILES[kind], data, force=bool(salt))
         self.files[kind] = FileState(fragments=fragments, version=version, confirmed=False,
-                                     last_confirmed=self.files[kind].last_confirmed)
+                                     last_confirmed=self.files[kind].last_confirmed,
+                                     before=before)
 
     def _confirm(self, report: Report, targets: dict[str, tuple[str, ...]],
                  before: dict[str, Counters] | None) -> None:
@@ -184,9 +201,7 @@ class Publisher:
                 self.files[kind].confirmed = None
             return
         for kind in targets:
-            written = kind in report.written
-            self._confirm_one(report, kind, before.get(kind, ALREADY_WRITTEN) if written
-                              else ALREADY_WRITTEN)
+            self._confirm_one(report, kind, self.files[kind].before or ALREADY_WRITTEN)
 
     def _confirm_one(self, report: Report, kind: str, before: Counters) -> None:
         state = self.files[kind]
@@ -203,23 +218,27 @@ class Publisher:
         except EnvoyUnavailable as exc:
             report.unconfirmed.append(f"{FILES[kind]}: {exc}")
             return
-        state.confirmed = True
+        state.confirmed, state.before = True, None
         state.last_confirmed = state.fragments
 
     def _reinstall(self, report: Report, kind: str) -> None:
         """After a rejection: the last confirmed content, under a new version."""
         good = self.files[kind].last_confirmed
         if good is None or self._admin is None:
+            report.errors.append(f"{FILES[kind]}: no file Envoy confirmed is known to"
+                                 " re-install; Envoy keeps what it applied")
             return
         self._salt += 1
-        before = self._admin.counters()[kind]
-        self._write(kind, good, salt=f"reinstall-{self._salt}")
         try:
+            before = self._admin.counters()[kind]
+            self._write(kind, good, salt=f"reinstall-{self._salt}", before=before)
             self._admin.confirm(kind, before, self.files[kind].version,
                                 self._settings.confirm_timeout_s, self._stop)
-            self.files[kind].confirmed = True
         except (EnvoyRejected, EnvoyUnavailable) as exc:
             report.errors.append(f"{FILES[kind]}: re-installing the last good file: {exc}")
+            return
+        state = self.files[kind]
+        state.confirmed, state.before, state.last_confirmed = True, None, good
 
 
 def _sorted(clusters: dict[str, str]) -> tuple[str, ...]:

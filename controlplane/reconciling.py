@@ -14,6 +14,8 @@ out; every other site goes ahead. `select` is shared with the one-shot `check` a
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +55,9 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
         resources = rendering.render_site(site, settings)
     except SiteError as exc:
         return Checked(name=name, source=source, digest=digest, problems=exc.problems)
+    except Exception as exc:  # a site file must never take the daemon down
+        problem = Problem(source, "envoy", f"cannot be rendered: {type(exc).__name__}: {exc}")
+        return Checked(name=name, source=source, digest=digest, problems=(problem,))
     return Checked(name=name, source=source, digest=digest, content=content,
                    resources=resources, domains=tuple(site.spec.domains))
 
@@ -63,7 +68,29 @@ def check_entry(entry: loading.Entry, settings: Settings) -> Checked:
         content = loading.read(entry, settings.sites_dir, settings.max_file_bytes)
     except SiteError as exc:
         return Checked(name=entry.name, source=source, digest="", problems=exc.problems)
-    return _check_certificates(check_content(entry.name, source, content, settings))
+    return _check_access_log(_check_certificates(
+        check_content(entry.name, source, content, settings)))
+
+
+def _check_access_log(item: Checked) -> Checked:
+    """An access log that exists must be a regular file (or /dev/stdout, /dev/stderr):
+    Envoy would block opening a FIFO, in `--mode validate` and for real."""
+    log = item.resources.access_log if item.resources is not None else None
+    path = str(log["typed_config"]["path"]) if log else None
+    if path is None or path in ("/dev/stdout", "/dev/stderr"):
+        return item
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return item
+    except OSError as exc:
+        mode, reason = 0, f"{path!r}: {exc.strerror}"
+    else:
+        reason = f"{path!r} exists and is not a regular file"
+    if stat.S_ISREG(mode):
+        return item
+    return Checked(name=item.name, source=item.source, digest=item.digest,
+                   problems=(Problem(item.source, "access_log.path", reason),))
 
 
 def _check_certificates(item: Checked) -> Checked:
@@ -72,7 +99,10 @@ def _check_certificates(item: Checked) -> Checked:
     site_tls = item.resources.tls if item.resources is not None else None
     if site_tls is None:
         return item
-    problems, warnings = certificates.inspect(item.source, site_tls.spec, site_tls.domains)
+    try:
+        problems, warnings = certificates.inspect(item.source, site_tls.spec, site_tls.domains)
+    except Exception as exc:  # odd certificates must not take the daemon down
+        problems = [Problem(item.source, "tls", f"cannot inspect: {type(exc).__name__}: {exc}")]
     if problems:
         return Checked(name=item.name, source=item.source, digest=item.digest,
                        problems=tuple(problems))
@@ -111,7 +141,8 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
     if max_certificates is not None:
         _settle(result, last_good, lambda serving: tls.certificate_overflow(
             {n: (c.source, c.resources.tls.secret_name) for n, c in serving.items()
-             if c.resources is not None and c.resources.tls is not None}, max_certificates))
+             if c.resources is not None and c.resources.tls is not None}, max_certificates,
+            {n for n, c in serving.items() if _is_last_good(c, last_good)}))
     result.warnings = {n: list(c.warnings) for n, c in result.serving.items() if c.warnings}
     if verifier is not None:
         _settle(result, last_good, lambda serving: verifier.verify(
@@ -182,9 +213,11 @@ class Reconciler:
         self._publisher = Publisher(settings, admin, stop)
         self._cache: dict[str, tuple[tuple[int, ...], Checked]] = {}
         self._rejected: dict[str, str] = {}
-        self._serving: dict[str, Checked] = {}
         self._sites: dict[str, status.SiteStatus] = {}
         self.last_good = self._load_last_good()
+        self._serving: dict[str, Checked] = dict(self.last_good)
+        """What serves, as far as the daemon knows: at start, what served before it stopped
+        (a rejection must blame only what changed since)."""
 
     def _load_last_good(self) -> dict[str, Checked]:
         found = {}

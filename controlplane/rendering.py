@@ -44,6 +44,7 @@ from controlplane.errors import Problem, SiteError
 from controlplane.model import Site
 from controlplane.overrides import (
     confine_cluster,
+    confine_files,
     confine_references,
     confine_virtual_host,
     merge,
@@ -138,6 +139,7 @@ def _cluster(site: Site, upstream: str) -> dict[str, Any]:
         if override:
             confine_cluster(site.source, field, override)
             rendered = merge(rendered, override)
+    confine_files(site.source, "envoy.cluster", rendered)
     return rendered
 
 
@@ -244,7 +246,7 @@ def check_types(resource: dict[str, Any], kind: str, where: str, what: str) -> N
 
 def fragment(resource: dict[str, Any], type_url: str | None) -> str:
     body = {"@type": type_url, **resource} if type_url else resource
-    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def discovery_response(fragments: list[str], salt: str = "") -> tuple[str, bytes]:

@@ -33,7 +33,9 @@ MISSING_FOLDER_POLL_S = 1.0
 def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     """SIGTERM and SIGINT call `stop`; the previous handlers come back on exit."""
     def handle(signum: int, frame: FrameType | None) -> None:
-        stop()
+        # Not stop() here: a handler runs between two bytecodes of the main thread, which
+        # may hold the very lock that Event.set() takes. A thread takes it safely.
+        threading.Thread(target=stop, name="stop-signal").start()
 
     previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -119,6 +121,10 @@ class Daemon:
             log.error("pass.failed", error=str(exc))
             self.metrics.record_failure(type(exc).__name__, str(exc))
             return Outcome(retry=True, errors=[str(exc)])
+        except Exception as exc:  # a bug must cost one pass, not every site: retry, loudly
+            log.exception("pass.crashed", error=repr(exc))
+            self.metrics.record_failure("internal", repr(exc))
+            return Outcome(retry=True, errors=[repr(exc)])
         seconds = time.perf_counter() - started
         self.passes += 1
         self._log(outcome, seconds)

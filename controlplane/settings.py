@@ -135,6 +135,8 @@ class Settings:
 
 
 _PATHS = {"sites_dir", "out_dir", "state_dir", "admin_socket", "envoy"}
+_INTS = {"max_file_bytes", "max_connections", "max_certificates", "https_redirect_port"}
+_STRINGS = {"stat_prefix", "route_config_name"}
 _FLOATS = {
     "debounce_quiet_s", "debounce_max_s", "resync_s", "confirm_timeout_s",
     "unconfirmed_gap_s", "retry_s",
@@ -164,12 +166,16 @@ def _coerce(key: str, value: Any) -> Any:
             return tuple(Path(str(v)) for v in value)
         if key in _FLOATS:
             return float(value)
-        if key in ("max_file_bytes", "max_connections"):
-            return int(value)
+        if key in _INTS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"expected a whole number, got {value!r}")
+            return value
         if key == "verify_with_envoy":
             if not isinstance(value, bool):
                 raise TypeError("expected true or false")
             return value
-        return str(value)
+        if key in _STRINGS:
+            return str(value)
+        raise AssertionError(f"settings: no coercion for {key}")
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"settings: {key}: {exc}") from None

@@ -90,13 +90,15 @@ def https_listener(host: str, port: int, chains: list[dict[str, Any]]) -> dict[s
     }
 
 
-def certificate_overflow(secrets: dict[str, tuple[str, str]], limit: int) -> dict[
+def certificate_overflow(secrets: dict[str, tuple[str, str]], limit: int,
+                         established: set[str] | frozenset[str] = frozenset()) -> dict[
         str, list[Problem]]:
     """Sites (name -> (source, secret name)) whose certificate would be one more than
-    `limit` distinct ones, in name order."""
+    `limit` distinct ones: `established` sites (serving their last good version) keep
+    their slots first, so a newcomer cannot push one out; then in name order."""
     seen: set[str] = set()
     problems: dict[str, list[Problem]] = {}
-    for name in sorted(secrets):
+    for name in sorted(secrets, key=lambda n: (n not in established, n)):
         source, secret_name = secrets[name]
         if secret_name in seen or len(seen) < limit:
             seen.add(secret_name)

@@ -72,6 +72,13 @@ def _unreadable(folder: Path, path: Path) -> None:
     os.chmod(path, 0)
 
 
+def _log_fifo(folder: Path, path: Path) -> None:
+    fifo = folder.parent / "log.fifo"
+    os.mkfifo(fifo)
+    path.write_text(f"domains: [logfifo.example.com]\nupstream: {{socket: /tmp/l.sock}}\n"
+                    f"access_log: {{path: {fifo}}}\n")
+
+
 def _billion_laughs() -> bytes:
     lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
@@ -144,6 +151,24 @@ CASES: list[Case] = [
          _site("docker", "upstream: {socket: /var/run/docker.sock}\n")),
     Case("logfile", "outside the allowed log folders",
          _site("logfile", UP + "access_log: {path: /etc/cron.d/evil}\n")),
+    Case("adminslash", "write the path plainly",
+         _site("adminslash", "upstream: {socket: /run//envoy/admin.sock}\n")),
+    Case("admindot", "write the path plainly",
+         _site("admindot", "upstream: {socket: /run/envoy/./admin.sock}\n")),
+    # The escape hatch
+    Case("hatchtype", "cannot be rendered", _site("hatchtype", UP + (
+        "envoy: {virtual_host: {typed_per_filter_config: {x: {'@type': 5}}}}\n"))),
+    Case("hatchlist", "cannot be rendered", _site("hatchlist", UP + (
+        "routes:\n  - prefix: /\n    envoy: {route: {weighted_clusters: {clusters: 5}}}\n"))),
+    Case("hatchnan", "per_connection_buffer_limit_bytes", _site("hatchnan", UP + (
+        "envoy: {cluster: {per_connection_buffer_limit_bytes: .nan}}\n"))),
+    Case("hatchread", "reads or writes a file", _site("hatchread", UP + (
+        "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
+        "{body: {filename: /etc/passwd}}}}]\n"))),
+    Case("hatchwrite", "reads or writes a file", _site("hatchwrite", UP + (
+        "envoy: {cluster: {health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1,"
+        " healthy_threshold: 1, http_health_check: {path: /}, event_log_path: /etc/x}]}}\n"))),
+    Case("logfifo", "exists and is not a regular file", make=_log_fifo),
     # Domains
     Case("space", "is not a host name", b"domains: ['a b.example.com']\n" + UP.encode()),
     Case("port", "ports are not allowed", b"domains: [port.example.com:8080]\n" + UP.encode()),

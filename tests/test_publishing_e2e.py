@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 from pathlib import Path
 
 import pytest
 
-from controlplane.envoy_admin import AdminClient
+from controlplane.envoy_admin import AdminClient, Counters
 from controlplane.publishing import Publisher
 from controlplane.reconciling import check_content
 from controlplane.rendering import CLUSTER, assemble, fragment
 from controlplane.settings import Listen, Settings
-from tests.parts import Envoy, free_port
+from tests.parts import Envoy, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -94,3 +96,63 @@ def test_no_envoy_is_a_timeout_not_a_hang(short_tmp: Path) -> None:
     assert {p.name for p in settings.out_dir.iterdir()} == {"cds.json", "rds.json", "lds.json"}
     report = _apply(publisher, _files(settings, "a", "b"))
     assert report.unconfirmed and "cds.json" in report.unconfirmed[0]
+
+
+def _bad_cluster() -> str:
+    bad = {"name": "bad", "type": "STATIC", "connect_timeout": "5s", "load_assignment": {
+        "cluster_name": "bad", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "pipe": {"path": "/tmp/" + "x" * 120}}}}]}]}}
+    return fragment(bad, CLUSTER)
+
+
+class _PausingAdmin(AdminClient):
+    """The real admin client; right after one read it freezes the real Envoy (SIGSTOP),
+    so the file written next is seen only once Envoy is thawed, after the timeout."""
+
+    def __init__(self, path: Path, settings: Settings, pid: int) -> None:
+        super().__init__(path, settings)
+        self.pid, self.pause_next = pid, False
+
+    def counters(self) -> dict[str, Counters]:
+        result = super().counters()
+        if self.pause_next:
+            self.pause_next = False
+            os.kill(self.pid, signal.SIGSTOP)
+        return result
+
+
+def test_a_rejection_after_a_timeout_is_seen_on_the_next_pass(
+        envoy_with_files: tuple[Settings, Envoy]) -> None:
+    """Envoy rejects a file only after the confirmation gave up: the next apply still
+    sees the rejection (the counters from before the write are kept) and re-installs."""
+    settings, envoy = envoy_with_files
+    assert settings.admin_socket is not None and envoy.process is not None
+    admin = _PausingAdmin(settings.admin_socket, settings, envoy.process.pid)
+    publisher = Publisher(settings, admin, threading.Event())
+    assert _apply(publisher, _files(settings, "a")).confirmed
+    admin.pause_next = True
+    try:
+        first = _apply(publisher, _files(settings, "a", "c"), extra=[_bad_cluster()])
+    finally:
+        os.kill(envoy.process.pid, signal.SIGCONT)
+    assert first.unconfirmed and not first.rejected
+    wait_for(lambda: envoy.rejections(), 5, "Envoy's late rejection")
+    second = _apply(publisher, _files(settings, "a", "c"), extra=[_bad_cluster()])
+    assert second.rejected and "cds.json" in second.rejected[0]
+    assert envoy.clusters() == {"a"}
+
+
+def test_after_a_restart_the_running_file_is_the_one_re_installed(
+        envoy_with_files: tuple[Settings, Envoy]) -> None:
+    """A new publisher adopts the files Envoy runs, so a rejection right after a restart
+    still has a last good file to put back."""
+    settings, envoy = envoy_with_files
+    assert settings.admin_socket is not None
+    admin = AdminClient(settings.admin_socket, settings)
+    assert _apply(Publisher(settings, admin, threading.Event()), _files(settings, "a")).confirmed
+    restarted = Publisher(settings, admin, threading.Event())
+    report = _apply(restarted, _files(settings, "a", "c"), extra=[_bad_cluster()])
+    assert report.rejected and not report.errors
+    assert envoy.clusters() == {"a"}
+    version = envoy.stats(r"cluster_manager\.cds\.version_text")
+    assert restarted.files["cds"].version in version.values()

@@ -69,3 +69,16 @@ def test_bootstrap_watches_a_constant_number_of_files() -> None:
     """Envoy watches two files from the bootstrap, however many sites there are."""
     text = json.dumps(rendering.bootstrap(SETTINGS))
     assert text.count("path_config_source") == 2
+
+
+def test_health_checks_send_the_sites_domain_as_host() -> None:
+    """Without `host`, health checks send the site's first plain domain, not the cluster
+    name (`site/upstream`, which nginx refuses with 400)."""
+    text = (b"domains: ['*.w.example', w.example]\nupstreams:\n  web:\n    endpoints:"
+            b" [{socket: /tmp/w.sock}]\n    health_check: {path: /up}\n"
+            b"routes: [{prefix: /, upstream: web}]\n")
+    checked = check_content("w", "w.yaml", text, SETTINGS)
+    assert checked.resources is not None, checked.problems
+    (_, cluster), = checked.resources.clusters
+    assert cluster["health_checks"][0]["http_health_check"] == {"path": "/up",
+                                                                "host": "w.example"}

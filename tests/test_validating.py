@@ -135,3 +135,12 @@ def test_envoys_own_admin_socket_cannot_be_an_upstream() -> None:
     checked = check_content("a", "sites/a.yaml", text, settings)
     assert [p.field for p in checked.problems] == ["upstream.socket"]
     assert "is a control socket" in checked.problems[0].reason
+
+
+def test_a_new_tls_site_cannot_push_an_established_one_past_the_certificate_limit() -> None:
+    """At the certificate limit, the established site keeps its slot, whatever the names."""
+    from controlplane.tls import certificate_overflow
+
+    secrets = {"a": ("a.yaml", "tls-a"), "z": ("z.yaml", "tls-z")}
+    assert set(certificate_overflow(secrets, 1, {"z"})) == {"a"}
+    assert set(certificate_overflow(secrets, 1)) == {"z"}
