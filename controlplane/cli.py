@@ -111,7 +111,7 @@ def _select(config: settings.Settings) -> reconciling.Selection:
     checked = {}
     for entry in entries:
         checked[entry.name] = (
-            reconciling.Checked(name=entry.name, source=str(entry.path), digest="",
+            reconciling.Checked(name=entry.name, source=entry.location, digest="",
                                 problems=tuple(duplicates[entry.name]))
             if entry.name in duplicates else reconciling.check_entry(entry, config))
     verifier = Verifier(config) if config.verify_with_envoy else None

@@ -22,6 +22,9 @@ from controlplane.settings import Settings
 
 REQUEST_TIMEOUT_S = 1.0
 POLL_S = 0.005
+MAX_POLL_S = 0.08
+"""Confirmation polls start at 5 ms (small files confirm in 4-8 ms) and back off to this:
+a /stats read costs Envoy ~15 ms of its main thread at 1,000 clusters, ~150 at 10,000."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +103,17 @@ class AdminClient:
         written in an earlier pass (then only `version_text` has to match)."""
         deadline = time.monotonic() + timeout
         waiter = stop if stop is not None else threading.Event()
+        pause = POLL_S
         while True:
-            now = self.counters()[kind]
+            try:
+                now = self.counters()[kind]
+            except EnvoyUnavailable:
+                # No socket: Envoy is down, say so now. A slow answer: Envoy's main
+                # thread is busy applying (5 s for 10,000 clusters): ask again.
+                if not self.path.exists() or time.monotonic() >= deadline:
+                    raise
+                waiter.wait(pause)
+                continue
             if now.success > before.success and now.version == version:
                 return now
             if now.rejected > before.rejected or now.failure > before.failure:
@@ -110,7 +122,8 @@ class AdminClient:
             if time.monotonic() >= deadline or waiter.is_set():
                 raise EnvoyUnavailable(f"Envoy did not confirm {kind} version {version}"
                                        f" within {timeout:g}s (it serves {now.version!r})")
-            waiter.wait(POLL_S)
+            waiter.wait(pause)
+            pause = min(pause * 2, MAX_POLL_S)  # each /stats read costs Envoy's main thread
 
 
 def _counters(values: dict[str, object], prefix: str) -> Counters:

@@ -32,9 +32,14 @@ class Entry:
     """A directory entry that looks like a site file; not yet read."""
 
     name: str
-    path: Path
+    location: str
+    """The entry's path as a string (a Path per entry costs 14 ms per 1,000 files)."""
     fingerprint: tuple[int, ...]
     """Identity and stat of the target: equal fingerprints mean unchanged content."""
+
+    @property
+    def path(self) -> Path:
+        return Path(self.location)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,30 +64,29 @@ def scan(folder: Path) -> list[Entry]:
         for item in listing:
             if is_site_name(item.name):
                 entries.append(_entry(folder, item))
-    return sorted(entries, key=lambda e: e.path.name)
+    return sorted(entries, key=lambda e: e.location)
 
 
 def _entry(folder: Path, item: os.DirEntry[str]) -> Entry:
-    path = Path(item.path)
-    name = path.name.rsplit(".", 1)[0]
+    name = item.name.rsplit(".", 1)[0]
     try:
-        st = os.stat(path)
+        st = os.stat(item.path)
         fingerprint: tuple[int, ...] = (
             st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
         )
     except OSError:
         fingerprint = (-1,)
-    return Entry(name=name, path=path, fingerprint=fingerprint)
+    return Entry(name=name, location=item.path, fingerprint=fingerprint)
 
 
 def read(entry: Entry, folder: Path, max_bytes: int) -> bytes:
     """The bytes of a site file, refusing anything that is not a small regular file
     inside `folder` (symlinks are followed only when their target stays inside)."""
-    where = str(entry.path)
+    where = entry.location
     if not DNS_LABEL.fullmatch(entry.name) or len(entry.name) > 63:
         raise _one(where, "", f"the site name {entry.name!r} (the file name) must be a DNS"
                    " label: a-z, 0-9 and '-', at most 63 characters")
-    real, root = os.path.realpath(entry.path), os.path.realpath(folder)
+    real, root = os.path.realpath(entry.location), os.path.realpath(folder)
     if os.path.commonpath([real, root]) != root:
         raise _one(where, "", "the file is a symlink to outside the sites folder")
     try:

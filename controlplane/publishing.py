@@ -70,6 +70,7 @@ class Publisher:
         self._admin = admin
         self._stop = stop
         self._salt = 0
+        self._cluster_map: tuple[tuple[str, ...], dict[str, str]] = ((), {})
         self.files = {kind: self._read_existing(kind) for kind in FILES}
         self.secrets = self._read_secrets()
         """What each SDS file holds, by secret name."""
@@ -96,7 +97,11 @@ class Publisher:
         return found
 
     def cluster_fragments(self) -> dict[str, str]:
-        return {json.loads(f)["name"]: f for f in self.files["cds"].fragments}
+        """Cluster name -> fragment of what cds.json holds (parsed once per content)."""
+        fragments = self.files["cds"].fragments
+        if self._cluster_map[0] is not fragments:
+            self._cluster_map = (fragments, {json.loads(f)["name"]: f for f in fragments})
+        return dict(self._cluster_map[1])
 
     def apply(self, clusters: dict[str, str], rds: list[str], lds: list[str],
               sds: list[str] | None = None) -> Report:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controlplane.writing import STATE_MODE, ensure_folder, write_atomic
+from controlplane.writing import STATE_MODE, ensure_folder, sync_folder, write_atomic
 
 STATUS_FILE = "status.json"
 LAST_GOOD_DIR = "sites"
@@ -46,11 +46,34 @@ class PassStatus:
     versions: dict[str, str]
 
 
-def write_status(state_dir: Path, sites: dict[str, SiteStatus], last_pass: PassStatus) -> None:
+def sites_json(sites: dict[str, SiteStatus],
+               lines: dict[str, tuple[SiteStatus, str]] | None = None) -> str:
+    """The `sites` part of the status file, one line per site, sorted. `lines` caches
+    each site's line with the SiteStatus it was made from, to reuse while unchanged."""
+    cache: dict[str, tuple[SiteStatus, str]] = {} if lines is None else lines
+    out = []
+    for name, site in sorted(sites.items()):
+        cached = cache.get(name)
+        if cached is None or cached[0] is not site:
+            cached = (site, f"  {json.dumps(name)}: "
+                            f"{json.dumps(_site_dict(site), sort_keys=True)}")
+            cache[name] = cached
+        out.append(cached[1])
+    for name in [n for n in cache if n not in sites]:
+        del cache[name]
+    return "{\n" + ",\n".join(out) + "\n}" if out else "{}"
+
+
+def _site_dict(site: SiteStatus) -> dict[str, Any]:
+    return {"state": site.state, "file": site.file, "serving": site.serving,
+            "problems": site.problems, "changed_at": site.changed_at}
+
+
+def write_status(state_dir: Path, sites: str, last_pass: PassStatus) -> None:
+    """The status file from the serialised `sites` part and this pass."""
     ensure_folder(state_dir, 0o700)
-    document = {"sites": {n: asdict(s) for n, s in sorted(sites.items())},
-                "last_pass": asdict(last_pass)}
-    data = json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
+    data = (f'{{"last_pass": {json.dumps(asdict(last_pass), sort_keys=True)},\n'
+            f'"sites": {sites}}}\n').encode()
     write_atomic(state_dir / STATUS_FILE, data, STATE_MODE)
 
 
@@ -59,10 +82,16 @@ def read_status(state_dir: Path) -> dict[str, Any]:
     return loaded
 
 
-def save_last_good(state_dir: Path, name: str, content: bytes) -> None:
+def save_last_good(state_dir: Path, contents: dict[str, bytes]) -> None:
+    """Each file is replaced atomically; one fsync of the folder covers them all (an
+    fsync per file cost 1.2-1.6 ms a site: 12 s for a 10,000-site cold start)."""
+    if not contents:
+        return
     folder = state_dir / LAST_GOOD_DIR
     ensure_folder(folder, 0o700)
-    write_atomic(folder / f"{name}.yaml", content, STATE_MODE)
+    for name, content in contents.items():
+        write_atomic(folder / f"{name}.yaml", content, STATE_MODE, durable=False)
+    sync_folder(folder)
 
 
 def drop_last_good(state_dir: Path, name: str) -> None:

@@ -22,8 +22,11 @@ STATE_MODE = 0o600
 TEMP_PREFIX = ".tmp-"
 
 
-def write_atomic(path: Path, data: bytes, mode: int = OUTPUT_MODE, *, force: bool = False) -> bool:
-    """Publish `data` at `path`; False when the file already held exactly these bytes."""
+def write_atomic(path: Path, data: bytes, mode: int = OUTPUT_MODE, *, force: bool = False,
+                 durable: bool = True) -> bool:
+    """Publish `data` at `path`; False when the file already held exactly these bytes.
+    `durable=False` skips the fsyncs (the caller syncs the folder once for a batch); the
+    rename is atomic either way."""
     if not force and _same(path, data):
         return False
     folder = path.parent
@@ -36,13 +39,15 @@ def write_atomic(path: Path, data: bytes, mode: int = OUTPUT_MODE, *, force: boo
             os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(temp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise OutputError(f"{path}: cannot write: {_describe(exc)}") from exc
-    _fsync_folder(folder)
+    if durable:
+        sync_folder(folder)
     return True
 
 
@@ -54,7 +59,8 @@ def _same(path: Path, data: bytes) -> bool:
         return False
 
 
-def _fsync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so the renames in it survive a crash (best effort)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
