@@ -83,7 +83,7 @@ class AdminClient:
 
     def counters(self) -> dict[str, Counters]:
         """Counters of the CDS, LDS and RDS subscriptions (zeros before the first load)."""
-        pattern = "^(" + "|".join(p.replace(".", r"\.") for p in self._prefixes.values()) + r")\."
+        pattern = self._pattern()
         # `usedonly`: stats never written are left out (and read as 0 / "" below, which is
         # what they hold). Envoy matches the filter against every stat on its main thread,
         # the one applying xDS: at 1,000 clusters a query costs ~60 ms, ~15 ms with this.
@@ -95,6 +95,22 @@ class AdminClient:
         values = {s["name"]: s["value"] for s in stats if "name" in s}
         return {kind: _counters(values, prefix) for kind, prefix in self._prefixes.items()}
 
+    def versions(self) -> dict[str, str]:
+        """`version_text` of each subscription: text readouts only, which Envoy lists far
+        faster than counters (3,000 clusters: ~5 ms against ~50 ms)."""
+        query = urllib.parse.urlencode({"format": "json", "type": "TextReadouts",
+                                        "filter": self._pattern()})
+        try:
+            stats = json.loads(self.get(f"/stats?{query}"))["stats"]
+        except (ValueError, KeyError) as exc:
+            raise EnvoyUnavailable(f"admin /stats: unexpected answer: {exc}") from exc
+        values = {s["name"]: s["value"] for s in stats if "name" in s}
+        return {kind: str(values.get(f"{prefix}.version_text", ""))
+                for kind, prefix in self._prefixes.items()}
+
+    def _pattern(self) -> str:
+        return "^(" + "|".join(p.replace(".", r"\.") for p in self._prefixes.values()) + r")\."
+
     def confirm(self, kind: str, before: Counters, version: str, timeout: float,
                 stop: threading.Event | None = None) -> Counters:
         """Wait until Envoy accepted `version` of one file; raise on rejection or timeout.
@@ -103,10 +119,18 @@ class AdminClient:
         written in an earlier pass (then only `version_text` has to match)."""
         deadline = time.monotonic() + timeout
         waiter = stop if stop is not None else threading.Event()
-        pause = POLL_S
+        pause, polls = POLL_S, 0
         while True:
             try:
-                now = self.counters()[kind]
+                polls += 1
+                # The cheap version read every time; the counters (success, rejections)
+                # once the version matches, and every fourth poll to see a rejection.
+                current = self.versions()[kind]
+                if current != version and polls % 4:
+                    now = Counters(success=before.success, rejected=before.rejected,
+                                   failure=before.failure, version=current)
+                else:
+                    now = self.counters()[kind]
             except EnvoyUnavailable:
                 # No socket: Envoy is down, say so now. A slow answer: Envoy's main
                 # thread is busy applying (5 s for 10,000 clusters): ask again.
