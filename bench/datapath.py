@@ -13,14 +13,13 @@ stand-in serves the Unix socket only, and the TCP rows are left out (the results
 from __future__ import annotations
 
 import shutil
-import subprocess
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from bench import common
 from controlplane import upstreams
-from tests.parts import free_port, wait_for
+from tests.parts import free_port
 
 CONNECTIONS = 8
 VARIANTS = ("envoy_unix", "envoy_tcp", "nginx_alone_tcp")
@@ -28,34 +27,8 @@ VARIANTS = ("envoy_unix", "envoy_tcp", "nginx_alone_tcp")
 
 def _nginx(folder: Path, stack: ExitStack, sock: Path, port: int) -> None:
     """nginx on the socket and on 127.0.0.1:PORT, answering like the demo's upstreams."""
-    home = folder / "nginx"
-    home.mkdir()
-    temps = "\n".join(f"    {t}_temp_path {home}/{t};"
-                      for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    config = home / "nginx.conf"
-    config.write_text(f"""daemon off;
-worker_processes 1;
-pid {home}/nginx.pid;
-error_log {home}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-{temps}
-    server {{
-        listen unix:{sock};
-        listen 127.0.0.1:{port};
-        location / {{
-            default_type text/plain;
-            return 200 "dp $request_uri\\n";
-        }}
-    }}
-}}
-""")
-    process = subprocess.Popen(["nginx", "-p", str(home), "-c", str(config)],
-                               stdin=subprocess.DEVNULL)
-    started = upstreams.Upstream(name="dp", socket=sock, kind=upstreams.NGINX, process=process)
+    started = upstreams.start("dp", sock, upstreams.NGINX, folder / "nginx", tcp_port=port)
     stack.callback(started.stop)
-    wait_for(lambda: upstreams.connects(sock), 10, "nginx on its socket")
 
 
 def measure(seconds: float, repeats: int) -> dict[str, Any]:

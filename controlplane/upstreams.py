@@ -46,13 +46,15 @@ class Upstream:
             os.unlink(self.socket)
 
 
-def start(name: str, sock: Path, kind: str, home: Path, timeout: float = 10.0) -> Upstream:
-    """Start one upstream on `sock`; `home` holds nginx's config, pid and logs."""
+def start(name: str, sock: Path, kind: str, home: Path, timeout: float = 10.0,
+          tcp_port: int | None = None) -> Upstream:
+    """Start one upstream on `sock`; `home` holds nginx's config, pid and logs. nginx
+    also listens on 127.0.0.1:`tcp_port` when given (to compare the two paths)."""
     sock.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sock)  # a stale socket from a killed run
     if kind == NGINX:
-        command = _nginx_command(name, sock, home)
+        command = _nginx_command(name, sock, home, tcp_port)
     else:
         command = [sys.executable, "-m", "controlplane.unixhttp", str(sock), name]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
@@ -66,7 +68,7 @@ def start(name: str, sock: Path, kind: str, home: Path, timeout: float = 10.0) -
     return upstream
 
 
-def _nginx_command(name: str, sock: Path, home: Path) -> list[str]:
+def _nginx_command(name: str, sock: Path, home: Path, tcp_port: int | None) -> list[str]:
     home.mkdir(parents=True, exist_ok=True)
     temps = "\n".join(f"    {t}_temp_path {home}/{t};"
                       for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -81,6 +83,7 @@ http {{
 {temps}
     server {{
         listen unix:{sock};
+        {f"listen 127.0.0.1:{tcp_port};" if tcp_port else ""}
         location / {{
             default_type text/plain;
             add_header X-Upstream {name} always;
