@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     command("render", _render, "validate, then write cds/lds/rds.json once",
             "sites", "out", "listen", "listen-tls", "envoy", "no-envoy")
     command("bootstrap", _bootstrap, "print an Envoy bootstrap reading the files in --out",
-            "out", "admin-socket")
+            "out", "admin-socket", "max-heap-bytes")
     command("run", _run, "the daemon: watch the folder, apply changes, confirm with Envoy",
             "sites", "out", "listen", "listen-tls", "admin-socket", "envoy", "no-envoy", "state",
             "metrics")
@@ -78,6 +78,9 @@ _FLAGS = {
     "no-envoy": lambda p: p.add_argument(
         "--no-envoy", dest="verify_with_envoy", action="store_false", default=None,
         help="skip `envoy --mode validate` (schema and type checks still run)"),
+    "max-heap-bytes": lambda p: p.add_argument(
+        "--max-heap-bytes", type=int, metavar="BYTES",
+        help="Envoy's heap for the overload manager; set it below Envoy's memory limit"),
     "state": lambda p: p.add_argument("--state", dest="state_dir", type=Path, metavar="DIR"),
     "metrics": lambda p: p.add_argument(
         "--metrics", metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics here"),

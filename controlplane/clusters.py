@@ -26,14 +26,16 @@ def stats_name(site: Site, upstream: str) -> str:
     return f"{prefix}.{upstream}" if upstream else prefix
 
 
-def cluster(site: Site, upstream: str) -> dict[str, Any]:
-    """The Cluster of one upstream of a site (`""` for the site's single upstream)."""
+def cluster(site: Site, upstream: str, buffer_limit: int | None = None) -> dict[str, Any]:
+    """The Cluster of one upstream of a site (`""` for the site's single upstream);
+    `buffer_limit` is its per-connection buffer (the edge-proxy guide's 32 KiB)."""
     name = cluster_name(site, upstream)
     spec = site.upstream(upstream)
     rendered: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": envoy_duration(spec.connect_timeout),
+        **({} if buffer_limit is None else {"per_connection_buffer_limit_bytes": buffer_limit}),
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(e)}}

