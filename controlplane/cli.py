@@ -15,7 +15,17 @@ from typing import Any
 
 import yaml
 
-from controlplane import loading, logs, model, reconciling, rendering, settings, status, tls
+from controlplane import (
+    explaining,
+    loading,
+    logs,
+    model,
+    reconciling,
+    rendering,
+    settings,
+    status,
+    tls,
+)
 from controlplane.errors import ControlPlaneError, SettingsError
 from controlplane.running import Daemon, stop_on_signals
 from controlplane.verifying import Verifier
@@ -59,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     command("run", _run, "the daemon: watch the folder, apply changes, confirm with Envoy",
             "sites", "out", "listen", "listen-tls", "admin-socket", "envoy", "no-envoy", "state",
             "metrics")
+    explain_cmd = command("explain", _explain, "which site, route and upstream serve a URL"
+                          " (offline, from the files the daemon would apply)",
+                          "sites", "listen", "listen-tls", "admin-socket", "no-envoy")
+    explain_cmd.add_argument("url", metavar="URL", help="e.g. http://blog.example.com/a?b=1")
+    explain_cmd.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                             help="a request header (repeat for more)")
     status_cmd = command("status", _status, "print the daemon's status file", "out", "state")
     status_cmd.add_argument("--json", action="store_true", help="print the raw JSON")
     schema_cmd = command("schema", _schema, "print the JSON Schema of a site file")
@@ -171,6 +187,16 @@ def _run(config: settings.Settings, args: argparse.Namespace) -> int:
     with stop_on_signals(daemon.request_stop):
         daemon.run()
     return EXIT_OK
+
+
+def _explain(config: settings.Settings, args: argparse.Namespace) -> int:
+    try:
+        request = explaining.Request.parse(args.url, args.header)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    answer = explaining.explain(request, _select(config).serving, config)
+    print("\n".join(answer.lines()))
+    return EXIT_OK if answer.matched else EXIT_INVALID
 
 
 def _status(config: settings.Settings, args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from controlplane import certificates, loading, rendering, status, tls, validating
+from controlplane import certificates, loading, rendering, shadowing, status, tls, validating
 from controlplane.envoy_admin import AdminClient
 from controlplane.errors import OutputError, Problem, SiteError
 from controlplane.model import digest_of
@@ -59,7 +59,8 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
         problem = Problem(source, "envoy", f"cannot be rendered: {type(exc).__name__}: {exc}")
         return Checked(name=name, source=source, digest=digest, problems=(problem,))
     return Checked(name=name, source=source, digest=digest, content=content,
-                   resources=resources, domains=tuple(site.spec.domains))
+                   resources=resources, domains=tuple(site.spec.domains),
+                   warnings=tuple(shadowing.shadowed(site, document.lines)))
 
 
 def check_entry(entry: loading.Entry, settings: Settings) -> Checked:
@@ -106,7 +107,7 @@ def _check_certificates(item: Checked) -> Checked:
     if problems:
         return Checked(name=item.name, source=item.source, digest=item.digest,
                        problems=tuple(problems))
-    return dataclasses.replace(item, warnings=tuple(warnings))
+    return dataclasses.replace(item, warnings=item.warnings + tuple(warnings))
 
 
 def duplicate_names(entries: list[loading.Entry]) -> dict[str, list[Problem]]:
