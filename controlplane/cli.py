@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     command("render", _render, "validate, then write cds/lds/rds.json once",
             "sites", "out", "listen", "listen-tls", "envoy", "no-envoy")
     command("bootstrap", _bootstrap, "print an Envoy bootstrap reading the files in --out",
-            "out", "admin-socket", "max-heap-bytes")
+            "out", "admin-socket", "max-heap-bytes", "stats-listen")
     command("run", _run, "the daemon: watch the folder, apply changes, confirm with Envoy",
             "sites", "out", "listen", "listen-tls", "admin-socket", "envoy", "no-envoy", "state",
             "metrics")
@@ -97,6 +97,9 @@ _FLAGS = {
     "max-heap-bytes": lambda p: p.add_argument(
         "--max-heap-bytes", type=int, metavar="BYTES",
         help="Envoy's heap for the overload manager; set it below Envoy's memory limit"),
+    "stats-listen": lambda p: p.add_argument(
+        "--stats-listen", metavar="HOST:PORT",
+        help="serve Envoy's /stats/prometheus and /ready (nothing else of admin) here"),
     "state": lambda p: p.add_argument("--state", dest="state_dir", type=Path, metavar="DIR"),
     "metrics": lambda p: p.add_argument(
         "--metrics", metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics here"),
@@ -115,7 +118,7 @@ def _settings(args: argparse.Namespace) -> settings.Settings:
         config = settings.from_mapping(values, config)
     flags = {k: v for k, v in vars(args).items()
              if k in {f for f in settings.Settings.__dataclass_fields__} and v is not None}
-    for key in ("listen", "metrics", "listen_tls"):
+    for key in ("listen", "metrics", "listen_tls", "stats_listen"):
         if key in flags:
             flags[key] = settings.Listen.parse(flags[key])
     return config.replace(**flags)

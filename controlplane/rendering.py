@@ -40,7 +40,7 @@ from google.protobuf.message import Message
 
 from controlplane import tls as tls_rendering
 from controlplane.clusters import cluster, cluster_name
-from controlplane.errors import Problem, SiteError
+from controlplane.errors import Problem, SettingsError, SiteError
 from controlplane.model import Site
 from controlplane.overrides import (
     confine_cluster,
@@ -334,12 +334,59 @@ def bootstrap(settings: Settings) -> dict[str, Any]:
     if settings.admin_socket is not None:
         document["admin"] = {"address": {"pipe": {"path": str(settings.admin_socket.absolute()),
                                                   "mode": 0o600}}}
+    if settings.stats_listen is not None:
+        document["static_resources"] = stats_resources(settings)
     document["overload_manager"] = overload_manager(settings)
     limit = settings.listener_max_connections
     document["layered_runtime"] = {"layers": [{"name": "controlplane", "static_layer": {
         f"envoy.resource_limits.listener.{name}.connection_limit": limit
-        for name in ("http", "https")}}]}
+        for name in ("http", "https", STATS)}}]}
     return document
+
+
+STATS = "stats"
+STATS_CLUSTER = "_admin_stats"
+"""Not a DNS label, so no site's cluster (`SITE`, `SITE/UPSTREAM`) can take the name."""
+STATS_PATHS = ("/stats/prometheus", "/ready")
+"""The admin paths the stats listener passes on: read-only, and all Prometheus needs."""
+
+
+def stats_resources(settings: Settings) -> dict[str, Any]:
+    """The stats listener and its cluster, the admin socket. Only GET or HEAD of exactly
+    `STATS_PATHS` (after normalising the path; escaped slashes refused) reach admin;
+    everything else is answered 404 by the listener itself, so `/quitquitquit`,
+    `/config_dump` or `/runtime_modify` never reach Envoy's admin from there."""
+    if settings.admin_socket is None or settings.stats_listen is None:
+        raise SettingsError("stats_listen: needs admin_socket (the stats come from it)")
+    allowed = [{"match": {"path": path, "headers": [{
+        "name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}]},
+                "route": {"cluster": STATS_CLUSTER, "timeout": "5s"}} for path in STATS_PATHS]
+    refused = {"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {
+        "inline_string": "only GET /stats/prometheus and /ready are served here\n"}}}
+    manager = {"@type": HCM, "stat_prefix": STATS, "normalize_path": True,
+               "merge_slashes": True, "path_with_escaped_slashes_action": "REJECT_REQUEST",
+               **edge_limits(settings),
+               "route_config": {"name": STATS, "virtual_hosts": [
+                   {"name": STATS, "domains": ["*"], "routes": [*allowed, refused]}]},
+               "http_filters": [dict(HTTP_FILTERS[-1])]}
+    address = settings.stats_listen
+    admin = {"pipe": {"path": str(settings.admin_socket.absolute())}}
+    return {
+        "listeners": [{
+            "name": STATS,
+            "address": {"socket_address": {"address": address.host,
+                                           "port_value": address.port}},
+            "per_connection_buffer_limit_bytes": settings.buffer_limit_bytes,
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": manager}]}],
+        }],
+        "clusters": [{
+            "name": STATS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": STATS_CLUSTER, "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": admin}}]}]},
+        }],
+    }
 
 
 _MONITORS = "type.googleapis.com/envoy.extensions.resource_monitors"

@@ -75,6 +75,11 @@ class Settings:
     metrics: Listen | None = None
     """Where to serve /healthz, /readyz and /metrics (off by default; e.g. 127.0.0.1:9102)."""
 
+    stats_listen: Listen | None = None
+    """A listener in the bootstrap (e.g. 127.0.0.1:9901) that serves only Envoy's
+    `/stats/prometheus` and `/ready` from the admin socket, for Prometheus; every other
+    admin path is refused there. Off by default; needs `admin_socket`."""
+
     max_connections: int = 50_000
     """Envoy's limit on open downstream connections (the bootstrap's overload manager):
     an edge proxy without one can be exhausted by idle connections."""
@@ -221,7 +226,7 @@ def _coerce(key: str, value: Any) -> Any:
             return None
         if key in _PATHS:
             return Path(str(value))
-        if key in ("listen", "metrics", "listen_tls"):
+        if key in ("listen", "metrics", "listen_tls", "stats_listen"):
             return Listen.parse(str(value))
         if key in ("socket_dirs", "log_dirs"):
             return tuple(Path(str(v)) for v in value)

@@ -146,7 +146,7 @@ def test_compose_bootstrap_is_what_controlplane_prints_for_its_flags(
     args = _service("controlplane")["command"]
     out, admin = _flag(args, "--out"), _flag(args, "--admin-socket")
     assert main(["bootstrap", "--out", out, "--admin-socket", admin,
-                 "--max-heap-bytes", str(ENVOY_HEAP)]) == 0
+                 "--max-heap-bytes", str(ENVOY_HEAP), "--stats-listen", "0.0.0.0:9901"]) == 0
     envoy = _service("envoy")
     bootstrap = PurePosixPath(_envoy_config_path(envoy["command"][0]))
     source = REPO / _mounts(envoy)[str(bootstrap.parent)]["source"] / bootstrap.name
@@ -338,10 +338,23 @@ def test_k3s_envoy_reads_the_shipped_bootstrap(capsys: pytest.CaptureFixture[str
     args = controlplane["args"]
     assert main(["bootstrap", "--out", _flag(args, "--out"),
                  "--admin-socket", _flag(args, "--admin-socket"),
-                 "--max-heap-bytes", str(ENVOY_HEAP)]) == 0
+                 "--max-heap-bytes", str(ENVOY_HEAP), "--stats-listen", "127.0.0.1:9901"]) == 0
     printed = capsys.readouterr().out
     assert config_map["data"][bootstrap.name] == printed
-    assert printed == (REPO / "envoy" / "bootstrap.yaml").read_text()
+    shipped = (REPO / "envoy" / "bootstrap.yaml").read_text()
+    assert printed == shipped.replace("address: 0.0.0.0\n        port_value: 9901",
+                                      "address: 127.0.0.1\n        port_value: 9901")
+
+
+def test_stats_listener_is_published_on_loopback_only() -> None:
+    """Compose publishes the stats listener on the host's loopback; in k3s (the host's
+    network) it listens on the node's loopback itself."""
+    ports = _service("envoy")["ports"]
+    assert any(str(p).startswith("127.0.0.1:9901:") for p in ports), ports
+    assert not any(str(p).startswith(("9901", "0.0.0.0:9901")) for p in ports)
+    k3s = yaml.safe_load(_resource("ConfigMap", "envoy-bootstrap")["data"]["bootstrap.yaml"])
+    stats = k3s["static_resources"]["listeners"][0]["address"]["socket_address"]
+    assert (stats["address"], stats["port_value"]) == ("127.0.0.1", 9901)
 
 
 def test_k3s_envoy_heap_monitor_acts_before_its_memory_limit() -> None:
