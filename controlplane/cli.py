@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from controlplane import (
+    diffing,
     explaining,
     loading,
     logs,
@@ -26,12 +27,13 @@ from controlplane import (
     status,
     tls,
 )
-from controlplane.errors import ControlPlaneError, SettingsError
+from controlplane.envoy_admin import AdminClient
+from controlplane.errors import ControlPlaneError, EnvoyUnavailable, SettingsError
 from controlplane.running import Daemon, stop_on_signals
 from controlplane.verifying import Verifier
 from controlplane.writing import ensure_folder, write_atomic
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_TROUBLE = 0, 1, 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,8 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
     command("check", _check, "validate a sites folder; exit 1 on any problem",
             "sites", "listen", "listen-tls", "envoy", "no-envoy")
-    command("render", _render, "validate, then write cds/lds/rds.json once",
-            "sites", "out", "listen", "listen-tls", "envoy", "no-envoy")
+    render_cmd = command("render", _render, "validate, then write cds/lds/rds.json once",
+                        "sites", "out", "listen", "listen-tls", "envoy", "no-envoy")
+    render_cmd.add_argument("--pretty", action="store_true",
+                            help="indented JSON, keys sorted, so a plain diff reads well")
     command("bootstrap", _bootstrap, "print an Envoy bootstrap reading the files in --out",
             "out", "admin-socket", "max-heap-bytes", "stats-listen")
     command("run", _run, "the daemon: watch the folder, apply changes, confirm with Envoy",
@@ -75,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     explain_cmd.add_argument("url", metavar="URL", help="e.g. http://blog.example.com/a?b=1")
     explain_cmd.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
                              help="a request header (repeat for more)")
+    command("diff", _diff, "compare what SITES_DIR would render with what the live Envoy"
+            " holds; exit 0 same, 1 different, 3 trouble", "sites", "out", "listen",
+            "listen-tls", "admin-socket", "envoy", "no-envoy")
     status_cmd = command("status", _status, "print the daemon's status file", "out", "state")
     status_cmd.add_argument("--json", action="store_true", help="print the raw JSON")
     schema_cmd = command("schema", _schema, "print the JSON Schema of a site file")
@@ -165,13 +172,19 @@ def _render(config: settings.Settings, args: argparse.Namespace) -> int:
     resources = [c.resources for c in selection.serving.values() if c.resources is not None]
     files = rendering.assemble(config, resources)
     ensure_folder(config.out_dir)
+
+    def encoded(fragments: list[str]) -> bytes:
+        _, data = rendering.discovery_response(fragments)
+        if args.pretty:
+            data = (json.dumps(json.loads(data), indent=2, sort_keys=True) + "\n").encode()
+        return data
+
     for secret in files["sds"]:  # certificates before the listeners that name them
         ensure_folder(config.out_dir / tls.SDS_FOLDER)
-        _, data = rendering.discovery_response([secret])
-        write_atomic(tls.sds_path(config.out_dir, rendering.secret_name_of(secret)), data)
+        write_atomic(tls.sds_path(config.out_dir, rendering.secret_name_of(secret)),
+                     encoded([secret]))
     for kind in ("cds", "rds", "lds"):  # clusters before the routes that name them
-        _, data = rendering.discovery_response(files[kind])
-        write_atomic(config.out_dir / f"{kind}.json", data)
+        write_atomic(config.out_dir / f"{kind}.json", encoded(files[kind]))
     print(f"wrote {config.out_dir}/{{cds,rds,lds}}.json", file=sys.stderr)
     return EXIT_OK
 
@@ -200,6 +213,27 @@ def _explain(config: settings.Settings, args: argparse.Namespace) -> int:
     answer = explaining.explain(request, _select(config).serving, config)
     print("\n".join(answer.lines()))
     return EXIT_OK if answer.matched else EXIT_INVALID
+
+
+def _diff(config: settings.Settings, args: argparse.Namespace) -> int:
+    if config.admin_socket is None:
+        raise SettingsError("diff: give --admin-socket PATH, the live Envoy's admin socket")
+    selection = _select(config)
+    for name in sorted(selection.problems):  # the daemon would serve their last good version
+        for problem in selection.problems[name]:
+            print(f"warning: left out: {problem}", file=sys.stderr)
+    files = rendering.assemble(config, [c.resources for c in selection.serving.values()
+                                        if c.resources is not None])
+    try:
+        dump = json.loads(AdminClient(config.admin_socket, config).get("/config_dump"))
+    except (EnvoyUnavailable, ValueError) as exc:
+        print(f"controlplane: cannot read the live Envoy's configuration: {exc}",
+              file=sys.stderr)
+        return EXIT_TROUBLE
+    difference = diffing.compare(diffing.rendered(files), diffing.live(dump))
+    sys.stdout.write(difference.diff)
+    print(difference.summary(), file=sys.stderr)
+    return EXIT_OK if difference.same else EXIT_INVALID
 
 
 def _status(config: settings.Settings, args: argparse.Namespace) -> int:

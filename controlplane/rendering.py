@@ -267,6 +267,11 @@ def route_configuration(settings: Settings, vhost_fragments: list[str]) -> str:
             f'"virtual_hosts":[{",".join(vhost_fragments)}]}}')
 
 
+def message_type(kind: str) -> type[Message]:
+    """Envoy's protobuf type of a resource (`@type` URL) or part (`virtual_host`)."""
+    return _MESSAGES[kind]
+
+
 def check_types(resource: dict[str, Any], kind: str, where: str, what: str) -> None:
     """Parse strictly into Envoy's protobuf type; a failure names the Envoy field."""
     try:

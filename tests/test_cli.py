@@ -56,3 +56,15 @@ def test_readme_reference_is_generated_from_the_schema(capsys: pytest.CaptureFix
     readme = (REPO / "README.md").read_text()
     start = readme.index("<!-- reference:start -->\n") + len("<!-- reference:start -->\n")
     assert readme[start:readme.index("<!-- reference:end -->")] == capsys.readouterr().out
+
+
+def test_render_pretty_writes_indented_files_with_the_same_content(tmp_path: Path) -> None:
+    """`render --pretty` writes the same documents as `render`, indented with keys sorted."""
+    out, sites = tmp_path / "out", str(REPO / "config" / "sites")
+    assert main(["render", sites, "--out", str(out), "--no-envoy"]) == 0
+    compact = {name: (out / name).read_text() for name in ("cds.json", "rds.json", "lds.json")}
+    assert main(["render", sites, "--out", str(out), "--no-envoy", "--pretty"]) == 0
+    for name, text in compact.items():
+        indented = (out / name).read_text()
+        assert text.count("\n") == 1 and indented.count("\n") > 10
+        assert indented == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
