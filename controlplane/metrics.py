@@ -12,17 +12,21 @@ joined on stop.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from controlplane import statuspage
 from controlplane.reconciling import Outcome
 from controlplane.settings import Listen
+from controlplane.status import STATUS_FILE
 
 HEALTH_SLACK_S = 30.0
 SITE_STATES = ("serving", "serving-last-good", "invalid")
@@ -100,13 +104,14 @@ class Metrics:
 
 
 class MetricsServer:
-    """The HTTP endpoint in its own thread; `close()` stops and joins it."""
+    """The HTTP endpoint in its own thread; `close()` stops and joins it. `state_dir`
+    holds the status file that the page at `/` shows."""
 
-    def __init__(self, listen: Listen, metrics: Metrics) -> None:
+    def __init__(self, listen: Listen, metrics: Metrics, state_dir: Path | None = None) -> None:
         family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
         server_class = type("Server", (ThreadingHTTPServer,),
                             {"address_family": family, "daemon_threads": True})
-        self._server = server_class((listen.host, listen.port), _handler(metrics))
+        self._server = server_class((listen.host, listen.port), _handler(metrics, state_dir))
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
                                         kwargs={"poll_interval": 0.2})
@@ -118,25 +123,48 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def _handler(metrics: Metrics) -> type[BaseHTTPRequestHandler]:
+def _handler(metrics: Metrics, state_dir: Path | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path == "/metrics":
-                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-            elif self.path in ("/healthz", "/readyz"):
-                ok, why = metrics.health() if self.path == "/healthz" else metrics.readiness()
-                self._send(200 if ok else 503, f"{why}\n".encode(), "text/plain")
-            else:
-                self._send(404, b"not found\n", "text/plain")
+            self._answer(with_body=True)
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
+        def do_HEAD(self) -> None:
+            self._answer(with_body=False)
+
+        def _answer(self, with_body: bool) -> None:
+            path = self.path.partition("?")[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST, with_body)
+            elif path in ("/healthz", "/readyz"):
+                ok, why = metrics.health() if path == "/healthz" else metrics.readiness()
+                self._send(200 if ok else 503, f"{why}\n".encode(), "text/plain", with_body)
+            elif path == "/":
+                self._send(200, _status_page(state_dir), "text/html; charset=utf-8", with_body)
+            else:
+                self._send(404, b"not found\n", "text/plain", with_body)
+
+        def _send(self, status: int, body: bytes, content_type: str, with_body: bool) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Security-Policy", statuspage.CONTENT_SECURITY_POLICY)
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            if with_body:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             return
 
     return Handler
+
+
+def _status_page(state_dir: Path | None) -> bytes:
+    if state_dir is None:
+        return statuspage.page(None, "no state folder").encode()
+    try:
+        document = json.loads((state_dir / STATUS_FILE).read_bytes())
+    except (OSError, ValueError) as exc:
+        return statuspage.page(None, f"{state_dir / STATUS_FILE}: {exc}").encode()
+    return statuspage.page(document).encode()

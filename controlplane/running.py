@@ -78,7 +78,7 @@ class Daemon:
         watch = Watch(settings.sites_dir, self.signal)
         server = None
         if settings.metrics is not None:
-            server = MetricsServer(settings.metrics, self.metrics)
+            server = MetricsServer(settings.metrics, self.metrics, settings.state)
             self.metrics_port = server.port
         log.info("daemon.start", sites=str(settings.sites_dir), out=str(settings.out_dir),
                  admin_socket=str(settings.admin_socket), metrics=str(settings.metrics))

@@ -1,0 +1,74 @@
+"""The exception tree, split by what the caller should do about it.
+
+    ControlPlaneError
+    ├── SiteError            permanent for this content: the user must edit the file.
+    │                        Carries the file, the field path and the reason; many are
+    │                        collected into a SiteErrors so all are reported at once.
+    ├── SettingsError        permanent: a bad flag or settings file; the CLI exits 2.
+    ├── OutputError          temporary: the output folder is full, read-only, missing.
+    │                        The old files stay intact; the next pass tries again.
+    └── EnvoyError           about the Envoy process or binary
+        ├── EnvoyUnavailable temporary: admin socket missing, hanging, or a timeout.
+        ├── EnvoyRejected    Envoy refused a file it was given; carries its reason.
+        └── EnvoyBinaryError the binary could not be run at all (missing, crashed).
+
+Only the CLI turns these into exit codes; the daemon turns them into status and log events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ControlPlaneError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with one site file: where, which field, and why.
+
+    `field` is a dotted path into the document (`routes.1.upstream`), empty for the
+    whole file. `line` is 1-based when the YAML position is known.
+    """
+
+    file: str
+    field: str
+    reason: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.field}: {self.reason}" if self.field else f"{where}: {self.reason}"
+
+
+class SiteError(ControlPlaneError):
+    """One or more problems with a site file; the site cannot be used in this version."""
+
+    def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class SettingsError(ControlPlaneError):
+    """A flag or a settings file value is wrong."""
+
+
+class OutputError(ControlPlaneError):
+    """The dynamic files could not be written; nothing that was there was harmed."""
+
+
+class EnvoyError(ControlPlaneError):
+    """Something about the Envoy process or binary."""
+
+
+class EnvoyUnavailable(EnvoyError):
+    """Envoy's admin interface did not answer in time, or did not confirm in time."""
+
+
+class EnvoyRejected(EnvoyError):
+    """Envoy counted a rejection or failure for a file we wrote."""
+
+
+class EnvoyBinaryError(EnvoyError):
+    """The Envoy binary could not be run (missing, not executable, crashed, timed out)."""

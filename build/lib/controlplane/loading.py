@@ -1,0 +1,210 @@
+"""Edge I/O for site files: find them, read them safely, parse YAML into plain documents.
+
+Untrusted bytes stop here. A file becomes a `Document` (plain dicts, lists and scalars,
+plus the line of every field for error messages) or a `SiteError` naming the file.
+Safe YAML only: libyaml's safe loader, then a walk of the node graph before anything
+is constructed that refuses aliases (so an alias bomb never expands), tags that build
+objects, duplicate keys, complex keys and deep nesting.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controlplane.errors import Problem, SiteError
+from controlplane.model import DNS_LABEL
+
+SUFFIXES = (".yaml", ".yml")
+MAX_DEPTH = 32
+_PLAIN_TAGS = {
+    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """A directory entry that looks like a site file; not yet read."""
+
+    name: str
+    location: str
+    """The entry's path as a string (a Path per entry costs 14 ms per 1,000 files)."""
+    fingerprint: tuple[int, ...]
+    """Identity and stat of the target: equal fingerprints mean unchanged content."""
+
+    @property
+    def path(self) -> Path:
+        return Path(self.location)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Document:
+    """A parsed site file: the data and the line of each field path (for messages)."""
+
+    data: Any
+    lines: dict[tuple[str | int, ...], int]
+
+
+def is_site_name(filename: str) -> bool:
+    """Names we consider at all; junk from editors and tools is skipped silently."""
+    if filename.startswith(".") or filename.endswith(("~", ".swp", ".tmp")):
+        return False
+    return filename.endswith(SUFFIXES) and filename != "4913"
+
+
+def scan(folder: Path) -> list[Entry]:
+    """The site entries of `folder`, sorted by name. Missing folder: FileNotFoundError."""
+    entries = []
+    with os.scandir(folder) as listing:
+        for item in listing:
+            if is_site_name(item.name):
+                entries.append(_entry(folder, item))
+    return sorted(entries, key=lambda e: e.location)
+
+
+def _entry(folder: Path, item: os.DirEntry[str]) -> Entry:
+    name = item.name.rsplit(".", 1)[0]
+    try:
+        st = os.stat(item.path)
+        fingerprint: tuple[int, ...] = (
+            st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
+        )
+    except OSError:
+        fingerprint = (-1,)
+    return Entry(name=name, location=item.path, fingerprint=fingerprint)
+
+
+def read(entry: Entry, folder: Path, max_bytes: int) -> bytes:
+    """The bytes of a site file, refusing anything that is not a small regular file
+    inside `folder` (symlinks are followed only when their target stays inside)."""
+    where = entry.location
+    if not DNS_LABEL.fullmatch(entry.name) or len(entry.name) > 63:
+        raise _one(where, "", f"the site name {entry.name!r} (the file name) must be a DNS"
+                   " label: a-z, 0-9 and '-', at most 63 characters")
+    real, root = os.path.realpath(entry.location), os.path.realpath(folder)
+    if os.path.commonpath([real, root]) != root:
+        raise _one(where, "", "the file is a symlink to outside the sites folder")
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise _one(where, "", f"cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _one(where, "", "not a regular file")
+        if st.st_size > max_bytes:
+            raise _one(where, "", f"the file is {st.st_size} bytes; the limit is {max_bytes}")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            content = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise _one(where, "", f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(content) > max_bytes:
+        raise _one(where, "", f"the file is over the limit of {max_bytes} bytes")
+    return content
+
+
+def parse(content: bytes, where: str) -> Document:
+    """Bytes -> Document, or SiteError with the line of the problem."""
+    if b"\x00" in content:
+        raise _one(where, "", f"NUL byte at offset {content.index(0)}; a site file is text")
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _one(where, "", f"not UTF-8 (byte {exc.start}); save the file as UTF-8") from None
+    _check_depth(text, where)
+    loader = yaml.CSafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise _one(where, "", "the file is empty; a site needs 'domains' and an upstream")
+        lines: dict[tuple[str | int, ...], int] = {}
+        _check_graph(node, where, lines)
+        return Document(data=loader.construct_document(node), lines=lines)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        line = mark.line + 1 if mark is not None else None
+        raise SiteError([Problem(where, "", f"YAML: {reason}", line)]) from None
+    finally:
+        loader.dispose()
+
+
+def _check_depth(text: str, where: str) -> None:
+    """Refuse deep nesting from the event stream, before libyaml's recursive composer
+    sees it: 30,000 nested `[` (or `- - - ...`) overflow its C stack and kill the process."""
+    loader = yaml.CSafeLoader(text)
+    depth = 0
+    try:
+        while (event := loader.get_event()) is not None:
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    raise SiteError([Problem(where, "", f"nested deeper than {MAX_DEPTH}",
+                                             mark.line + 1 if mark is not None else None)])
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError as exc:
+        # PyYAML 6.0.4's scanner refuses deep flow nesting itself, before any event reaches
+        # the count above: the same refusal, whichever PyYAML the ranges allow.
+        if "nesting depth" in str(getattr(exc, "problem", "")):
+            mark = getattr(exc, "problem_mark", None)
+            raise SiteError([Problem(where, "", f"nested deeper than {MAX_DEPTH}",
+                                     mark.line + 1 if mark is not None else None)]) from None
+        return  # the composer reports other syntax errors with their position
+    finally:
+        loader.dispose()
+
+
+def _check_graph(root: yaml.Node, where: str, lines: dict[tuple[str | int, ...], int]) -> None:
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple[str | int, ...], int]] = [
+        (root, (), root.start_mark.line + 1)]
+    while stack:
+        node, path, line = stack.pop()
+        field = ".".join(str(p) for p in path)
+        if id(node) in seen:
+            raise SiteError([Problem(where, field, "YAML anchors and aliases are not allowed",
+                                     line)])
+        seen.add(id(node))
+        if len(path) > MAX_DEPTH:
+            raise SiteError([Problem(where, field, f"nested deeper than {MAX_DEPTH}", line)])
+        if node.tag not in _PLAIN_TAGS:
+            raise SiteError([Problem(where, field, f"the tag {node.tag!r} is not allowed", line)])
+        lines[path] = line
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed([(item, (*path, i), item.start_mark.line + 1)
+                                   for i, item in enumerate(node.value)]))
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(reversed(_mapping_children(node, path, where)))
+
+
+def _mapping_children(
+    node: yaml.MappingNode, path: tuple[str | int, ...], where: str,
+) -> list[tuple[yaml.Node, tuple[str | int, ...], int]]:
+    children = []
+    keys: set[str] = set()
+    for key, value in node.value:
+        field = ".".join(str(p) for p in (*path, key.value))
+        if key.tag == "tag:yaml.org,2002:merge":
+            raise SiteError([Problem(where, field, "YAML merge keys ('<<') are not allowed",
+                                     key.start_mark.line + 1)])
+        if not isinstance(key, yaml.ScalarNode) or key.tag != "tag:yaml.org,2002:str":
+            raise SiteError([Problem(where, field, "keys must be plain strings",
+                                     key.start_mark.line + 1)])
+        if key.value in keys:
+            raise SiteError([Problem(where, field, "duplicate key", key.start_mark.line + 1)])
+        keys.add(key.value)
+        children.append((value, (*path, key.value), key.start_mark.line + 1))
+    return children
+
+
+def _one(where: str, field: str, reason: str) -> SiteError:
+    return SiteError([Problem(where, field, reason)])

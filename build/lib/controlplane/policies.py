@@ -1,0 +1,135 @@
+"""Site-wide parts of the site file: TLS, CORS, rate limiting, IP access lists,
+compression, the access log, and upstream options (load balancing, health checks,
+circuit breakers, HTTP/2).
+
+No I/O, no Envoy: these are the user's words; `clusters`, `vhosts` and `tls` turn them
+into Envoy's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+
+from controlplane.kinds import Duration, PositiveDuration, Strict
+
+
+def absolute_path(path: str) -> str:
+    """An absolute path without `..` or NUL (certificates, keys, logs)."""
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r}: the path must be absolute")
+    if ".." in path.split("/") or "\x00" in path:
+        raise ValueError(f"{path!r}: '..' and NUL are not allowed in the path")
+    return path
+
+
+def _cidr(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address or CIDR block") from None
+
+
+AbsolutePath = Annotated[str, AfterValidator(absolute_path)]
+Cidr = Annotated[str, AfterValidator(_cidr)]
+Count = Annotated[int, Field(ge=1, le=1_000_000_000)]
+
+
+class Tls(Strict):
+    """Serve the site over HTTPS (SNI on its domains) with these certificate files."""
+
+    cert: AbsolutePath = Field(description="PEM certificate chain file (e.g. fullchain.pem).")
+    key: AbsolutePath = Field(description="PEM private key file.")
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version.")
+    alpn: Annotated[list[Literal["h2", "http/1.1"]], Field(min_length=1)] = Field(
+        ["h2", "http/1.1"], description="ALPN protocols offered, in order.")
+    redirect: bool = Field(True, description="Answer plain HTTP with a 301 to HTTPS"
+                           " (routes may opt out with 'https_redirect: false').")
+
+
+class Cors(Strict):
+    """Cross-origin resource sharing for browsers."""
+
+    origins: Annotated[list[str], Field(min_length=1)] = Field(
+        description="Allowed origins, exactly ('https://app.example.com') or '*'.")
+    methods: list[str] | None = Field(None, description="Allowed methods.")
+    headers: list[str] | None = Field(None, description="Allowed request headers.")
+    expose_headers: list[str] | None = Field(None, description="Response headers exposed.")
+    max_age: Duration | None = Field(None, description="How long a preflight is cached.")
+    credentials: bool = Field(False, description="Allow credentials.")
+
+
+class RateLimit(Strict):
+    """A local token bucket per Envoy: at most `requests` per `per`, then 429."""
+
+    requests: Count = Field(description="Requests allowed per interval.")
+    per: PositiveDuration = Field("1s", description="The interval.")
+    burst: Count | None = Field(None, description="Bucket size (default: 'requests').")
+
+
+class Access(Strict):
+    """Client IP access lists; deny wins over allow; others are refused when 'allow' is set."""
+
+    allow: Annotated[list[Cidr], Field(min_length=1)] | None = Field(
+        None, description="Only these addresses or CIDR blocks.")
+    deny: Annotated[list[Cidr], Field(min_length=1)] | None = Field(
+        None, description="Never these addresses or CIDR blocks.")
+
+    @model_validator(mode="after")
+    def _some(self) -> Access:
+        if self.allow is None and self.deny is None:
+            raise ValueError("give 'allow', 'deny' or both")
+        return self
+
+
+class AccessLog(Strict):
+    """An access log file for this site's requests."""
+
+    path: AbsolutePath = Field(description="Log file (Envoy appends to it); under one of"
+                               " the allowed log folders (setting `log_dirs`).")
+    format: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
+        None, description="Envoy format string; default: Envoy's default line.")
+
+    @field_validator("path")
+    @classmethod
+    def _allowed(cls, path: str, info: ValidationInfo) -> str:
+        """Envoy opens the file with its own rights: a site may not pick any file."""
+        allowed = (info.context or {}).get("log_dirs", ())
+        if allowed and path not in ("/dev/stdout", "/dev/stderr") and not any(
+                path.startswith(root.rstrip("/") + "/") for root in allowed):
+            raise ValueError(f"{path!r} is outside the allowed log folders"
+                             f" ({', '.join(allowed)}); /dev/stdout and /dev/stderr also work")
+        return path
+
+
+class HealthCheck(Strict):
+    """Active HTTP health checks of each endpoint."""
+
+    path: str = Field("/", description="Path to GET.")
+    host: str | None = Field(None, description="Host header (default: the site's first domain).")
+    interval: PositiveDuration = Field("10s", description="Time between checks.")
+    timeout: PositiveDuration = Field("2s", description="Time to wait for an answer.")
+    healthy: Annotated[int, Field(ge=1, le=100)] = Field(
+        2, description="Passes before an endpoint is healthy again.")
+    unhealthy: Annotated[int, Field(ge=1, le=100)] = Field(
+        3, description="Failures before an endpoint is unhealthy.")
+
+    @model_validator(mode="after")
+    def _path(self) -> HealthCheck:
+        if not self.path.startswith("/"):
+            raise ValueError(f"path: {self.path!r} must start with '/'")
+        return self
+
+
+class CircuitBreaker(Strict):
+    """Limits on what Envoy sends to one upstream at a time."""
+
+    max_connections: Count | None = Field(None, description="Connections.")
+    max_pending_requests: Count | None = Field(None, description="Queued requests.")
+    max_requests: Count | None = Field(None, description="Requests in flight.")
+    max_retries: Count | None = Field(None, description="Retries in flight.")
+
+
+LbPolicy = Literal["round_robin", "least_request", "random"]

@@ -1,0 +1,258 @@
+"""Ordered, confirmed apply of the three dynamic files: make before break.
+
+Envoy serves 503 (or rejects) routes that name a cluster it does not have yet, so one
+apply is up to three steps, each confirmed through the admin socket before the next:
+
+  0. SDS files of new certificates, `sds/<secret>.json` (before any listener names them;
+     nothing watches them yet, so there is nothing to confirm)
+  1. CDS with the old and the new clusters     (only when clusters are added or changed)
+  2. RDS, then LDS                             (only the ones whose content changed)
+  3. CDS without the clusters no route needs   (only when clusters are removed), and the
+     SDS files no listener names any more
+
+A rejection re-installs the last confirmed file under a new version and is reported; a
+timeout keeps the files and leaves the step unconfirmed, to be re-checked next pass.
+Without an admin socket the steps are written in the same order with a short gap.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controlplane.envoy_admin import ALREADY_WRITTEN, AdminClient, Counters
+from controlplane.errors import EnvoyRejected, EnvoyUnavailable
+from controlplane.rendering import discovery_response, fragment, secret_name_of
+from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Settings
+from controlplane.tls import SDS_FOLDER
+from controlplane.writing import ensure_folder, write_atomic
+
+FILES = {"cds": CDS_FILE, "lds": LDS_FILE, "rds": RDS_FILE}
+
+
+@dataclass(slots=True)
+class FileState:
+    """What one output file holds, and whether Envoy confirmed it."""
+
+    fragments: tuple[str, ...] = ()
+    version: str = ""
+    confirmed: bool | None = None
+    """True: Envoy confirmed; False: not (yet); None: no admin socket to ask."""
+    last_confirmed: tuple[str, ...] | None = None
+    before: Counters | None = None
+    """Envoy's counters read just before this version was written, kept until it is
+    confirmed: a later pass still sees a rejection that came after a timeout. None when
+    unknown (a file found on disk at start)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Report:
+    """What one apply did."""
+
+    written: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    unconfirmed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def confirmed(self) -> bool:
+        return not (self.rejected or self.unconfirmed or self.errors)
+
+
+class Publisher:
+    """Owns the output folder; knows what each file holds; applies a target in order."""
+
+    def __init__(self, settings: Settings, admin: AdminClient | None,
+                 stop: threading.Event) -> None:
+        self._settings = settings
+        self._admin = admin
+        self._stop = stop
+        self._salt = 0
+        self._cluster_map: tuple[tuple[str, ...], dict[str, str]] = ((), {})
+        self.files = {kind: self._read_existing(kind) for kind in FILES}
+        self.secrets = self._read_secrets()
+        """What each SDS file holds, by secret name."""
+
+    def _read_existing(self, kind: str) -> FileState:
+        """A restart continues from what is on disk, so make-before-break still holds."""
+        try:
+            document = json.loads((self._settings.out_dir / FILES[kind]).read_bytes())
+            fragments = tuple(fragment(r, None) for r in document["resources"])
+            return FileState(fragments=fragments, version=str(document["version_info"]),
+                             confirmed=False)
+        except (OSError, ValueError, KeyError, TypeError):
+            return FileState(version="", confirmed=False)
+
+    def _read_secrets(self) -> dict[str, str]:
+        folder = self._settings.out_dir / SDS_FOLDER
+        found = {}
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            try:
+                document = json.loads(path.read_bytes())
+                found[path.stem] = fragment(document["resources"][0], None)
+            except (OSError, ValueError, KeyError, TypeError, IndexError):
+                continue
+        return found
+
+    def cluster_fragments(self) -> dict[str, str]:
+        """Cluster name -> fragment of what cds.json holds (parsed once per content)."""
+        fragments = self.files["cds"].fragments
+        if self._cluster_map[0] is not fragments:
+            self._cluster_map = (fragments, {json.loads(f)["name"]: f for f in fragments})
+        return dict(self._cluster_map[1])
+
+    def apply(self, clusters: dict[str, str], rds: list[str], lds: list[str],
+              sds: list[str] | None = None) -> Report:
+        """Bring the files to the target, in the make-before-break order. `sds` None
+        leaves the SDS files as they are."""
+        report = Report()
+        secrets = None if sds is None else {secret_name_of(f): f for f in sds}
+        if secrets is not None:
+            self._write_secrets(report, secrets)
+        self._create_missing(report, {"cds": _sorted(clusters), "rds": tuple(rds),
+                                      "lds": tuple(lds)})
+        current = self.cluster_fragments()
+        union = {**current, **clusters}
+        if union != current or self.files["cds"].confirmed is False:
+            self._step(report, {"cds": _sorted(union)})
+        if not report.rejected and not report.unconfirmed:
+            self._step(report, {"rds": tuple(rds), "lds": tuple(lds)})
+        if not report.rejected and not report.unconfirmed:
+            self._step(report, {"cds": _sorted(clusters)})
+        if secrets is not None and not report.rejected and not report.unconfirmed:
+            self._remove_secrets(report, secrets)
+        return report
+
+    def _write_secrets(self, report: Report, secrets: dict[str, str]) -> None:
+        """New or changed SDS files, one secret each (Envoy takes one per file)."""
+        folder = self._settings.out_dir / SDS_FOLDER
+        for name, text in sorted(secrets.items()):
+            if self.secrets.get(name) == text and (folder / f"{name}.json").exists():
+                continue
+            ensure_folder(folder)
+            _, data = discovery_response([text])
+            write_atomic(folder / f"{name}.json", data)
+            self.secrets[name] = text
+            report.written.append(f"{SDS_FOLDER}/{name}.json")
+
+    def _remove_secrets(self, report: Report, secrets: dict[str, str]) -> None:
+        """SDS files no confirmed listener names any more."""
+        for name in sorted(set(self.secrets) - set(secrets)):
+            try:
+                (self._settings.out_dir / SDS_FOLDER / f"{name}.json").unlink(missing_ok=True)
+            except OSError as exc:
+                report.errors.append(f"removing {SDS_FOLDER}/{name}.json: {exc.strerror}")
+                continue
+            del self.secrets[name]
+
+    def _create_missing(self, report: Report, targets: dict[str, tuple[str, ...]]) -> None:
+        """Envoy cannot start until all three files exist, and cannot have loaded a file
+        that did not exist: missing files are written at once, complete, unconfirmed."""
+        for kind, fragments in targets.items():
+            if not self._exists(kind):
+                self._write(kind, fragments)
+                report.written.append(kind)
+
+    def _exists(self, kind: str) -> bool:
+        return (self._settings.out_dir / FILES[kind]).exists()
+
+    def _step(self, report: Report, targets: dict[str, tuple[str, ...]]) -> None:
+        """Write the files that differ, then confirm every file of the step."""
+        if all(fragments == self.files[kind].fragments and self.files[kind].version
+               and self.files[kind].confirmed is not False
+               for kind, fragments in targets.items()):
+            return  # nothing to write or confirm: spare Envoy a /stats read
+        before = self._counters(report)
+        for kind, fragments in targets.items():
+            state = self.files[kind]
+            if fragments == state.fragments and state.version:
+                continue
+            self._write(kind, fragments, before=(before or {}).get(kind))
+            report.written.append(kind)
+        self._confirm(report, targets, before)
+
+    def _counters(self, report: Report) -> dict[str, Counters] | None:
+        if self._admin is None:
+            return None
+        try:
+            counters = dict(self._admin.counters())
+        except EnvoyUnavailable as exc:
+            report.errors.append(str(exc))
+            return {}
+        self._adopt(counters)
+        return counters
+
+    def _adopt(self, counters: dict[str, Counters]) -> None:
+        """After a restart: a file on disk that Envoy runs (same version) is confirmed,
+        and is the one to re-install after a later rejection."""
+        for kind, state in self.files.items():
+            now = counters.get(kind)
+            if state.confirmed is False and state.before is None and now is not None and (
+                    now.version == state.version != ""):
+                state.confirmed, state.last_confirmed = True, state.fragments
+
+    def _write(self, kind: str, fragments: tuple[str, ...], salt: str = "",
+               before: Counters | None = None) -> None:
+        version, data = discovery_response(list(fragments), salt)
+        write_atomic(self._settings.out_dir / FILES[kind], data, force=bool(salt))
+        self.files[kind] = FileState(fragments=fragments, version=version, confirmed=False,
+                                     last_confirmed=self.files[kind].last_confirmed,
+                                     before=before)
+
+    def _confirm(self, report: Report, targets: dict[str, tuple[str, ...]],
+                 before: dict[str, Counters] | None) -> None:
+        if self._admin is None or before is None:
+            if any(kind in report.written for kind in targets):
+                self._stop.wait(self._settings.unconfirmed_gap_s)
+            for kind in targets:
+                self.files[kind].confirmed = None
+            return
+        for kind in targets:
+            self._confirm_one(report, kind, self.files[kind].before or ALREADY_WRITTEN)
+
+    def _confirm_one(self, report: Report, kind: str, before: Counters) -> None:
+        state = self.files[kind]
+        if state.confirmed:
+            return
+        assert self._admin is not None
+        try:
+            self._admin.confirm(kind, before, state.version, self._settings.confirm_timeout_s,
+                                self._stop)
+        except EnvoyRejected as exc:
+            report.rejected.append(f"{FILES[kind]}: {exc}")
+            self._reinstall(report, kind)
+            return
+        except EnvoyUnavailable as exc:
+            report.unconfirmed.append(f"{FILES[kind]}: {exc}")
+            return
+        state.confirmed, state.before = True, None
+        state.last_confirmed = state.fragments
+
+    def _reinstall(self, report: Report, kind: str) -> None:
+        """After a rejection: the last confirmed content, under a new version."""
+        good = self.files[kind].last_confirmed
+        if good is None or self._admin is None:
+            report.errors.append(f"{FILES[kind]}: no file Envoy confirmed is known to"
+                                 " re-install; Envoy keeps what it applied")
+            return
+        self._salt += 1
+        try:
+            before = self._admin.counters()[kind]
+            self._write(kind, good, salt=f"reinstall-{self._salt}", before=before)
+            self._admin.confirm(kind, before, self.files[kind].version,
+                                self._settings.confirm_timeout_s, self._stop)
+        except (EnvoyRejected, EnvoyUnavailable) as exc:
+            report.errors.append(f"{FILES[kind]}: re-installing the last good file: {exc}")
+            return
+        state = self.files[kind]
+        state.confirmed, state.before, state.last_confirmed = True, None, good
+
+
+def _sorted(clusters: dict[str, str]) -> tuple[str, ...]:
+    return tuple(clusters[name] for name in sorted(clusters))
+
+
+def out_paths(out_dir: Path) -> dict[str, Path]:
+    return {kind: out_dir / name for kind, name in FILES.items()}

@@ -1,0 +1,422 @@
+"""Pure rendering: validated Sites -> Envoy resources, and resources -> file bytes.
+
+Each site renders on its own into a `SiteResources` (its clusters, its virtual host, its
+TLS secret and access log, as Envoy's JSON form, each parsed strictly into Envoy's
+protobuf types once, after the site's `envoy:` overrides are merged in). The files are
+then assembled from cached per-resource JSON fragments, so a pass over 10,000 sites
+that changes one re-renders one. Output is deterministic: sorted keys, sorted
+resources, `version_info` a hash of the content.
+
+The pieces: `clusters` (upstreams), `vhosts` (routes and site-wide features), `tls`
+(secrets and HTTPS filter chains), `overrides` (the escape hatch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
+from envoy.extensions.compression.gzip.compressor.v3 import gzip_pb2
+from envoy.extensions.filters.http.compressor.v3 import compressor_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from controlplane import tls as tls_rendering
+from controlplane.clusters import cluster, cluster_name
+from controlplane.errors import Problem, SettingsError, SiteError
+from controlplane.model import Site
+from controlplane.overrides import (
+    confine_cluster,
+    confine_files,
+    confine_references,
+    confine_virtual_host,
+    merge,
+)
+from controlplane.policies import Tls
+from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Settings
+from controlplane.vhosts import HTTP_FILTERS, access_log, virtual_host
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SECRET = tls_rendering.SECRET
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+    ".HttpConnectionManager"
+)
+_MESSAGES: dict[str, type[Message]] = {
+    CLUSTER: cluster_pb2.Cluster,
+    LISTENER: listener_pb2.Listener,
+    ROUTE_CONFIGURATION: route_pb2.RouteConfiguration,
+    SECRET: secret_pb2.Secret,
+    "virtual_host": route_components_pb2.VirtualHost,
+    "access_log": http_connection_manager_pb2.HttpConnectionManager,
+    "tls_context": tls_pb2.DownstreamTlsContext,
+}
+# Imported for their side effect: the Any types inside the resources must be registered.
+_ = (router_pb2, file_pb2, cel_pb2, gzip_pb2, compressor_pb2, cors_pb2, local_rate_limit_pb2,
+     rbac_pb2, tls_inspector_pb2, http_protocol_options_pb2)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteTls:
+    """A TLS site's share of the HTTPS listener and of the SDS files."""
+
+    secret_name: str
+    secret: dict[str, Any]
+    secret_json: str
+    context: dict[str, Any]
+    """DownstreamTlsContext naming the secret by SDS file (`sds_file` filled at assembly)."""
+    static_context: dict[str, Any]
+    """The same naming a static secret (the scratch bootstrap of `envoy --mode validate`)."""
+    domains: tuple[str, ...]
+    spec: Tls
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteResources:
+    """One site's share of the output: clusters and virtual host, with JSON fragments."""
+
+    name: str
+    digest: str
+    """Hash of the rendered resources: the key of the Envoy verification cache."""
+    clusters: tuple[tuple[str, dict[str, Any]], ...]
+    virtual_host: dict[str, Any]
+    cluster_json: tuple[tuple[str, str], ...]
+    virtual_host_json: str
+    tls: SiteTls | None = None
+    access_log: dict[str, Any] | None = None
+
+
+def render_site(site: Site, settings: Settings | None = None) -> SiteResources:
+    """Render one site, merge its overrides, and check every resource against Envoy's
+    API types; a failure names the site file and the Envoy field."""
+    settings = settings or Settings()
+    clusters = tuple((cluster_name(site, u), _cluster(site, u, settings.buffer_limit_bytes))
+                     for u in site.upstream_names())
+    vhost = _virtual_host(site, settings)
+    for name, rendered in clusters:
+        check_types(rendered, CLUSTER, site.source, f"cluster {name}")
+    check_types(vhost, "virtual_host", site.source, "virtual_host")
+    log = access_log(site)
+    if log is not None:
+        check_types({"access_log": [log]}, "access_log", site.source, "access_log")
+    site_tls = _site_tls(site, settings)
+    cluster_json = tuple((n, fragment(c, CLUSTER)) for n, c in clusters)
+    vhost_json = fragment(vhost, None)
+    extra = [fragment(log or {}, None), site_tls.secret_json if site_tls else "",
+             fragment(site_tls.context, None) if site_tls else ""]
+    digest = _hash([j for _, j in cluster_json] + [vhost_json] + extra)
+    return SiteResources(name=site.name, digest=digest, clusters=clusters, virtual_host=vhost,
+                         cluster_json=cluster_json, virtual_host_json=vhost_json,
+                         tls=site_tls, access_log=log)
+
+
+def _cluster(site: Site, upstream: str, buffer_limit: int) -> dict[str, Any]:
+    rendered = cluster(site, upstream, buffer_limit)
+    overrides = site.spec.envoy
+    if overrides is None:
+        return rendered
+    for field, override in (("envoy.cluster", overrides.cluster),
+                            (f"envoy.clusters.{upstream}", (overrides.clusters or {}).get(
+                                upstream))):
+        if override:
+            confine_cluster(site.source, field, override)
+            rendered = merge(rendered, override)
+    confine_files(site.source, "envoy.cluster", rendered)
+    return rendered
+
+
+def _virtual_host(site: Site, settings: Settings) -> dict[str, Any]:
+    port = settings.https_redirect_port or settings.listen_tls.port
+    vhost = virtual_host(site, port)
+    override = site.spec.envoy.virtual_host if site.spec.envoy else None
+    if override:
+        confine_virtual_host(site.source, "envoy.virtual_host", override)
+        vhost = merge(vhost, override)
+    own = {cluster_name(site, u) for u in site.upstream_names()}
+    confine_references(site.source, vhost, own)
+    return vhost
+
+
+def _site_tls(site: Site, settings: Settings) -> SiteTls | None:
+    spec = site.spec.tls
+    if spec is None:
+        return None
+    name = tls_rendering.secret_name(spec)
+    secret = tls_rendering.secret(spec)
+    context = tls_rendering.tls_context(spec, tls_rendering.sds_path(settings.out_dir, name))
+    check_types(secret, SECRET, site.source, "tls secret")
+    check_types({k: v for k, v in context.items() if k != "@type"}, "tls_context",
+                site.source, "tls context")
+    return SiteTls(secret_name=name, secret=secret, secret_json=fragment(secret, SECRET),
+                   context=context, static_context=tls_rendering.tls_context(spec, None),
+                   domains=tuple(site.spec.domains), spec=spec)
+
+
+def listeners(settings: Settings, sites: list[SiteResources]) -> list[dict[str, Any]]:
+    """The HTTP listener, and the HTTPS listener while some site has TLS. Routes come
+    through RDS from a file and site features are per-virtual-host filter configs, so
+    the listeners change only when a TLS site or an access log comes, goes or changes."""
+    logs = [r.access_log for r in sites if r.access_log is not None]
+    found = [listener(settings, logs)]
+    chains = [tls_rendering.filter_chain(r.name, list(r.tls.domains), r.tls.context,
+                                         hcm(settings, rds(settings), logs))
+              for r in sites if r.tls is not None]
+    if chains:
+        address = settings.listen_tls
+        found.append(tls_rendering.https_listener(address.host, address.port, chains,
+                                                  settings.buffer_limit_bytes))
+    return found
+
+
+def listener(settings: Settings, access_logs: list[dict[str, Any]] | None = None) -> dict[
+        str, Any]:
+    """The HTTP listener: one filter chain, routes from `rds.json`."""
+    return {
+        "name": "http",
+        "address": {"socket_address": {"address": settings.listen.host,
+                                       "port_value": settings.listen.port}},
+        "per_connection_buffer_limit_bytes": settings.buffer_limit_bytes,
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": hcm(settings, rds(settings), access_logs or []),
+        }]}],
+    }
+
+
+def rds(settings: Settings) -> dict[str, Any]:
+    """The HCM's routes: the one RouteConfiguration of `rds.json`, shared by every HCM
+    (Envoy keeps one subscription for equal RDS configs)."""
+    return {"rds": {
+        "route_config_name": settings.route_config_name,
+        "config_source": {"path_config_source": {
+            "path": str(settings.out_dir.absolute() / RDS_FILE)}, "resource_api_version": "V3"},
+    }}
+
+
+def hcm(settings: Settings, routes: dict[str, Any],
+        access_logs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The HttpConnectionManager, with its routes given as `rds` or `route_config`, the
+    constant set of HTTP filters, and the sites' access logs."""
+    manager = {
+        "@type": HCM,
+        "stat_prefix": settings.stat_prefix,
+        "use_remote_address": True,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": settings.escaped_slashes.upper(),
+        **edge_limits(settings),
+        **routes,
+        "http_filters": [dict(f) for f in HTTP_FILTERS],
+    }
+    if access_logs:
+        manager["access_log"] = list(access_logs)
+    return manager
+
+
+def edge_limits(settings: Settings) -> dict[str, Any]:
+    """The HCM's timeouts and HTTP/2 limits that Envoy's edge-proxy guide asks an edge
+    to set (Envoy's defaults suit a service mesh)."""
+    limits: dict[str, Any] = {
+        "request_headers_timeout": seconds(settings.request_headers_timeout_s),
+        "stream_idle_timeout": seconds(settings.stream_idle_timeout_s),
+        "common_http_protocol_options": {
+            "idle_timeout": seconds(settings.idle_timeout_s),
+            "headers_with_underscores_action": settings.headers_with_underscores.upper(),
+        },
+        "http2_protocol_options": {
+            "max_concurrent_streams": settings.http2_max_concurrent_streams,
+            "initial_stream_window_size": settings.http2_initial_stream_window_bytes,
+            "initial_connection_window_size": settings.http2_initial_connection_window_bytes,
+        },
+    }
+    if settings.request_timeout_s > 0:
+        limits["request_timeout"] = seconds(settings.request_timeout_s)
+    return limits
+
+
+def seconds(value: float) -> str:
+    """A protobuf JSON duration: `10s`, `0.250s`."""
+    millis = round(value * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis / 1000:.3f}s"
+
+
+def route_configuration(settings: Settings, vhost_fragments: list[str]) -> str:
+    """The RouteConfiguration as a JSON fragment, from cached virtual-host fragments.
+    `Host: a.example:8080` matches the domain `a.example`."""
+    return (f'{{"@type":"{ROUTE_CONFIGURATION}","ignore_port_in_host_matching":true,'
+            f'"name":{json.dumps(settings.route_config_name)},'
+            f'"virtual_hosts":[{",".join(vhost_fragments)}]}}')
+
+
+def message_type(kind: str) -> type[Message]:
+    """Envoy's protobuf type of a resource (`@type` URL) or part (`virtual_host`)."""
+    return _MESSAGES[kind]
+
+
+def check_types(resource: dict[str, Any], kind: str, where: str, what: str) -> None:
+    """Parse strictly into Envoy's protobuf type; a failure names the Envoy field."""
+    try:
+        json_format.ParseDict(resource, _MESSAGES[kind](), ignore_unknown_fields=False)
+    except json_format.ParseError as exc:
+        reason = str(exc).split("\n Available Fields", 1)[0].strip()
+        raise SiteError([Problem(where, f"envoy.{what}", reason)]) from None
+
+
+def fragment(resource: dict[str, Any], type_url: str | None) -> str:
+    body = {"@type": type_url, **resource} if type_url else resource
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def discovery_response(fragments: list[str], salt: str = "") -> tuple[str, bytes]:
+    """(version, file bytes) of a DiscoveryResponse holding `fragments` in order.
+
+    `salt` makes a new version for the same content (re-installing after a rejection)."""
+    version = _hash([*fragments, salt])
+    text = f'{{"resources":[{",".join(fragments)}],"version_info":"{version}"}}\n'
+    return version, text.encode()
+
+
+def _hash(parts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()[:16]
+
+
+def assemble(settings: Settings, sites: list[SiteResources]) -> dict[str, list[str]]:
+    """The fragments of each file for these sites: `cds` (clusters sorted by name),
+    `rds`, `lds`, and `sds` (one secret per SDS file, sorted by name). The daemon and
+    `render` write exactly these."""
+    ordered = sorted(sites, key=lambda r: r.name)
+    clusters = sorted((name, text) for r in ordered for name, text in r.cluster_json)
+    secrets = {r.tls.secret_name: r.tls.secret_json for r in ordered if r.tls is not None}
+    return {
+        "cds": [text for _, text in clusters],
+        "rds": [route_configuration(settings, [r.virtual_host_json for r in ordered])],
+        "lds": [fragment(item, LISTENER) for item in listeners(settings, ordered)],
+        "sds": [secrets[name] for name in sorted(secrets)],
+    }
+
+
+def secret_name_of(fragment_text: str) -> str:
+    """The name of a secret fragment (its SDS file is `sds/<name>.json`)."""
+    return str(json.loads(fragment_text)["name"])
+
+
+def bootstrap(settings: Settings) -> dict[str, Any]:
+    """An Envoy bootstrap that reads CDS and LDS from the files in the output folder,
+    with the admin interface on a Unix socket (mode 0600) when one is given."""
+    out = settings.out_dir.absolute()
+    document: dict[str, Any] = {
+        "node": {"id": "controlplane", "cluster": "controlplane"},
+        "dynamic_resources": {
+            "cds_config": {"path_config_source": {"path": str(out / CDS_FILE)},
+                           "resource_api_version": "V3"},
+            "lds_config": {"path_config_source": {"path": str(out / LDS_FILE)},
+                           "resource_api_version": "V3"},
+        },
+    }
+    if settings.admin_socket is not None:
+        document["admin"] = {"address": {"pipe": {"path": str(settings.admin_socket.absolute()),
+                                                  "mode": 0o600}}}
+    if settings.stats_listen is not None:
+        document["static_resources"] = stats_resources(settings)
+    document["overload_manager"] = overload_manager(settings)
+    limit = settings.listener_max_connections
+    document["layered_runtime"] = {"layers": [{"name": "controlplane", "static_layer": {
+        f"envoy.resource_limits.listener.{name}.connection_limit": limit
+        for name in ("http", "https", STATS)}}]}
+    return document
+
+
+STATS = "stats"
+STATS_CLUSTER = "_admin_stats"
+"""Not a DNS label, so no site's cluster (`SITE`, `SITE/UPSTREAM`) can take the name."""
+STATS_PATHS = ("/stats/prometheus", "/ready")
+"""The admin paths the stats listener passes on: read-only, and all Prometheus needs."""
+
+
+def stats_resources(settings: Settings) -> dict[str, Any]:
+    """The stats listener and its cluster, the admin socket. Only GET or HEAD of exactly
+    `STATS_PATHS` (after normalising the path; escaped slashes refused) reach admin;
+    everything else is answered 404 by the listener itself, so `/quitquitquit`,
+    `/config_dump` or `/runtime_modify` never reach Envoy's admin from there."""
+    if settings.admin_socket is None or settings.stats_listen is None:
+        raise SettingsError("stats_listen: needs admin_socket (the stats come from it)")
+    allowed = [{"match": {"path": path, "headers": [{
+        "name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}]},
+                "route": {"cluster": STATS_CLUSTER, "timeout": "5s"}} for path in STATS_PATHS]
+    refused = {"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {
+        "inline_string": "only GET /stats/prometheus and /ready are served here\n"}}}
+    manager = {"@type": HCM, "stat_prefix": STATS, "normalize_path": True,
+               "merge_slashes": True, "path_with_escaped_slashes_action": "REJECT_REQUEST",
+               **edge_limits(settings),
+               "route_config": {"name": STATS, "virtual_hosts": [
+                   {"name": STATS, "domains": ["*"], "routes": [*allowed, refused]}]},
+               "http_filters": [dict(HTTP_FILTERS[-1])]}
+    address = settings.stats_listen
+    admin = {"pipe": {"path": str(settings.admin_socket.absolute())}}
+    return {
+        "listeners": [{
+            "name": STATS,
+            "address": {"socket_address": {"address": address.host,
+                                           "port_value": address.port}},
+            "per_connection_buffer_limit_bytes": settings.buffer_limit_bytes,
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": manager}]}],
+        }],
+        "clusters": [{
+            "name": STATS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": STATS_CLUSTER, "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": admin}}]}]},
+        }],
+    }
+
+
+_MONITORS = "type.googleapis.com/envoy.extensions.resource_monitors"
+HEAP_MONITOR = "envoy.resource_monitors.fixed_heap"
+
+
+def overload_manager(settings: Settings) -> dict[str, Any]:
+    """The edge-proxy guide's overload manager: a cap on downstream connections, and a
+    heap monitor that makes Envoy shrink its heap at 95% and refuse requests at 98%."""
+    def when(value: float) -> list[dict[str, Any]]:
+        return [{"name": HEAP_MONITOR, "threshold": {"value": value}}]
+
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {"name": "envoy.resource_monitors.global_downstream_max_connections",
+             "typed_config": {
+                 "@type": f"{_MONITORS}.downstream_connections.v3.DownstreamConnectionsConfig",
+                 "max_active_downstream_connections": settings.max_connections}},
+            {"name": HEAP_MONITOR, "typed_config": {
+                "@type": f"{_MONITORS}.fixed_heap.v3.FixedHeapConfig",
+                "max_heap_size_bytes": settings.max_heap_bytes}},
+        ],
+        "actions": [
+            {"name": "envoy.overload_actions.shrink_heap", "triggers": when(0.95)},
+            {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": when(0.98)},
+        ],
+    }

@@ -1,0 +1,159 @@
+"""The daemon loop: watch, debounce, reconcile, resync; signals and a clean stop.
+
+One thread does the work (this one); watchdog's observer thread only signals. Every
+wait is on an Event, so SIGTERM or SIGINT stops the loop at once: the observer thread
+is joined, no temp file is left, and the last written files stay for Envoy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import FrameType
+
+import structlog
+
+from controlplane.envoy_admin import AdminClient
+from controlplane.errors import ControlPlaneError
+from controlplane.metrics import Metrics, MetricsServer
+from controlplane.reconciling import Outcome, Reconciler
+from controlplane.settings import Settings
+from controlplane.verifying import Verifier
+from controlplane.watching import Signal, Watch
+from controlplane.writing import ensure_folder, remove_stale_temps
+
+log = structlog.get_logger("controlplane")
+MISSING_FOLDER_POLL_S = 1.0
+FREEZE_AFTER = 100
+"""Sites added or changed in one pass after which the heap is frozen again (see _pass)."""
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT call `stop`; the previous handlers come back on exit."""
+    def handle(signum: int, frame: FrameType | None) -> None:
+        # Not stop() here: a handler runs between two bytecodes of the main thread, which
+        # may hold the very lock that Event.set() takes. A thread takes it safely.
+        threading.Thread(target=stop, name="stop-signal").start()
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.signal = Signal()
+        self.passes = 0
+        self.metrics = Metrics(settings.resync_s)
+        self.metrics_port: int | None = None
+        self._seen_problems: dict[str, list[str]] = {}
+
+    def request_stop(self) -> None:
+        """Stop soon: from a signal handler or another thread."""
+        self.stop.set()
+        self.signal.wake()
+
+    def run(self) -> None:
+        settings = self.settings
+        ensure_folder(settings.out_dir)
+        remove_stale_temps(settings.out_dir)
+        admin = None
+        if settings.admin_socket is None:
+            log.warning("envoy.admin.none", detail="applies are written in order with a"
+                        f" {settings.unconfirmed_gap_s:g}s gap and not confirmed")
+        else:
+            admin = AdminClient(settings.admin_socket, settings)
+        verifier = Verifier(settings) if settings.verify_with_envoy else None
+        reconciler = Reconciler(settings, verifier=verifier, admin=admin, stop=self.stop)
+        watch = Watch(settings.sites_dir, self.signal)
+        server = None
+        if settings.metrics is not None:
+            server = MetricsServer(settings.metrics, self.metrics)
+            self.metrics_port = server.port
+        log.info("daemon.start", sites=str(settings.sites_dir), out=str(settings.out_dir),
+                 admin_socket=str(settings.admin_socket), metrics=str(settings.metrics))
+        try:
+            self._loop(reconciler, watch)
+        finally:
+            watch.stop()
+            if server is not None:
+                server.close()
+            remove_stale_temps(settings.out_dir)
+            log.info("daemon.stop", passes=self.passes)
+
+    def _loop(self, reconciler: Reconciler, watch: Watch) -> None:
+        settings = self.settings
+        watched = watch.ensure()
+        self.signal.clear()  # the first pass looks at everything that ensure() signalled
+        outcome = self._pass(reconciler)
+        next_resync = time.monotonic() + settings.resync_s
+        while not self.stop.is_set():
+            if watch.fallback_reason:
+                log.warning("watch.polling", reason=watch.fallback_reason)
+                watch.fallback_reason = None
+            timeout = max(0.0, next_resync - time.monotonic())
+            if outcome.retry:
+                timeout = min(timeout, settings.retry_s)
+            if not watched:
+                timeout = min(timeout, MISSING_FOLDER_POLL_S)
+            self.signal.wait_batch(timeout, settings.debounce_quiet_s, settings.debounce_max_s,
+                                   self.stop)
+            if self.stop.is_set():
+                break
+            self.metrics.beat()
+            watched = watch.ensure()
+            outcome = self._pass(reconciler)
+            if time.monotonic() >= next_resync or not outcome.retry:
+                next_resync = time.monotonic() + settings.resync_s
+
+    def _pass(self, reconciler: Reconciler) -> Outcome:
+        started = time.perf_counter()
+        try:
+            outcome = reconciler.run_pass()
+        except ControlPlaneError as exc:
+            log.error("pass.failed", error=str(exc))
+            self.metrics.record_failure(type(exc).__name__, str(exc))
+            return Outcome(retry=True, errors=[str(exc)])
+        except Exception as exc:  # a bug must cost one pass, not every site: retry, loudly
+            log.exception("pass.crashed", error=repr(exc))
+            self.metrics.record_failure("internal", repr(exc))
+            return Outcome(retry=True, errors=[repr(exc)])
+        seconds = time.perf_counter() - started
+        self.passes += 1
+        if self.passes == 1 or len(outcome.added) + len(outcome.changed) >= FREEZE_AFTER:
+            # Move the long-lived objects (every site's model and resources) out of the
+            # cyclic GC's sight: a full collection over 10,000 sites costs ~170 ms and
+            # would land in the middle of a one-site change. Collect first, so no garbage
+            # is frozen with them.
+            gc.collect()
+            gc.freeze()
+        self._log(outcome, seconds)
+        self.metrics.record(outcome, seconds, reconciler.site_states())
+        return outcome
+
+    def _log(self, outcome: Outcome, seconds: float) -> None:
+        for name, problems in outcome.problems.items():
+            if self._seen_problems.get(name) != problems:
+                for problem in problems:
+                    log.warning("site.invalid", site=name, problem=problem)
+        self._seen_problems = outcome.problems
+        changed = outcome.added or outcome.changed or outcome.removed or outcome.written
+        level = "warning" if outcome.errors or outcome.rejected else "info" if changed else "debug"
+        log.log(_LEVELS[level], "pass", added=outcome.added, changed=outcome.changed,
+                removed=outcome.removed, invalid=outcome.invalid, rejected=outcome.rejected,
+                written=outcome.written, confirmed=outcome.confirmed, errors=outcome.errors,
+                versions=outcome.versions, stages_ms=outcome.durations_ms,
+                duration_ms=round(seconds * 1000, 2))
+
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30}

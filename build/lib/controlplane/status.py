@@ -1,0 +1,128 @@
+"""The status file and the last-good store: what the daemon knows, kept on disk.
+
+`STATE/status.json` says, per site, whether its file is valid, which version serves,
+its problems (file, field, reason) and when it last changed; and, for the last pass,
+what was applied and whether Envoy confirmed it. `STATE/sites/NAME.yaml` holds the last
+good bytes of each serving site (mode 0600), so a restart with a broken file still
+serves that site's last good version. `controlplane status` prints the file as a table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controlplane.writing import STATE_MODE, ensure_folder, sync_folder, write_atomic
+
+STATUS_FILE = "status.json"
+LAST_GOOD_DIR = "sites"
+
+
+@dataclass(slots=True, kw_only=True)
+class SiteStatus:
+    state: str
+    """`serving` | `serving-last-good` (the file is broken) | `invalid` (nothing serves)."""
+    file: str
+    serving: str | None = None
+    """Content hash of the version Envoy serves (or was given)."""
+    problems: list[str] = field(default_factory=list)
+    changed_at: float = 0.0
+
+
+@dataclass(slots=True, kw_only=True)
+class PassStatus:
+    at: float
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+    invalid: list[str]
+    written: list[str]
+    confirmed: bool | None
+    errors: list[str]
+    versions: dict[str, str]
+
+
+def sites_json(sites: dict[str, SiteStatus],
+               lines: dict[str, tuple[SiteStatus, str]] | None = None) -> str:
+    """The `sites` part of the status file, one line per site, sorted. `lines` caches
+    each site's line with the SiteStatus it was made from, to reuse while unchanged."""
+    cache: dict[str, tuple[SiteStatus, str]] = {} if lines is None else lines
+    out = []
+    for name, site in sorted(sites.items()):
+        cached = cache.get(name)
+        if cached is None or cached[0] is not site:
+            cached = (site, f"  {json.dumps(name)}: "
+                            f"{json.dumps(_site_dict(site), sort_keys=True)}")
+            cache[name] = cached
+        out.append(cached[1])
+    for name in [n for n in cache if n not in sites]:
+        del cache[name]
+    return "{\n" + ",\n".join(out) + "\n}" if out else "{}"
+
+
+def _site_dict(site: SiteStatus) -> dict[str, Any]:
+    return {"state": site.state, "file": site.file, "serving": site.serving,
+            "problems": site.problems, "changed_at": site.changed_at}
+
+
+def write_status(state_dir: Path, sites: str, last_pass: PassStatus) -> None:
+    """The status file from the serialised `sites` part and this pass."""
+    ensure_folder(state_dir, 0o700)
+    data = (f'{{"last_pass": {json.dumps(asdict(last_pass), sort_keys=True)},\n'
+            f'"sites": {sites}}}\n').encode()
+    write_atomic(state_dir / STATUS_FILE, data, STATE_MODE)
+
+
+def read_status(state_dir: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((state_dir / STATUS_FILE).read_text())
+    return loaded
+
+
+def save_last_good(state_dir: Path, contents: dict[str, bytes]) -> None:
+    """Each file is replaced atomically; one fsync of the folder covers them all (an
+    fsync per file cost 1.2-1.6 ms a site: 12 s for a 10,000-site cold start)."""
+    if not contents:
+        return
+    folder = state_dir / LAST_GOOD_DIR
+    ensure_folder(folder, 0o700)
+    for name, content in contents.items():
+        write_atomic(folder / f"{name}.yaml", content, STATE_MODE, durable=False)
+    sync_folder(folder)
+
+
+def drop_last_good(state_dir: Path, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state_dir / LAST_GOOD_DIR / f"{name}.yaml")
+
+
+def load_last_good(state_dir: Path) -> dict[str, bytes]:
+    folder = state_dir / LAST_GOOD_DIR
+    found: dict[str, bytes] = {}
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as listing:
+        for item in listing:
+            if item.name.endswith(".yaml") and item.is_file(follow_symlinks=False):
+                found[item.name.removesuffix(".yaml")] = Path(item.path).read_bytes()
+    return found
+
+
+def table(document: dict[str, Any]) -> str:
+    """The status file as a table for people: one line per site, then the last pass."""
+    rows = [("SITE", "STATE", "SERVING", "PROBLEMS")]
+    for name, site in document.get("sites", {}).items():
+        problems = "; ".join(site["problems"]) or "-"
+        rows.append((name, site["state"], site["serving"] or "-", problems))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+             for r in rows]
+    last = document.get("last_pass") or {}
+    if last:
+        confirmed = {True: "confirmed by Envoy", False: "NOT confirmed by Envoy",
+                     None: "not confirmed (no admin socket)"}[last["confirmed"]]
+        lines.append("")
+        lines.append(f"last pass: {confirmed}; versions {last['versions']}")
+        lines.extend(f"  error: {e}" for e in last["errors"])
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""Documents -> validated Sites, and the checks that look across sites.
+
+Every problem names the file, the dotted field path and the reason (and the line when
+the YAML position is known), and every problem of a file is reported at once. Unknown
+keys get a suggestion when a known key is close (`domain` -> `domains`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from controlplane.errors import Problem, SiteError
+from controlplane.loading import Document
+from controlplane.model import Site, SiteSpec, schema
+
+_FIELD_PREFIX = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*): (.*)$", re.DOTALL)
+_SCHEMA = schema()
+
+
+def validate(name: str, where: str, digest: str, document: Document,
+             socket_dirs: tuple[str, ...] = (), forbidden_sockets: tuple[str, ...] = (),
+             log_dirs: tuple[str, ...] = ()) -> Site:
+    """One site's document -> Site, or SiteError with every problem in the file.
+    Sockets must lie under one of `socket_dirs` (empty: anywhere absolute) and may not be
+    one of `forbidden_sockets` (Envoy's own admin socket); access logs go under one of
+    `log_dirs` (empty: anywhere absolute)."""
+    if not isinstance(document.data, dict):
+        kind = type(document.data).__name__
+        raise SiteError([Problem(where, "", f"a site file is a mapping of keys, not a {kind}")])
+    try:
+        spec = SiteSpec.model_validate(document.data, context={
+            "socket_dirs": socket_dirs, "forbidden_sockets": forbidden_sockets,
+            "log_dirs": log_dirs})
+    except ValidationError as exc:
+        raise SiteError([_problem(where, error, document) for error in exc.errors()]) from None
+    return Site(name=name, spec=spec, source=where, digest=digest)
+
+
+def _problem(where: str, error: ErrorDetails, document: Document) -> Problem:
+    path = _document_path(error["loc"], document.data)
+    reason = str(error["msg"]).removeprefix("Value error, ")
+    matched = _FIELD_PREFIX.match(reason)
+    if matched and error["type"] == "value_error":
+        path = (*path, *matched.group(1).split("."))
+        reason = matched.group(2)
+    if error["type"] == "extra_forbidden":
+        reason = "unknown key" + _suggestion(path)
+    elif error["type"] == "missing":
+        reason = "required"
+    elif "input" in error and error["type"].endswith("_type"):
+        reason = f"{reason}, got {type(error['input']).__name__} {_short(error['input'])}"
+    line = _line(path, document)
+    return Problem(where, ".".join(str(p) for p in path), reason, line)
+
+
+def _document_path(loc: Iterable[str | int], data: Any) -> tuple[str | int, ...]:
+    """Pydantic's loc mapped back onto the document: drop the index that the model adds
+    when a single endpoint mapping stands where a list is accepted."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(part, int) and isinstance(node, Mapping):
+            continue
+        path.append(part)
+        node = _child(node, part)
+    return tuple(path)
+
+
+def _child(node: Any, part: str | int) -> Any:
+    if isinstance(node, Mapping):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and part < len(node):
+        return node[part]
+    return None
+
+
+def _line(path: tuple[str | int, ...], document: Document) -> int | None:
+    keys = tuple(int(p) if isinstance(p, str) and p.isdigit() else p for p in path)
+    for end in range(len(keys), -1, -1):
+        if keys[:end] in document.lines:
+            return document.lines[keys[:end]]
+    return None
+
+
+def _suggestion(path: tuple[str | int, ...]) -> str:
+    known = _known_keys(path[:-1])
+    close = difflib.get_close_matches(str(path[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; known keys here: {', '.join(sorted(known))}" if known else ""
+
+
+def _known_keys(path: tuple[str | int, ...]) -> list[str]:
+    """The keys the JSON Schema allows at `path` (walks properties, items, unions)."""
+    nodes = [_SCHEMA]
+    for part in path:
+        nodes = [c for n in nodes for c in _schema_children(n, part)]
+    return sorted({key for n in nodes for o in _options(n) for key in o.get("properties", {})})
+
+
+def _schema_children(node: dict[str, Any], part: str | int) -> list[dict[str, Any]]:
+    found = []
+    for option in _options(node):
+        if isinstance(part, int) and "items" in option:
+            found.append(option["items"])
+        elif part in option.get("properties", {}):
+            found.append(option["properties"][part])
+        elif option.get("type") == "object":
+            found.extend(v for v in (*option.get("patternProperties", {}).values(),
+                                     option.get("additionalProperties")) if isinstance(v, dict))
+    return found
+
+
+def _options(node: dict[str, Any]) -> list[dict[str, Any]]:
+    node = _resolve_all(node)
+    if "anyOf" in node:
+        return [o for option in node["anyOf"] for o in _options(option)]
+    return [node]
+
+
+def _resolve_all(node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = _SCHEMA["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    return node
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DomainClaim:
+    """The domains one site file claims."""
+
+    source: str
+    domains: tuple[str, ...]
+
+
+def domain_conflicts(claims: Mapping[str, DomainClaim]) -> dict[str, list[Problem]]:
+    """A domain claimed by two sites makes both invalid; each is told who else claims it."""
+    owners: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(claims):
+        for domain in claims[name].domains:
+            owners[domain].append(name)
+    problems: dict[str, list[Problem]] = defaultdict(list)
+    for domain, names in sorted(owners.items()):
+        if len(names) < 2:
+            continue
+        for name in names:
+            others = ", ".join(claims[o].source for o in names if o != name)
+            problems[name].append(Problem(claims[name].source, "domains",
+                                          f"{domain!r} is also claimed by {others}"))
+    return dict(problems)

@@ -1,0 +1,153 @@
+"""The change signal, and the watchdog handler that only signals.
+
+The handler does no work: it records that something happened and wakes the loop, so an
+exception can never kill the observer thread, and reading the site files (which the
+loop does) never wakes us again: only mutation events are subscribed to. Names are not
+filtered here; the scan filters them, so no event is ever wrongly dropped.
+
+`Signal.wait_batch` is the debounce: after the first event, wait until the folder has
+been quiet for `quiet` seconds, but never longer than `max_wait` after that event.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+MUTATIONS = [
+    FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent,
+    DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
+]
+
+
+class Signal:
+    """Set by the watcher thread, waited on by the loop."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._first: float | None = None
+        self._last = 0.0
+        self.count = 0
+
+    def notify(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._first is None:
+                self._first = now
+            self._last = now
+            self.count += 1
+        self._event.set()
+
+    def wait_batch(self, timeout: float, quiet: float, max_wait: float,
+                   stop: threading.Event) -> bool:
+        """True when a batch of events is complete; False on timeout or stop."""
+        if not self._event.wait(timeout) or stop.is_set():
+            return False
+        while not stop.is_set():
+            with self._lock:
+                first, last = self._first or 0.0, self._last
+            now = time.monotonic()
+            remaining = min(last + quiet, first + max_wait) - now
+            if remaining <= 0:
+                break
+            stop.wait(remaining)
+        with self._lock:
+            self._first = None
+            self._event.clear()
+        return not stop.is_set()
+
+    def clear(self) -> None:
+        """Forget what was signalled so far (a full pass is about to look anyway)."""
+        with self._lock:
+            self._first = None
+            self._event.clear()
+
+    def wake(self) -> None:
+        """Wake the loop without an event (stop, tests)."""
+        self._event.set()
+
+
+class Handler(FileSystemEventHandler):
+    def __init__(self, signal: Signal) -> None:
+        self._signal = signal
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self._signal.notify()
+
+
+class Watch:
+    """A non-recursive watch on the sites folder that survives the folder being removed,
+    replaced (a new inode) or missing at start; falls back to polling when inotify is
+    out of watches or instances."""
+
+    def __init__(self, folder: Path, signal: Signal, poll_s: float = 1.0) -> None:
+        self._folder = folder
+        self._signal = signal
+        self._poll_s = poll_s
+        self._observer: BaseObserver | None = None
+        self._identity: tuple[int, int] | None = None
+        self.fallback_reason: str | None = None
+
+    def ensure(self) -> bool:
+        """(Re)start the watch if the folder appeared or changed; True while watched."""
+        identity = _identity(self._folder)
+        if identity == self._identity and self._observer is not None:
+            return True
+        self.stop()
+        if identity is None:
+            return False
+        self._observer = self._start()
+        self._identity = identity
+        self._signal.notify()  # the folder is new to us: rescan it
+        return True
+
+    def _start(self) -> BaseObserver:
+        handler = Handler(self._signal)
+        try:
+            from watchdog.observers.inotify import InotifyObserver
+
+            observer: BaseObserver = InotifyObserver()
+            observer.schedule(handler, str(self._folder), recursive=False,
+                              event_filter=MUTATIONS)
+            observer.start()
+            return observer
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EMFILE, errno.ENOMEM):
+                raise
+            self.fallback_reason = f"inotify: {exc.strerror}; polling every {self._poll_s:g}s"
+        poller = PollingObserver(timeout=self._poll_s)
+        poller.schedule(handler, str(self._folder), recursive=False, event_filter=MUTATIONS)
+        poller.start()
+        return poller
+
+    def stop(self) -> None:
+        observer, self._observer, self._identity = self._observer, None, None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)

@@ -1,0 +1,94 @@
+"""Edge I/O for the output: atomic, idempotent publication of one file at a time.
+
+Envoy reloads a dynamic file only when a new file is renamed over it, and its watch
+follows the folder's inode, so: write a temp file in the same folder, set its mode on
+the handle, fsync, `os.replace`, fsync the folder. The folder itself is never replaced.
+Unchanged content is not rewritten. On any error the temp file is removed and the old
+file stays as it was. The order of files across a pass is the reconciler's business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from controlplane.errors import OutputError
+
+OUTPUT_MODE = 0o644
+STATE_MODE = 0o600
+TEMP_PREFIX = ".tmp-"
+
+
+def write_atomic(path: Path, data: bytes, mode: int = OUTPUT_MODE, *, force: bool = False,
+                 durable: bool = True) -> bool:
+    """Publish `data` at `path`; False when the file already held exactly these bytes.
+    `durable=False` skips the fsyncs (the caller syncs the folder once for a batch); the
+    rename is atomic either way."""
+    if not force and _same(path, data):
+        return False
+    folder = path.parent
+    try:
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX + path.name + ".")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create a temp file: {_describe(exc)}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise OutputError(f"{path}: cannot write: {_describe(exc)}") from exc
+    if durable:
+        sync_folder(folder)
+    return True
+
+
+def _same(path: Path, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(data) + 1) == data
+    except OSError:
+        return False
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so the renames in it survive a crash (best effort)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _describe(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"not writable ({exc.strerror})"
+    return exc.strerror or str(exc)
+
+
+def ensure_folder(path: Path, mode: int = 0o755) -> None:
+    """Create the folder if missing; never replace an existing one."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create the folder: {exc.strerror}") from exc
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Remove temp files a killed process left behind (only ours, by prefix)."""
+    with contextlib.suppress(OSError), os.scandir(folder) as listing:
+        for item in listing:
+            if item.name.startswith(TEMP_PREFIX) and item.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(item.path)
