@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,25 +63,25 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command("check", _check, "validate a sites folder; exit 1 on any problem",
-            "sites", "listen", "listen-tls", "envoy", "no-envoy")
+            "sites", "listen", "listen-tls", "envoy", "no-envoy", "client-ip")
     render_cmd = command("render", _render, "validate, then write cds/lds/rds.json once",
-                        "sites", "out", "listen", "listen-tls", "envoy", "no-envoy")
+                        "sites", "out", "listen", "listen-tls", "envoy", "no-envoy", "client-ip")
     render_cmd.add_argument("--pretty", action="store_true",
                             help="indented JSON, keys sorted, so a plain diff reads well")
     command("bootstrap", _bootstrap, "print an Envoy bootstrap reading the files in --out",
             "out", "admin-socket", "max-heap-bytes", "stats-listen")
     command("run", _run, "the daemon: watch the folder, apply changes, confirm with Envoy",
             "sites", "out", "listen", "listen-tls", "admin-socket", "envoy", "no-envoy", "state",
-            "metrics")
+            "metrics", "client-ip")
     explain_cmd = command("explain", _explain, "which site, route and upstream serve a URL"
                           " (offline, from the files the daemon would apply)",
-                          "sites", "listen", "listen-tls", "admin-socket", "no-envoy")
+                          "sites", "listen", "listen-tls", "admin-socket", "no-envoy", "client-ip")
     explain_cmd.add_argument("url", metavar="URL", help="e.g. http://blog.example.com/a?b=1")
     explain_cmd.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
                              help="a request header (repeat for more)")
     command("diff", _diff, "compare what SITES_DIR would render with what the live Envoy"
             " holds; exit 0 same, 1 different, 3 trouble", "sites", "out", "listen",
-            "listen-tls", "admin-socket", "envoy", "no-envoy")
+            "listen-tls", "admin-socket", "envoy", "no-envoy", "client-ip")
     status_cmd = command("status", _status, "print the daemon's status file", "out", "state")
     status_cmd.add_argument("--json", action="store_true", help="print the raw JSON")
     schema_cmd = command("schema", _schema, "print the JSON Schema of a site file")
@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_FLAGS = {
+_FLAGS: dict[str, Callable[[argparse.ArgumentParser], object]] = {
     "sites": lambda p: p.add_argument("sites_dir", type=Path, nargs="?", metavar="SITES_DIR"),
     "out": lambda p: p.add_argument("--out", dest="out_dir", type=Path, metavar="DIR"),
     "listen": lambda p: p.add_argument("--listen", metavar="HOST:PORT"),
@@ -104,6 +104,7 @@ _FLAGS = {
     "max-heap-bytes": lambda p: p.add_argument(
         "--max-heap-bytes", type=int, metavar="BYTES",
         help="Envoy's heap for the overload manager; set it below Envoy's memory limit"),
+    "client-ip": lambda p: _client_ip_flags(p),
     "stats-listen": lambda p: p.add_argument(
         "--stats-listen", metavar="HOST:PORT",
         help="serve Envoy's /stats/prometheus and /ready (nothing else of admin) here"),
@@ -111,6 +112,15 @@ _FLAGS = {
     "metrics": lambda p: p.add_argument(
         "--metrics", metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics here"),
 }
+
+
+def _client_ip_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trusted-proxies", action="append", metavar="CIDR[,CIDR...]",
+                        help="balancers whose X-Forwarded-For is believed (repeatable)")
+    parser.add_argument("--xff-trusted-hops", type=int, metavar="N",
+                        help="believe N hops of X-Forwarded-For from anyone (default 0)")
+    parser.add_argument("--proxy-protocol", action="store_true", default=None,
+                        help="listeners expect the PROXY protocol from a balancer")
 
 
 def _settings(args: argparse.Namespace) -> settings.Settings:
@@ -125,6 +135,12 @@ def _settings(args: argparse.Namespace) -> settings.Settings:
         config = settings.from_mapping(values, config)
     flags = {k: v for k, v in vars(args).items()
              if k in {f for f in settings.Settings.__dataclass_fields__} and v is not None}
+    if "trusted_proxies" in flags:
+        try:
+            flags["trusted_proxies"] = settings.cidrs(
+                [c for given in flags["trusted_proxies"] for c in given.split(",") if c])
+        except ValueError as exc:
+            raise SettingsError(f"--trusted-proxies: {exc}") from None
     for key in ("listen", "metrics", "listen_tls", "stats_listen"):
         if key in flags:
             flags[key] = settings.Listen.parse(flags[key])

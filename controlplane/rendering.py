@@ -29,10 +29,12 @@ from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.proxy_protocol.v3 import proxy_protocol_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
+from envoy.extensions.http.original_ip_detection.xff.v3 import xff_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
@@ -72,7 +74,7 @@ _MESSAGES: dict[str, type[Message]] = {
 }
 # Imported for their side effect: the Any types inside the resources must be registered.
 _ = (router_pb2, file_pb2, cel_pb2, gzip_pb2, compressor_pb2, cors_pb2, local_rate_limit_pb2,
-     rbac_pb2, tls_inspector_pb2, http_protocol_options_pb2)
+     rbac_pb2, tls_inspector_pb2, http_protocol_options_pb2, proxy_protocol_pb2, xff_pb2)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -182,8 +184,10 @@ def listeners(settings: Settings, sites: list[SiteResources]) -> list[dict[str, 
               for r in sites if r.tls is not None]
     if chains:
         address = settings.listen_tls
-        found.append(tls_rendering.https_listener(address.host, address.port, chains,
-                                                  settings.buffer_limit_bytes))
+        https = tls_rendering.https_listener(address.host, address.port, chains,
+                                             settings.buffer_limit_bytes)
+        https.update(listener_filters(settings, *https["listener_filters"]))
+        found.append(https)
     return found
 
 
@@ -195,11 +199,25 @@ def listener(settings: Settings, access_logs: list[dict[str, Any]] | None = None
         "address": {"socket_address": {"address": settings.listen.host,
                                        "port_value": settings.listen.port}},
         "per_connection_buffer_limit_bytes": settings.buffer_limit_bytes,
+        **listener_filters(settings),
         "filter_chains": [{"filters": [{
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": hcm(settings, rds(settings), access_logs or []),
         }]}],
     }
+
+
+PROXY_PROTOCOL = ("type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3"
+                  ".ProxyProtocol")
+
+
+def listener_filters(settings: Settings, *after: dict[str, Any]) -> dict[str, Any]:
+    """The listener filters: the PROXY protocol first when a balancer speaks it, then
+    `after` (the HTTPS listener's TLS inspector)."""
+    found = [{"name": "envoy.filters.listener.proxy_protocol",
+              "typed_config": {"@type": PROXY_PROTOCOL}}] if settings.proxy_protocol else []
+    found.extend(after)
+    return {"listener_filters": found} if found else {}
 
 
 def rds(settings: Settings) -> dict[str, Any]:
@@ -219,7 +237,7 @@ def hcm(settings: Settings, routes: dict[str, Any],
     manager = {
         "@type": HCM,
         "stat_prefix": settings.stat_prefix,
-        "use_remote_address": True,
+        **client_address(settings),
         "normalize_path": True,
         "merge_slashes": True,
         "path_with_escaped_slashes_action": settings.escaped_slashes.upper(),
@@ -230,6 +248,31 @@ def hcm(settings: Settings, routes: dict[str, Any],
     if access_logs:
         manager["access_log"] = list(access_logs)
     return manager
+
+
+XFF_DETECTION = ("type.googleapis.com/envoy.extensions.http.original_ip_detection.xff.v3"
+                 ".XffConfig")
+
+
+def client_address(settings: Settings) -> dict[str, Any]:
+    """How the HCM finds the client's address. By default the connection's own (the
+    edge: `use_remote_address`, Envoy appends it to X-Forwarded-For). Behind balancers
+    listed in `trusted_proxies`: Envoy's XFF detection, which Envoy refuses beside
+    `use_remote_address`, so Envoy then leaves X-Forwarded-For as the balancer sent it.
+    With `xff_trusted_hops`: that many hops of X-Forwarded-For are believed."""
+    if settings.trusted_proxies:
+        blocks = []
+        for block in settings.trusted_proxies:
+            address, _, length = block.partition("/")
+            blocks.append({"address_prefix": address, "prefix_len": int(length)})
+        return {"original_ip_detection_extensions": [{
+            "name": "envoy.extensions.http.original_ip_detection.xff",
+            "typed_config": {"@type": XFF_DETECTION, "xff_trusted_cidrs": {"cidrs": blocks}},
+        }]}
+    found: dict[str, Any] = {"use_remote_address": True}
+    if settings.xff_trusted_hops:
+        found["xff_num_trusted_hops"] = settings.xff_trusted_hops
+    return found
 
 
 def edge_limits(settings: Settings) -> dict[str, Any]:
@@ -264,7 +307,15 @@ def route_configuration(settings: Settings, vhost_fragments: list[str]) -> str:
     `Host: a.example:8080` matches the domain `a.example`."""
     return (f'{{"@type":"{ROUTE_CONFIGURATION}","ignore_port_in_host_matching":true,'
             f'"name":{json.dumps(settings.route_config_name)},'
+            f'"request_headers_to_add":{REAL_IP},'
             f'"virtual_hosts":[{",".join(vhost_fragments)}]}}')
+
+
+REAL_IP = json.dumps([{"append_action": "OVERWRITE_IF_EXISTS_OR_ADD", "header": {
+    "key": "x-real-ip", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}}],
+    sort_keys=True, separators=(",", ":"))
+"""Every request upstream carries the client's address as Envoy found it (a client's own
+`X-Real-IP` is replaced, never believed)."""
 
 
 def message_type(kind: str) -> type[Message]:

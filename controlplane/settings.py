@@ -84,6 +84,22 @@ class Settings:
     """Envoy's limit on open downstream connections (the bootstrap's overload manager):
     an edge proxy without one can be exhausted by idle connections."""
 
+    trusted_proxies: tuple[str, ...] = ()
+    """CIDRs of the balancers in front of Envoy whose `X-Forwarded-For` is believed: the
+    client address is then the last address in it that is not one of these (Envoy's XFF
+    original-IP detection). Access lists, rate limits, access logs and the `X-Real-IP`
+    sent upstream all use that address. Excludes `xff_trusted_hops`."""
+
+    xff_trusted_hops: int = 0
+    """Without `trusted_proxies`: believe this many hops of `X-Forwarded-For` from
+    whoever connects (for a balancer whose address is not known). 0: the connection's
+    own address is the client's."""
+
+    proxy_protocol: bool = False
+    """Listeners expect the PROXY protocol (v1 or v2) from a balancer (haproxy,
+    klipper-lb, cloud balancers), which gives the client's address; a connection
+    without it is refused."""
+
     listener_max_connections: int = 10_000
     """Open connections per listener (`http`, `https`), Envoy's runtime
     `envoy.resource_limits.listener.NAME.connection_limit`: a flood on one port cannot
@@ -183,6 +199,13 @@ class Settings:
     retry_s: float = 2.0
     """After a timeout or an output error, the next pass comes this soon (seconds)."""
 
+    def __post_init__(self) -> None:
+        if self.trusted_proxies and self.xff_trusted_hops:
+            raise SettingsError("trusted_proxies and xff_trusted_hops: give one or the other"
+                                " (Envoy cannot trust both a list of balancers and a hop count)")
+        if self.xff_trusted_hops < 0:
+            raise SettingsError("xff_trusted_hops: must be 0 or more")
+
     @property
     def state(self) -> Path:
         return self.state_dir if self.state_dir is not None else self.out_dir / ".controlplane"
@@ -192,8 +215,8 @@ class Settings:
 
 
 _PATHS = {"sites_dir", "out_dir", "state_dir", "admin_socket", "envoy"}
-_INTS = {"max_file_bytes", "max_connections", "max_certificates", "https_redirect_port",
-         "listener_max_connections", "max_heap_bytes", "buffer_limit_bytes",
+_INTS = {"max_file_bytes", "max_connections", "xff_trusted_hops", "max_certificates",
+         "https_redirect_port", "listener_max_connections", "max_heap_bytes", "buffer_limit_bytes",
          "http2_max_concurrent_streams", "http2_initial_stream_window_bytes",
          "http2_initial_connection_window_bytes"}
 _STRINGS = {"stat_prefix", "route_config_name"}
@@ -207,6 +230,17 @@ CHOICES = {
     "escaped_slashes": ("unescape_and_redirect", "unescape_and_forward", "reject_request",
                         "keep_unchanged"),
 }
+
+
+def cidrs(values: list[Any] | tuple[Any, ...]) -> tuple[str, ...]:
+    """CIDR blocks in their normal form (`10.0.0.1/8` -> `10.0.0.0/8`); ValueError if not."""
+    found = []
+    for value in values:
+        try:
+            found.append(str(ipaddress.ip_network(str(value), strict=False)))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or CIDR block") from None
+    return tuple(found)
 
 
 def from_mapping(values: dict[str, Any], base: Settings | None = None) -> Settings:
@@ -230,6 +264,12 @@ def _coerce(key: str, value: Any) -> Any:
             return Listen.parse(str(value))
         if key in ("socket_dirs", "log_dirs"):
             return tuple(Path(str(v)) for v in value)
+        if key == "trusted_proxies":
+            return cidrs([value] if isinstance(value, str) else value)
+        if key == "proxy_protocol":
+            if not isinstance(value, bool):
+                raise TypeError("expected true or false")
+            return value
         if key in _FLOATS:
             return float(value)
         if key in _INTS:

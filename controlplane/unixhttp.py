@@ -30,6 +30,9 @@ def _handler(name: str) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("X-Upstream", name)
+            for seen in ("X-Forwarded-For", "X-Real-IP"):
+                if self.headers.get(seen):
+                    self.send_header(f"X-Seen-{seen}", self.headers[seen])
             self.end_headers()
             self.wfile.write(body)
 

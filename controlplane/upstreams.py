@@ -2,7 +2,9 @@
 
 For the demo and the end-to-end tests, which need the real thing a user runs (nginx
 listening on `unix:/dev/shm/NAME.sock`) and a fallback where nginx is missing. Each
-upstream answers every GET with `NAME PATH`, and sets `X-Upstream: NAME`.
+upstream answers every GET with `NAME PATH`, and sets `X-Upstream: NAME`; it echoes the
+`X-Forwarded-For` and `X-Real-IP` it received as `X-Seen-Forwarded-For` and
+`X-Seen-Real-IP` (when present), so a test can see what Envoy sent upstream.
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ http {{
         location / {{
             default_type text/plain;
             add_header X-Upstream {name} always;
+            add_header X-Seen-Forwarded-For $http_x_forwarded_for always;
+            add_header X-Seen-Real-IP $http_x_real_ip always;
             return 200 "{name} $request_uri\\n";
         }}
     }}

@@ -212,7 +212,9 @@ def _cidrs(blocks: list[str]) -> list[dict[str, Any]]:
     ids = []
     for block in blocks:
         address, _, length = block.partition("/")
-        ids.append({"direct_remote_ip": {"address_prefix": address, "prefix_len": int(length)}})
+        # remote_ip: the client's address as Envoy found it (behind trusted balancers,
+        # from X-Forwarded-For or the PROXY protocol), not the balancer's.
+        ids.append({"remote_ip": {"address_prefix": address, "prefix_len": int(length)}})
     return ids
 
 
