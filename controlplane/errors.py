@@ -42,11 +42,24 @@ class Problem:
         return f"{where}: {self.field}: {self.reason}" if self.field else f"{where}: {self.reason}"
 
 
+MAX_PROBLEMS = 20
+"""At most this many problems are reported per file, then one line says how many more."""
+
+
+def bounded(problems: list[Problem] | tuple[Problem, ...]) -> tuple[Problem, ...]:
+    """The first `MAX_PROBLEMS` problems, then `and N more problems` if there are more."""
+    if len(problems) <= MAX_PROBLEMS:
+        return tuple(problems)
+    more = Problem(problems[0].file, "", f"and {len(problems) - MAX_PROBLEMS} more problems")
+    return (*problems[:MAX_PROBLEMS], more)
+
+
 class SiteError(ControlPlaneError):
-    """One or more problems with a site file; the site cannot be used in this version."""
+    """One or more problems with a site file; the site cannot be used in this version.
+    A file with very many problems carries the first `MAX_PROBLEMS` and a count."""
 
     def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
-        self.problems = tuple(problems)
+        self.problems = bounded(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
