@@ -17,6 +17,7 @@ Only the CLI turns these into exit codes; the daemon turns them into status and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -47,11 +48,20 @@ MAX_PROBLEMS = 20
 
 
 def bounded(problems: list[Problem] | tuple[Problem, ...]) -> tuple[Problem, ...]:
-    """The first `MAX_PROBLEMS` problems, then `and N more problems` if there are more."""
-    if len(problems) <= MAX_PROBLEMS:
+    """The first `MAX_PROBLEMS` problems, then `and N more problems` if there are more
+    (a list bounded before keeps its count: bounding twice changes nothing)."""
+    shown = [p for p in problems if not (p.field == "" and _MORE.fullmatch(p.reason))]
+    hidden = sum(int(m.group(1)) for p in problems
+                 if p.field == "" and (m := _MORE.fullmatch(p.reason)))
+    hidden += max(0, len(shown) - MAX_PROBLEMS)
+    if not hidden:
         return tuple(problems)
-    more = Problem(problems[0].file, "", f"and {len(problems) - MAX_PROBLEMS} more problems")
-    return (*problems[:MAX_PROBLEMS], more)
+    noun = "problem" if hidden == 1 else "problems"
+    more = Problem(problems[0].file, "", f"and {hidden} more {noun}")
+    return (*shown[:MAX_PROBLEMS], more)
+
+
+_MORE = re.compile(r"and (\d+) more problems?")
 
 
 class SiteError(ControlPlaneError):
