@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from controlplane import certificates, loading, paths, rendering, status, tls, validating
+from controlplane import certificates, claims, loading, paths, rendering, status, tls, validating
 from controlplane.envoy_admin import AdminClient
 from controlplane.errors import OutputError, Problem, SiteError, bounded
 from controlplane.model import digest_of
@@ -56,7 +56,7 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
         site = validating.validate(name, source, digest, document)
         resources = rendering.render_site(site, settings)
         uses = validating.path_uses(site, document)
-        uses += _hatch_sockets(resources, {u.path for u in uses})
+        uses += claims.sockets(resources, {u.path for u in uses})
     except SiteError as exc:
         return Checked(name=name, source=source, digest=digest, problems=exc.problems)
     except Exception as exc:  # a site file must never take the daemon down
@@ -64,25 +64,6 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
         return Checked(name=name, source=source, digest=digest, problems=(problem,))
     return Checked(name=name, source=source, digest=digest, content=content,
                    resources=resources, domains=tuple(site.spec.domains), uses=uses)
-
-
-def _hatch_sockets(resources: rendering.SiteResources, known: set[str]) -> tuple[
-        paths.Use, ...]:
-    """Any other Unix socket the rendered clusters name (`pipe` anywhere, as the `envoy:`
-    hatch could put it) is judged like an endpoint."""
-    found: list[paths.Use] = []
-    stack: list[object] = [c for _, c in resources.clusters]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            pipe = node.get("pipe")
-            if isinstance(pipe, dict) and isinstance(pipe.get("path"), str) and (
-                    pipe["path"] not in known):
-                found.append(paths.Use(field="envoy.cluster", kind="socket", path=pipe["path"]))
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return tuple(found)
 
 
 def fence_of(settings: Settings) -> paths.Fence:
@@ -223,33 +204,8 @@ def _judge(item: Checked, fence: paths.Fence) -> tuple[list[Problem], list[Probl
 
 def _name_conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
     return validating.name_conflicts({
-        n: validating.NameClaim(source=c.source, names=generated_names(c.resources))
+        n: validating.NameClaim(source=c.source, names=claims.names(c.resources))
         for n, c in serving.items() if c.resources is not None})
-
-
-def generated_names(resources: rendering.SiteResources) -> tuple[
-        tuple[str, str, str, str], ...]:
-    """(kind, name, field, content) of every name a site's resources give Envoy: clusters,
-    their stats names, the virtual host, route and filter stats prefixes, the HTTPS filter
-    chain, the secret (shared only when its content is the same)."""
-    stats_field = "stats_prefix" if any("alt_stat_name" in c for _, c in resources.clusters) else ""
-    names = [("virtual host", str(resources.virtual_host.get("name")), "", "")]
-    for name, cluster in resources.clusters:
-        names.append(("cluster", name, "", ""))
-        names.append(("cluster stats name", str(cluster.get("alt_stat_name", name)),
-                      stats_field, ""))
-    for route in resources.virtual_host.get("routes", []):
-        if "stat_prefix" in route:
-            names.append(("route stats prefix", str(route["stat_prefix"]), stats_field, ""))
-    for filter_name, config in resources.virtual_host.get("typed_per_filter_config", {}).items():
-        inner = config.get("config", {}) if isinstance(config, dict) else {}
-        if isinstance(inner, dict) and "stat_prefix" in inner:
-            names.append((f"stats prefix of {filter_name}", str(inner["stat_prefix"]),
-                          stats_field, ""))
-    if resources.tls is not None:
-        names.append(("HTTPS filter chain", resources.name, "", ""))
-        names.append(("TLS secret", resources.tls.secret_name, "tls", resources.tls.secret_json))
-    return tuple(names)
 
 
 def _conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
