@@ -14,6 +14,7 @@ out; every other site goes ahead. `select` is shared with the one-shot `check` a
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -271,6 +272,9 @@ class Reconciler:
         self._cache: dict[str, tuple[tuple[int, ...], Checked]] = {}
         self._rejected: dict[str, str] = {}
         self._ignored: set[str] = set()
+        self.socket_folders: set[str] = set()
+        """The folders of the sites' sockets, as written and resolved: the daemon watches
+        them, so a symlink planted (or removed) there is judged at the next pass."""
         self._sites: dict[str, status.SiteStatus] = {}
         self._sites_json = "{}"
         self._status_lines: dict[str, tuple[status.SiteStatus, str]] = {}
@@ -312,6 +316,9 @@ class Reconciler:
         self._apply(outcome, selection)
         clock.lap("write_confirm")
         self._record(outcome, selection, checked)
+        items = [*(c for _, c in self._cache.values()), *self.last_good.values()]
+        written = {os.path.dirname(u.path) for c in items for u in c.uses if u.kind == "socket"}
+        self.socket_folders = written | {os.path.realpath(f) for f in written}
         return outcome
 
     def _scan(self, outcome: Outcome) -> dict[str, Checked] | None:
