@@ -51,9 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command("check", _check, "validate a sites folder; exit 1 on any problem",
-            "sites", "listen", "listen-tls", "admin-socket", "envoy", "no-envoy")
+            "sites", "out", "listen", "listen-tls", "admin-socket", "envoy", "no-envoy", "state")
     command("render", _render, "validate, then write cds/lds/rds.json once",
-            "sites", "out", "listen", "listen-tls", "admin-socket", "envoy", "no-envoy")
+            "sites", "out", "listen", "listen-tls", "admin-socket", "envoy", "no-envoy", "state")
     command("bootstrap", _bootstrap, "print an Envoy bootstrap reading the files in --out",
             "out", "admin-socket")
     command("run", _run, "the daemon: watch the folder, apply changes, confirm with Envoy",

@@ -92,6 +92,9 @@ class Fence:
     forbidden_paths: dict[str, str] = field(default_factory=dict)
     _folders: dict[str, str] = field(default_factory=dict)
     """Resolved folders, memoised for this pass only (sites share socket folders)."""
+    _socket_prefixes: tuple[str, ...] = ()
+    _open: dict[str, str | None] = field(default_factory=dict)
+    """The world-writable warning of each resolved socket folder, for this pass only."""
 
     @classmethod
     def now(cls, *, socket_dirs: Iterable[Path | str], log_dirs: Iterable[Path | str],
@@ -99,6 +102,7 @@ class Fence:
         fence = cls(socket_dirs=tuple(_real(d) for d in socket_dirs),
                     log_dirs=tuple(_real(d) for d in log_dirs),
                     private=tuple((_real(p), what) for p, what in private))
+        fence._socket_prefixes = tuple(d.rstrip("/") + "/" for d in fence.socket_dirs)
         known = [(p, "a control socket") for p in CONTROL_SOCKET_PATHS]
         if admin_socket is not None:
             known.insert(0, (str(admin_socket.absolute()), "Envoy's admin socket"))
@@ -137,7 +141,8 @@ class Fence:
         what = self.forbidden_paths.get(resolved) or _control(resolved)
         if what is not None:
             return Verdict(problem=f"{shown} is {what}; a site may not expose it")
-        if self.socket_dirs and not _under(resolved, self.socket_dirs):
+        if self.socket_dirs and not (resolved in self.socket_dirs or resolved.startswith(
+                self._socket_prefixes)):
             return Verdict(problem=f"{shown} is outside the allowed socket folders"
                            f" ({', '.join(self.socket_dirs)})")
         identity, problem = self._identity_of(path, resolved, found)
@@ -146,14 +151,19 @@ class Fence:
         if identity is not None and identity in self.forbidden:
             return Verdict(problem=f"{shown} is the same file as {self.forbidden[identity]};"
                            " a site may not expose it")
-        return Verdict(warning=_open_folder(resolved))
+        folder = posixpath.dirname(resolved)
+        if folder not in self._open:
+            self._open[folder] = _open_folder(folder)
+        return Verdict(warning=self._open[folder])
 
     def _identity_of(self, path: str, resolved: str, found: os.stat_result | None) -> tuple[
             tuple[int, int] | None, str | None]:
         """(device, inode) of what `path` reaches, checked against the resolved path's."""
-        if found is not None and not stat.S_ISLNK(found.st_mode) and (
-                resolved == posixpath.normpath(path)):
-            return (found.st_dev, found.st_ino), None  # no link on the way: lstat is stat
+        if resolved == posixpath.normpath(path):  # no link on the way: lstat is stat
+            if found is None:
+                return None, None
+            if not stat.S_ISLNK(found.st_mode):
+                return (found.st_dev, found.st_ino), None
         try:
             target = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -248,15 +258,19 @@ def _identity(path: str) -> tuple[int, int] | None:
 
 
 def _under(path: str, folders: Iterable[str]) -> bool:
-    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
+    folders = tuple(folders)
+    return path in folders or path.startswith(tuple(f.rstrip("/") + "/" for f in folders))
+
+
+_CONTROL_PREFIXES = tuple(f + "/" for f in CONTROL_SOCKET_FOLDERS)
 
 
 def _control(resolved: str) -> str | None:
     if resolved.rsplit("/", 1)[-1] in CONTROL_SOCKET_NAMES:
         return "a control socket (a container runtime's, the kubelet's or D-Bus')"
-    for folder in CONTROL_SOCKET_FOLDERS:
-        if _under(resolved, (folder,)):
-            return f"in {folder}, which holds control sockets"
+    if resolved.startswith(_CONTROL_PREFIXES):  # one call: 10,000 sockets a pass
+        folder = next(f for f in CONTROL_SOCKET_FOLDERS if resolved.startswith(f + "/"))
+        return f"in {folder}, which holds control sockets"
     return None
 
 
@@ -264,8 +278,7 @@ def _shown(path: str, resolved: str) -> str:
     return repr(path) if resolved == path else f"{path!r} (resolves to {resolved!r})"
 
 
-def _open_folder(resolved: str) -> str | None:
-    folder = posixpath.dirname(resolved)
+def _open_folder(folder: str) -> str | None:
     try:
         mode = os.stat(folder).st_mode
     except OSError:

@@ -191,3 +191,27 @@ def test_bounded_reads_never_block_on_a_fifo_and_cap_the_size(root: Path) -> Non
     with pytest.raises(OSError, match="the limit is 1000"):
         read_bounded(str(root / "big"), 1000)
     assert read_bounded(str(root / "big"), 2000) == b"x" * 2000
+
+
+def test_check_takes_run_s_admin_socket_and_folders(root: Path, listening: list[socket.socket],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`check --admin-socket --out` refuses what `run` refuses: a link to the admin
+    socket, and an access log inside the out folder."""
+    from controlplane.cli import main
+
+    admin = _bind(listening, root / "admin.sock")
+    os.symlink(admin, root / "sockets" / "evil.sock")
+    (root / "out").mkdir()
+    (root / "sites" / "evil.yaml").write_text(
+        f"domains: [evil.example]\nupstream: {{socket: {root}/sockets/evil.sock}}\n")
+    (root / "sites" / "logs.yaml").write_text(
+        f"domains: [logs.example]\nupstream: {{socket: {root}/sockets/l.sock}}\n"
+        f"access_log: {{path: {root}/out/x.log}}\n")
+    args = ["check", "--no-envoy", "--out", str(root / "out"), str(root / "sites")]
+    assert main(args) == 1
+    assert "evil.yaml" not in capsys.readouterr().err
+    assert main([*args[:2], "--admin-socket", str(admin), *args[2:]]) == 1
+    err = capsys.readouterr().err
+    assert f"evil.yaml:2: upstream.socket: '{root}/sockets/evil.sock' (resolves to" \
+           f" '{admin}') is Envoy's admin socket" in err
+    assert f"logs.yaml:3: access_log.path: '{root}/out/x.log' is inside the out folder" in err
