@@ -15,10 +15,13 @@ here is cached across passes (see "Security model" in the README).
   FIFO, a device or a file with other hard links. `/dev/stdout` and `/dev/stderr` are
   taken as written: Envoy writes those to its own standard streams without opening them.
 - `read` (a certificate or key Envoy reads): a regular file, not a kernel file.
+- `address` (a TCP upstream): not link-local (cloud metadata), nor Envoy's own listener
+  or the daemon's metrics port on loopback.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import posixpath
 import stat
@@ -58,7 +61,7 @@ CONTROL_SOCKET_FOLDERS = (
 user's session: D-Bus, systemd, podman, agents). Nothing under them may be an upstream."""
 
 KERNEL_FOLDERS = ("/proc", "/sys")
-Kind = Literal["socket", "read", "write"]
+Kind = Literal["socket", "read", "write", "address"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +93,9 @@ class Fence:
     forbidden: dict[tuple[int, int], str] = field(default_factory=dict)
     """Identity (device, inode) -> what it is: the admin socket and control sockets."""
     forbidden_paths: dict[str, str] = field(default_factory=dict)
+    own_ports: dict[int, str] = field(default_factory=dict)
+    """Loopback ports of Envoy's own listeners and the daemon's metrics: a TCP upstream
+    there would loop requests back or publish the daemon's endpoints."""
     _folders: dict[str, str] = field(default_factory=dict)
     """Resolved folders, memoised for this pass only (sites share socket folders)."""
     _socket_prefixes: tuple[str, ...] = ()
@@ -98,10 +104,12 @@ class Fence:
 
     @classmethod
     def now(cls, *, socket_dirs: Iterable[Path | str], log_dirs: Iterable[Path | str],
-            admin_socket: Path | None, private: Iterable[tuple[Path, str]]) -> Fence:
+            admin_socket: Path | None, private: Iterable[tuple[Path, str]],
+            own_ports: dict[int, str] | None = None) -> Fence:
         fence = cls(socket_dirs=tuple(_real(d) for d in socket_dirs),
                     log_dirs=tuple(_real(d) for d in log_dirs),
-                    private=tuple((_real(p), what) for p, what in private))
+                    private=tuple((_real(p), what) for p, what in private),
+                    own_ports=dict(own_ports or {}))
         fence._socket_prefixes = tuple(d.rstrip("/") + "/" for d in fence.socket_dirs)
         known = [(p, "a control socket") for p in CONTROL_SOCKET_PATHS]
         if admin_socket is not None:
@@ -116,6 +124,8 @@ class Fence:
     def judge(self, use: Use) -> Verdict:
         if use.kind == "socket":
             return self._socket(use.path)
+        if use.kind == "address":
+            return self._address(use.path)
         if use.kind == "write":
             return self._write(use.path)
         return self._read(use.path)
@@ -135,7 +145,26 @@ class Fence:
             return full, None
         return (_real(full), found) if stat.S_ISLNK(found.st_mode) else (full, found)
 
+    def _address(self, address: str) -> Verdict:
+        """A TCP upstream `HOST:PORT` (an IP host): not link-local (cloud metadata at
+        169.254.169.254), unspecified or multicast, nor one of our own loopback ports."""
+        host, _, port = address.rpartition(":")
+        ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        if ip.is_link_local:
+            return Verdict(problem=f"{address!r} is link-local (cloud metadata services"
+                           " answer at 169.254.169.254); a site may not expose it")
+        if ip.is_unspecified or ip.is_multicast:
+            return Verdict(problem=f"{address!r} is not one host's address")
+        what = self.own_ports.get(int(port)) if ip.is_loopback else None
+        if what is not None:
+            return Verdict(problem=f"{address!r} is {what}; a site may not route to it")
+        return Verdict()
+
     def _socket(self, path: str) -> Verdict:
+        if not path.startswith("/"):
+            return Verdict(problem=f"{path!r} is not an absolute path (an abstract socket"
+                           " reaches any process of the network namespace); a site may"
+                           " not use it")
         resolved, found = self.resolve(path)
         shown = _shown(path, resolved)
         what = self.forbidden_paths.get(resolved) or _control(resolved)

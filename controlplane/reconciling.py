@@ -73,7 +73,11 @@ def fence_of(settings: Settings) -> paths.Fence:
         socket_dirs=settings.socket_dirs, log_dirs=settings.log_dirs,
         admin_socket=settings.admin_socket,
         private=[(settings.sites_dir, "sites folder"), (settings.out_dir, "out folder"),
-                 (settings.state, "state folder")])
+                 (settings.state, "state folder")],
+        own_ports={port: what for port, what in (
+            (settings.metrics.port if settings.metrics else 0, "the daemon's metrics port"),
+            (settings.listen_tls.port, "Envoy's own HTTPS listener"),
+            (settings.listen.port, "Envoy's own HTTP listener")) if port})
 
 
 def check_entry(entry: loading.Entry, settings: Settings) -> Checked:

@@ -20,7 +20,7 @@ from pydantic_core import ErrorDetails
 from controlplane.errors import Problem, SiteError
 from controlplane.loading import Document
 from controlplane.model import Site, SiteSpec, schema
-from controlplane.paths import Use
+from controlplane.paths import Kind, Use
 
 _FIELD_PREFIX = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*): (.*)$", re.DOTALL)
 _SCHEMA = schema()
@@ -41,19 +41,18 @@ def validate(name: str, where: str, digest: str, document: Document) -> Site:
 
 
 def path_uses(site: Site, document: Document) -> tuple[Use, ...]:
-    """Every path the site makes Envoy connect to, read or write, with the field the
-    user wrote it in (`upstream.socket`, `upstreams.api.endpoints.1.socket`)."""
+    """Every path (and TCP address) the site makes Envoy connect to, read or write, with
+    the field the user wrote it in (`upstream.socket`, `upstreams.api.endpoints.1.address`)."""
     uses = []
     for upstream in site.upstream_names():
         base: tuple[str | int, ...] = ("upstreams", upstream) if upstream else ("upstream",)
         for i, endpoint in enumerate(site.endpoints(upstream)):
-            if endpoint.socket is None:
-                continue
-            spelled = [(*base, "endpoints", i, "socket"), (*base, i, "socket"),
-                       (*base, "socket")]
+            key: Kind = "socket" if endpoint.socket is not None else "address"
+            spelled = [(*base, "endpoints", i, key), (*base, i, key), (*base, key)]
             path = next((p for p in spelled if p in document.lines), spelled[0])
-            uses.append(Use(field=".".join(str(p) for p in path), kind="socket",
-                            path=endpoint.socket, line=document.lines.get(path)))
+            uses.append(Use(field=".".join(str(p) for p in path), kind=key,
+                            path=endpoint.socket or str(endpoint.address),
+                            line=document.lines.get(path)))
     spec = site.spec
     if spec.tls is not None:
         uses += [Use(field="tls.cert", kind="read", path=spec.tls.cert,

@@ -253,6 +253,10 @@ CASES: list[Case] = [
     Case("logdevice", "outside the allowed log folders",
          _site("logdevice", UP + "access_log: {path: /dev/null}\n")),
     Case("certfifo", "not a regular file (a FIFO)", make=_cert_fifo),
+    Case("metadata", "is link-local",
+         _site("metadata", "upstream: {address: '169.254.169.254:80'}\n")),
+    Case("ownport", "Envoy's own HTTPS listener",
+         _site("ownport", "upstream: {address: '127.0.0.1:8443'}\n")),
     # Names
     Case("statsclash", "the cluster stats name 'statsmate' is also used by",
          make=_stats_clash),

@@ -215,3 +215,24 @@ def test_check_takes_run_s_admin_socket_and_folders(root: Path, listening: list[
     assert f"evil.yaml:2: upstream.socket: '{root}/sockets/evil.sock' (resolves to" \
            f" '{admin}') is Envoy's admin socket" in err
     assert f"logs.yaml:3: access_log.path: '{root}/out/x.log' is inside the out folder" in err
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("169.254.169.254:80", "is link-local"), ("[fe80::1]:80", "is link-local"),
+    ("0.0.0.0:80", "not one host's address"), ("127.0.0.1:8080", "Envoy's own HTTP listener"),
+    ("127.0.0.1:9102", "the daemon's metrics port"), ("127.0.0.1:8000", None),
+    ("10.0.0.5:8080", None)])
+def test_tcp_upstreams_may_not_reach_metadata_or_our_own_ports(address: str,
+                                                               expected: str | None) -> None:
+    """Cloud metadata, unspecified hosts and our own loopback ports are refused."""
+    fence = Fence.now(socket_dirs=[], log_dirs=[], admin_socket=None, private=[],
+                      own_ports={8080: "Envoy's own HTTP listener",
+                                 9102: "the daemon's metrics port"})
+    problem = fence.judge(Use(field="upstream.address", kind="address", path=address)).problem
+    assert (problem is None) if expected is None else (expected in str(problem)), problem
+
+
+def test_abstract_and_relative_sockets_are_refused(root: Path) -> None:
+    """`@name` (abstract: any process of the network namespace) never passes the fence."""
+    fence = _fence(root)
+    assert "abstract socket" in str(_socket(fence, "@/containerd-shim/x.sock"))
