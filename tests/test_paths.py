@@ -236,3 +236,23 @@ def test_abstract_and_relative_sockets_are_refused(root: Path) -> None:
     """`@name` (abstract: any process of the network namespace) never passes the fence."""
     fence = _fence(root)
     assert "abstract socket" in str(_socket(fence, "@/containerd-shim/x.sock"))
+
+
+def test_any_pipe_a_rendered_cluster_names_is_judged_like_an_endpoint() -> None:
+    """A Unix socket anywhere in a cluster (as an `envoy:` override could put one) is a
+    socket use too, beyond the endpoints the site lists."""
+    import dataclasses
+
+    from controlplane import claims
+    from controlplane.reconciling import check_content
+    from controlplane.settings import Settings
+
+    checked = check_content("a", "sites/a.yaml",
+                            b"domains: [a.example]\nupstream: {socket: /tmp/a.sock}\n", Settings())
+    assert checked.resources is not None
+    name, cluster = checked.resources.clusters[0]
+    hidden = {**cluster, "x": [{"y": {"pipe": {"path": "/run/docker.sock"}}}]}
+    resources = dataclasses.replace(checked.resources, clusters=((name, hidden),))
+    found = claims.sockets(resources, {"/tmp/a.sock"})
+    assert [(u.field, u.kind, u.path) for u in found] == [
+        ("envoy.cluster", "socket", "/run/docker.sock")]
