@@ -131,7 +131,7 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
     its last good one, else none. The paths of both are judged first (`fence`, built for
     this pass); then the cross-site checks and Envoy's verdict."""
     result = Selection(serving={})
-    path_warnings: dict[str, list[Problem]] = {}
+    path_warnings: dict[tuple[str, str], list[Problem]] = {}
     if fence is not None:
         checked, last_good = _fence(checked, last_good, fence, result, path_warnings)
     for name, item in checked.items():
@@ -147,9 +147,9 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
             {n: (c.source, c.resources.tls.secret_name) for n, c in serving.items()
              if c.resources is not None and c.resources.tls is not None}, max_certificates,
             {n for n, c in serving.items() if _is_last_good(c, last_good)}))
-    result.warnings = {n: [*c.warnings, *path_warnings.get(c.digest, [])]
+    result.warnings = {n: [*c.warnings, *path_warnings.get((n, c.digest), [])]
                        for n, c in result.serving.items()
-                       if c.warnings or path_warnings.get(c.digest)}
+                       if c.warnings or path_warnings.get((n, c.digest))}
     if verifier is not None:
         _settle(result, last_good, lambda serving: verifier.verify(
             [c.resources for c in serving.values() if c.resources is not None],
@@ -159,7 +159,7 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
 
 
 def _fence(checked: dict[str, Checked], last_good: dict[str, Checked], fence: paths.Fence,
-           result: Selection, warnings: dict[str, list[Problem]]) -> tuple[
+           result: Selection, warnings: dict[tuple[str, str], list[Problem]]) -> tuple[
         dict[str, Checked], dict[str, Checked]]:
     """Judge where each candidate's paths lead now, the new version's and the last good
     one's: a version whose paths fail is not served. When both fail (a symlink planted
@@ -168,7 +168,7 @@ def _fence(checked: dict[str, Checked], last_good: dict[str, Checked], fence: pa
     for name, item in checked.items():
         if not item.problems:
             problems, found = _judge(item, fence)
-            warnings[item.digest] = found
+            warnings[(name, item.digest)] = found
             if problems:
                 item = Checked(name=name, source=item.source, digest=item.digest,
                                problems=tuple(problems))
@@ -183,7 +183,7 @@ def _fence(checked: dict[str, Checked], last_good: dict[str, Checked], fence: pa
                 good[name] = item
             continue
         problems, found = _judge(item, fence)
-        warnings[item.digest] = found
+        warnings[(name, item.digest)] = found
         if not problems:
             good[name] = item
         elif judged[name].problems:  # else the new version serves and the old one is moot
@@ -320,10 +320,14 @@ class Reconciler:
         self._apply(outcome, selection)
         clock.lap("write_confirm")
         self._record(outcome, selection, checked)
-        items = [*(c for _, c in self._cache.values()), *self.last_good.values()]
-        written = {os.path.dirname(u.path) for c in items for u in c.uses if u.kind == "socket"}
-        self.socket_folders = written | {os.path.realpath(f) for f in written}
+        self.socket_folders = self._socket_folders()
         return outcome
+
+    def _socket_folders(self) -> set[str]:
+        items = [*(c for _, c in self._cache.values()), *self.last_good.values()]
+        written = {os.path.dirname(u.path) for c in items for u in c.uses
+                   if u.kind == "socket" and u.path.startswith("/")}
+        return written | {os.path.realpath(f) for f in written}
 
     def _scan(self, outcome: Outcome) -> dict[str, Checked] | None:
         try:
