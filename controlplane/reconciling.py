@@ -310,8 +310,9 @@ class Reconciler:
         clock = _Clock(outcome.durations_ms)
         checked = self._scan(outcome)
         clock.lap("load_validate_render")
-        if checked is None:
-            selection = Selection(serving=dict(self._serving or self.last_good))
+        if checked is None:  # no sites folder: what serves stays, if its paths still hold
+            checked = dict(self._serving or self.last_good)
+            selection = select(checked, checked, None, None, fence_of(self._settings))
         else:
             selection = select(checked, self.last_good, self._verifier,
                                self._settings.max_certificates, fence_of(self._settings))

@@ -256,3 +256,29 @@ def test_any_pipe_a_rendered_cluster_names_is_judged_like_an_endpoint() -> None:
     found = claims.sockets(resources, {"/tmp/a.sock"})
     assert [(u.field, u.kind, u.path) for u in found] == [
         ("envoy.cluster", "socket", "/run/docker.sock")]
+
+
+def test_a_pass_without_the_sites_folder_still_judges_the_paths_that_serve(
+        root: Path, listening: list[socket.socket]) -> None:
+    """The sites folder is gone (what serves stays), then a link to the admin socket is
+    planted under a serving site's socket: the next pass takes the site out."""
+    import shutil
+    import threading
+
+    from controlplane.reconciling import Reconciler
+    from controlplane.settings import Settings
+
+    admin = _bind(listening, root / "admin.sock")
+    (root / "sites" / "a.yaml").write_text(
+        f"domains: [a.example]\nupstream: {{socket: {root}/sockets/a.sock}}\n")
+    settings = Settings(sites_dir=root / "sites", out_dir=root / "out", admin_socket=admin,
+                        verify_with_envoy=False, unconfirmed_gap_s=0)
+    (root / "out").mkdir()
+    reconciler = Reconciler(settings, verifier=None, admin=None, stop=threading.Event())
+    assert reconciler.run_pass().written == ["cds", "rds", "lds"]
+    shutil.rmtree(root / "sites")
+    assert reconciler.run_pass().removed == []
+    os.symlink(admin, root / "sockets" / "a.sock")
+    outcome = reconciler.run_pass()
+    assert outcome.removed == ["a"]
+    assert "is Envoy's admin socket" in outcome.problems["a"][0]
