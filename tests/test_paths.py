@@ -282,3 +282,28 @@ def test_a_pass_without_the_sites_folder_still_judges_the_paths_that_serve(
     outcome = reconciler.run_pass()
     assert outcome.removed == ["a"]
     assert "is Envoy's admin socket" in outcome.problems["a"][0]
+
+
+def test_a_cached_site_file_gets_its_paths_judged_again_at_every_pass(
+        root: Path, listening: list[socket.socket]) -> None:
+    """The site file is unchanged (its checks come from the cache), yet a link planted
+    under its socket after the first pass takes it out at the next one (a resync)."""
+    import threading
+
+    from controlplane.reconciling import Reconciler
+    from controlplane.settings import Settings
+
+    admin = _bind(listening, root / "admin.sock")
+    (root / "sites" / "a.yaml").write_text(
+        f"domains: [a.example]\nupstream: {{socket: {root}/sockets/a.sock}}\n")
+    (root / "out").mkdir()
+    settings = Settings(sites_dir=root / "sites", out_dir=root / "out", admin_socket=admin,
+                        verify_with_envoy=False, unconfirmed_gap_s=0)
+    reconciler = Reconciler(settings, verifier=None, admin=None, stop=threading.Event())
+    assert reconciler.run_pass().problems == {}
+    assert reconciler.socket_folders == {f"{root}/sockets"}
+    os.symlink(admin, root / "sockets" / "a.sock")
+    outcome = reconciler.run_pass()
+    assert outcome.removed == ["a"] and "is Envoy's admin socket" in outcome.problems["a"][0]
+    os.unlink(root / "sockets" / "a.sock")
+    assert reconciler.run_pass().added == ["a"]
