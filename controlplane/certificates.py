@@ -1,6 +1,7 @@
 """Edge I/O: read a TLS site's certificate and key files and judge them before Envoy does.
 
-Errors (the site is not used): a file that cannot be read, is not PEM, or a key that does
+Errors (the site is not used): a file that cannot be read (or is not a regular file, or
+is over `MAX_PEM_BYTES`: never waited on, see `paths.read_bounded`), is not PEM, or a key that does
 not belong to the certificate. Warnings (the site serves): the certificate does not
 cover one of the site's domains, or it expires within `EXPIRY_WARNING` (or has expired).
 """
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from controlplane.errors import Problem
+from controlplane.paths import read_bounded
 from controlplane.policies import Tls
 
 EXPIRY_WARNING = datetime.timedelta(days=14)
@@ -46,9 +48,9 @@ def inspect(source: str, tls: Tls, domains: Sequence[str],
 
 
 def _read(source: str, field: str, path: str) -> tuple[bytes | None, Problem | None]:
+    """Bounded in time and size: a FIFO, device or socket is refused, never waited on."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read(MAX_PEM_BYTES), None
+        return read_bounded(path, MAX_PEM_BYTES), None
     except OSError as exc:
         return None, Problem(source, field, f"{path}: cannot read: {exc.strerror}")
 

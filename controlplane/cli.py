@@ -63,9 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command("check", _check, "validate a sites folder; exit 1 on any problem",
-            "sites", "listen", "listen-tls", "envoy", "no-envoy", "client-ip")
+            "sites", "out", "listen", "listen-tls", "admin-socket", "envoy", "no-envoy", "state",
+            "client-ip")
     render_cmd = command("render", _render, "validate, then write cds/lds/rds.json once",
-                        "sites", "out", "listen", "listen-tls", "envoy", "no-envoy", "client-ip")
+                         "sites", "out", "listen", "listen-tls", "admin-socket", "envoy",
+                         "no-envoy", "state", "client-ip")
     render_cmd.add_argument("--pretty", action="store_true",
                             help="indented JSON, keys sorted, so a plain diff reads well")
     command("bootstrap", _bootstrap, "print an Envoy bootstrap reading the files in --out",
@@ -149,7 +151,7 @@ def _settings(args: argparse.Namespace) -> settings.Settings:
 
 def _select(config: settings.Settings) -> reconciling.Selection:
     try:
-        entries = loading.scan(config.sites_dir)
+        entries, ignored = loading.scan_all(config.sites_dir)
     except OSError as exc:
         raise SettingsError(f"{config.sites_dir}: {exc.strerror}") from None
     duplicates = reconciling.duplicate_names(entries)
@@ -160,7 +162,10 @@ def _select(config: settings.Settings) -> reconciling.Selection:
                                 problems=tuple(duplicates[entry.name]))
             if entry.name in duplicates else reconciling.check_entry(entry, config))
     verifier = Verifier(config) if config.verify_with_envoy else None
-    return reconciling.select(checked, {}, verifier, config.max_certificates)
+    selection = reconciling.select(checked, {}, verifier, config.max_certificates,
+                                   reconciling.fence_of(config))
+    selection.ignored = ignored
+    return selection
 
 
 def _report(selection: reconciling.Selection) -> int:
@@ -170,6 +175,8 @@ def _report(selection: reconciling.Selection) -> int:
     for name in sorted(selection.warnings):
         for warning in selection.warnings[name]:
             print(f"warning: {warning}", file=sys.stderr)
+    for ignored in selection.ignored:
+        print(f"warning: {ignored}", file=sys.stderr)
     total = len(selection.serving) + len(selection.problems)
     print(f"{total} sites: {len(selection.serving)} valid, {len(selection.problems)} invalid",
           file=sys.stderr)

@@ -17,6 +17,7 @@ Only the CLI turns these into exit codes; the daemon turns them into status and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -42,11 +43,33 @@ class Problem:
         return f"{where}: {self.field}: {self.reason}" if self.field else f"{where}: {self.reason}"
 
 
+MAX_PROBLEMS = 20
+"""At most this many problems are reported per file, then one line says how many more."""
+
+
+def bounded(problems: list[Problem] | tuple[Problem, ...]) -> tuple[Problem, ...]:
+    """The first `MAX_PROBLEMS` problems, then `and N more problems` if there are more
+    (a list bounded before keeps its count: bounding twice changes nothing)."""
+    shown = [p for p in problems if not (p.field == "" and _MORE.fullmatch(p.reason))]
+    hidden = sum(int(m.group(1)) for p in problems
+                 if p.field == "" and (m := _MORE.fullmatch(p.reason)))
+    hidden += max(0, len(shown) - MAX_PROBLEMS)
+    if not hidden:
+        return tuple(problems)
+    noun = "problem" if hidden == 1 else "problems"
+    more = Problem(problems[0].file, "", f"and {hidden} more {noun}")
+    return (*shown[:MAX_PROBLEMS], more)
+
+
+_MORE = re.compile(r"and (\d+) more problems?")
+
+
 class SiteError(ControlPlaneError):
-    """One or more problems with a site file; the site cannot be used in this version."""
+    """One or more problems with a site file; the site cannot be used in this version.
+    A file with very many problems carries the first `MAX_PROBLEMS` and a count."""
 
     def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
-        self.problems = tuple(problems)
+        self.problems = bounded(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 
 

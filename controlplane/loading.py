@@ -50,21 +50,49 @@ class Document:
     lines: dict[tuple[str | int, ...], int]
 
 
+def is_junk(filename: str) -> bool:
+    """Editors' and tools' leftovers (dotfiles, `~`, swap and temp files, vim's `4913`),
+    and the `..data` links of a Kubernetes ConfigMap: skipped in silence."""
+    return filename.startswith(".") or filename.endswith(("~", ".swp", ".swx", ".tmp")) or (
+        filename == "4913")
+
+
 def is_site_name(filename: str) -> bool:
-    """Names we consider at all; junk from editors and tools is skipped silently."""
-    if filename.startswith(".") or filename.endswith(("~", ".swp", ".tmp")):
-        return False
-    return filename.endswith(SUFFIXES) and filename != "4913"
+    """Names that are read as site files: `NAME.yaml` or `NAME.yml`, not junk."""
+    return filename.endswith(SUFFIXES) and not is_junk(filename)
 
 
 def scan(folder: Path) -> list[Entry]:
     """The site entries of `folder`, sorted by name. Missing folder: FileNotFoundError."""
-    entries = []
+    return scan_all(folder)[0]
+
+
+def scan_all(folder: Path) -> tuple[list[Entry], list[Problem]]:
+    """The site entries of `folder` sorted by name, and the entries that are not read
+    (not junk, not a site file name), each with the reason, so none is skipped in silence."""
+    entries, ignored = [], []
     with os.scandir(folder) as listing:
         for item in listing:
             if is_site_name(item.name):
                 entries.append(_entry(folder, item))
-    return sorted(entries, key=lambda e: e.location)
+            elif not is_junk(item.name):
+                ignored.append(Problem(item.path, "", _ignored_reason(item)))
+    return sorted(entries, key=lambda e: e.location), sorted(ignored, key=lambda p: p.file)
+
+
+def _ignored_reason(item: os.DirEntry[str]) -> str:
+    stem = item.name.rsplit(".", 1)[0]
+    try:
+        folder = item.is_dir()
+    except OSError:
+        folder = False
+    if folder:
+        return "ignored: a folder; only NAME.yaml files directly in the sites folder are read"
+    if item.name.lower().endswith(SUFFIXES):
+        return f"ignored: the suffix must be lower-case; rename it to {stem.lower()}.yaml"
+    if item.name.lower().endswith(".json"):
+        return f"ignored: site files are YAML; rename it to {stem}.yaml (JSON is YAML too)"
+    return "ignored: not a site file; site files are named NAME.yaml"
 
 
 def _entry(folder: Path, item: os.DirEntry[str]) -> Entry:

@@ -19,7 +19,6 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -34,6 +33,7 @@ from controlplane.kinds import (
     Strict,
     duration_ms,
 )
+from controlplane.paths import CONTROL_SOCKET_NAMES
 from controlplane.policies import (
     Access,
     AccessLog,
@@ -48,13 +48,6 @@ from controlplane.routes import Route
 
 __all__ = ["DNS_LABEL", "Duration", "Endpoint", "Route", "Site", "SiteSpec", "Upstream",
            "duration_ms"]
-
-CONTROL_SOCKETS = frozenset({
-    "docker.sock", "containerd.sock", "podman.sock", "crio.sock", "cri-dockerd.sock",
-    "dockershim.sock", "kubelet.sock", "snapd.socket", "system_bus_socket",
-})
-"""Socket names of container runtimes and the kubelet: an upstream on one of them would
-hand the node to anyone who can reach the site."""
 
 MAX_SOCKET_PATH_BYTES = 107
 """Envoy refuses a pipe path of 108 bytes or more (sun_path holds 108 with the NUL)."""
@@ -99,14 +92,14 @@ class Endpoint(Strict):
 
     @field_validator("socket")
     @classmethod
-    def _socket(cls, path: str | None, info: ValidationInfo) -> str | None:
+    def _socket(cls, path: str | None) -> str | None:
+        """The spelling only. Where the path leads (its folder, Envoy's admin socket,
+        control sockets) is judged on the resolved path at every pass: `paths.Fence`."""
         if path is not None:
-            context = info.context or {}
-            _check_socket(path, context.get("socket_dirs", ()))
-            if path in context.get("forbidden_sockets", ()) or path.rsplit("/", 1)[-1] in (
-                    CONTROL_SOCKETS):
-                raise ValueError(f"{path!r} is a control socket (a container runtime's or"
-                                 " Envoy's admin); a site may not expose it")
+            _check_socket(path)
+            if path.rsplit("/", 1)[-1] in CONTROL_SOCKET_NAMES:
+                raise ValueError(f"{path!r} is a control socket (a container runtime's, the"
+                                 " kubelet's or D-Bus'); a site may not expose it")
         return path
 
     def host_port(self) -> tuple[str, int]:
@@ -125,8 +118,8 @@ class Endpoint(Strict):
         return host, int(port)
 
 
-def _check_socket(path: str, allowed: tuple[str, ...]) -> None:
-    """Absolute, no `..`, short enough for Envoy, under an allowed folder (if any)."""
+def _check_socket(path: str) -> None:
+    """Absolute, no `..`, written plainly, short enough for Envoy."""
     if not path.startswith("/"):
         raise ValueError(f"{path!r}: the path must be absolute")
     if ".." in path.split("/"):
@@ -139,9 +132,6 @@ def _check_socket(path: str, allowed: tuple[str, ...]) -> None:
     size = len(path.encode())
     if size > MAX_SOCKET_PATH_BYTES:
         raise ValueError(f"path is {size} bytes; Envoy allows at most 107")
-    if allowed and not any(path.startswith(root.rstrip("/") + "/") for root in allowed):
-        raise ValueError(f"{path!r} is outside the allowed socket folders"
-                         f" ({', '.join(allowed)})")
 
 
 # Before-validators run last-first: lower-case, then check.

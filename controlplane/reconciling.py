@@ -15,19 +15,32 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from controlplane import certificates, loading, rendering, shadowing, status, tls, validating
+import structlog
+
+from controlplane import (
+    certificates,
+    claims,
+    loading,
+    paths,
+    rendering,
+    shadowing,
+    status,
+    tls,
+    validating,
+)
 from controlplane.envoy_admin import AdminClient
-from controlplane.errors import OutputError, Problem, SiteError
+from controlplane.errors import OutputError, Problem, SiteError, bounded
 from controlplane.model import digest_of
 from controlplane.publishing import Publisher
 from controlplane.settings import Settings
 from controlplane.verifying import Verifier
+
+log = structlog.get_logger("controlplane")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,25 +55,40 @@ class Checked:
     problems: tuple[Problem, ...] = ()
     domains: tuple[str, ...] = ()
     warnings: tuple[Problem, ...] = ()
+    uses: tuple[paths.Use, ...] = ()
+    """The paths this version makes Envoy use: judged again at every pass (`select` with
+    a `paths.Fence`), never cached with the rest, since a symlink can be planted later."""
 
 
 def check_content(name: str, source: str, content: bytes, settings: Settings) -> Checked:
     digest = digest_of(content)
     try:
         document = loading.parse(content, source)
-        admin = () if settings.admin_socket is None else (str(settings.admin_socket.absolute()),)
-        site = validating.validate(name, source, digest, document,
-                                   tuple(str(d) for d in settings.socket_dirs), admin,
-                                   tuple(str(d) for d in settings.log_dirs))
+        site = validating.validate(name, source, digest, document)
         resources = rendering.render_site(site, settings)
+        uses = validating.path_uses(site, document)
+        uses += claims.sockets(resources, {u.path for u in uses})
     except SiteError as exc:
         return Checked(name=name, source=source, digest=digest, problems=exc.problems)
     except Exception as exc:  # a site file must never take the daemon down
         problem = Problem(source, "envoy", f"cannot be rendered: {type(exc).__name__}: {exc}")
         return Checked(name=name, source=source, digest=digest, problems=(problem,))
     return Checked(name=name, source=source, digest=digest, content=content,
-                   resources=resources, domains=tuple(site.spec.domains),
+                   resources=resources, domains=tuple(site.spec.domains), uses=uses,
                    warnings=tuple(shadowing.shadowed(site, document.lines)))
+
+
+def fence_of(settings: Settings) -> paths.Fence:
+    """The path rules of one pass, with every folder resolved now (never kept longer)."""
+    return paths.Fence.now(
+        socket_dirs=settings.socket_dirs, log_dirs=settings.log_dirs,
+        admin_socket=settings.admin_socket,
+        private=[(settings.sites_dir, "sites folder"), (settings.out_dir, "out folder"),
+                 (settings.state, "state folder")],
+        own_ports={port: what for port, what in (
+            (settings.metrics.port if settings.metrics else 0, "the daemon's metrics port"),
+            (settings.listen_tls.port, "Envoy's own HTTPS listener"),
+            (settings.listen.port, "Envoy's own HTTP listener")) if port})
 
 
 def check_entry(entry: loading.Entry, settings: Settings) -> Checked:
@@ -69,29 +97,7 @@ def check_entry(entry: loading.Entry, settings: Settings) -> Checked:
         content = loading.read(entry, settings.sites_dir, settings.max_file_bytes)
     except SiteError as exc:
         return Checked(name=entry.name, source=source, digest="", problems=exc.problems)
-    return _check_access_log(_check_certificates(
-        check_content(entry.name, source, content, settings)))
-
-
-def _check_access_log(item: Checked) -> Checked:
-    """An access log that exists must be a regular file (or /dev/stdout, /dev/stderr):
-    Envoy would block opening a FIFO, in `--mode validate` and for real."""
-    log = item.resources.access_log if item.resources is not None else None
-    path = str(log["typed_config"]["path"]) if log else None
-    if path is None or path in ("/dev/stdout", "/dev/stderr"):
-        return item
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return item
-    except OSError as exc:
-        mode, reason = 0, f"{path!r}: {exc.strerror}"
-    else:
-        reason = f"{path!r} exists and is not a regular file"
-    if stat.S_ISREG(mode):
-        return item
-    return Checked(name=item.name, source=item.source, digest=item.digest,
-                   problems=(Problem(item.source, "access_log.path", reason),))
+    return _check_certificates(check_content(entry.name, source, content, settings))
 
 
 def _check_certificates(item: Checked) -> Checked:
@@ -125,13 +131,20 @@ class Selection:
     serving: dict[str, Checked]
     problems: dict[str, list[Problem]] = field(default_factory=dict)
     warnings: dict[str, list[Problem]] = field(default_factory=dict)
+    ignored: list[Problem] = field(default_factory=list)
+    """Entries of the sites folder that are not read (`X.YAML`, `x.json`, folders)."""
 
 
 def select(checked: dict[str, Checked], last_good: dict[str, Checked],
-           verifier: Verifier | None, max_certificates: int | None = None) -> Selection:
+           verifier: Verifier | None, max_certificates: int | None = None,
+           fence: paths.Fence | None = None) -> Selection:
     """Which version of each site serves: the new one when it passes every check, else
-    its last good one, else none. Cross-site checks and Envoy's verdict run here."""
+    its last good one, else none. The paths of both are judged first (`fence`, built for
+    this pass); then the cross-site checks and Envoy's verdict."""
     result = Selection(serving={})
+    path_warnings: dict[tuple[str, str], list[Problem]] = {}
+    if fence is not None:
+        checked, last_good = _fence(checked, last_good, fence, result, path_warnings)
     for name, item in checked.items():
         if item.problems:
             result.problems.setdefault(name, []).extend(item.problems)
@@ -139,17 +152,76 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
         if chosen is not None:
             result.serving[name] = chosen
     _settle(result, last_good, lambda serving: _conflicts(serving))
+    _settle(result, last_good, _name_conflicts)
     if max_certificates is not None:
         _settle(result, last_good, lambda serving: tls.certificate_overflow(
             {n: (c.source, c.resources.tls.secret_name) for n, c in serving.items()
              if c.resources is not None and c.resources.tls is not None}, max_certificates,
             {n for n, c in serving.items() if _is_last_good(c, last_good)}))
-    result.warnings = {n: list(c.warnings) for n, c in result.serving.items() if c.warnings}
+    result.warnings = {n: [*c.warnings, *path_warnings.get((n, c.digest), [])]
+                       for n, c in result.serving.items()
+                       if c.warnings or path_warnings.get((n, c.digest))}
     if verifier is not None:
         _settle(result, last_good, lambda serving: verifier.verify(
             [c.resources for c in serving.values() if c.resources is not None],
             {n: c.source for n, c in serving.items()}))
+    result.problems = {n: list(bounded(ps)) for n, ps in result.problems.items()}
     return result
+
+
+def _fence(checked: dict[str, Checked], last_good: dict[str, Checked], fence: paths.Fence,
+           result: Selection, warnings: dict[tuple[str, str], list[Problem]]) -> tuple[
+        dict[str, Checked], dict[str, Checked]]:
+    """Judge where each candidate's paths lead now, the new version's and the last good
+    one's: a version whose paths fail is not served. When both fail (a symlink planted
+    under a path both name), the site stops serving until its paths are fixed."""
+    judged: dict[str, Checked] = {}
+    for name, item in checked.items():
+        if not item.problems:
+            problems, found = _judge(item, fence)
+            warnings[(name, item.digest)] = found
+            if problems:
+                item = Checked(name=name, source=item.source, digest=item.digest,
+                               problems=tuple(problems))
+        judged[name] = item
+    good: dict[str, Checked] = {}
+    for name, item in last_good.items():
+        current = checked.get(name)
+        if current is None:
+            continue
+        if current.digest == item.digest and not current.problems:
+            if not judged[name].problems:
+                good[name] = item
+            continue
+        problems, found = _judge(item, fence)
+        warnings[(name, item.digest)] = found
+        if not problems:
+            good[name] = item
+        elif judged[name].problems:  # else the new version serves and the old one is moot
+            result.problems.setdefault(name, []).extend(
+                dataclasses.replace(p, reason=f"its last good version too: {p.reason}")
+                for p in problems)
+    return judged, good
+
+
+def _judge(item: Checked, fence: paths.Fence) -> tuple[list[Problem], list[Problem]]:
+    """(problems, warnings) of the paths one version uses, resolved now."""
+    problems: list[Problem] = []
+    warnings: dict[str, Problem] = {}
+    for use in item.uses:
+        verdict = fence.judge(use)
+        if verdict.problem is not None:
+            problems.append(Problem(item.source, use.field, verdict.problem, use.line))
+        elif verdict.warning is not None:
+            warnings.setdefault(verdict.warning, Problem(item.source, use.field,
+                                                         verdict.warning, use.line))
+    return problems, list(warnings.values())
+
+
+def _name_conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
+    return validating.name_conflicts({
+        n: validating.NameClaim(source=c.source, names=claims.names(c.resources))
+        for n, c in serving.items() if c.resources is not None})
 
 
 def _conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
@@ -214,6 +286,10 @@ class Reconciler:
         self._publisher = Publisher(settings, admin, stop)
         self._cache: dict[str, tuple[tuple[int, ...], Checked]] = {}
         self._rejected: dict[str, str] = {}
+        self._ignored: set[str] = set()
+        self.socket_folders: set[str] = set()
+        """The folders of the sites' sockets, as written and resolved: the daemon watches
+        them, so a symlink planted (or removed) there is judged at the next pass."""
         self._sites: dict[str, status.SiteStatus] = {}
         self._sites_json = "{}"
         self._status_lines: dict[str, tuple[status.SiteStatus, str]] = {}
@@ -245,25 +321,34 @@ class Reconciler:
         clock = _Clock(outcome.durations_ms)
         checked = self._scan(outcome)
         clock.lap("load_validate_render")
-        if checked is None:
-            selection = Selection(serving=dict(self._serving or self.last_good))
+        if checked is None:  # no sites folder: what serves stays, if its paths still hold
+            checked = dict(self._serving or self.last_good)
+            selection = select(checked, checked, None, None, fence_of(self._settings))
         else:
             selection = select(checked, self.last_good, self._verifier,
-                               self._settings.max_certificates)
+                               self._settings.max_certificates, fence_of(self._settings))
         clock.lap("verify")
         self._diff(outcome, selection)
         self._apply(outcome, selection)
         clock.lap("write_confirm")
         self._record(outcome, selection, checked)
+        self.socket_folders = self._socket_folders()
         return outcome
+
+    def _socket_folders(self) -> set[str]:
+        items = [*(c for _, c in self._cache.values()), *self.last_good.values()]
+        written = {os.path.dirname(u.path) for c in items for u in c.uses
+                   if u.kind == "socket" and u.path.startswith("/")}
+        return written | {os.path.realpath(f) for f in written}
 
     def _scan(self, outcome: Outcome) -> dict[str, Checked] | None:
         try:
-            entries = loading.scan(self._settings.sites_dir)
+            entries, ignored = loading.scan_all(self._settings.sites_dir)
         except (FileNotFoundError, NotADirectoryError):
             outcome.errors.append(f"{self._settings.sites_dir}: the sites folder is missing;"
                                   " keeping what serves until it is back")
             return None
+        self._report_ignored(ignored)
         duplicates = duplicate_names(entries)
         checked: dict[str, Checked] = {}
         for entry in entries:
@@ -274,6 +359,13 @@ class Reconciler:
             checked[entry.name] = self._check_cached(entry)
         self._cache = {n: v for n, v in self._cache.items() if n in checked}
         return checked
+
+    def _report_ignored(self, ignored: list[Problem]) -> None:
+        """One log line per ignored entry while it stays, not one per pass."""
+        for problem in ignored:
+            if problem.file not in self._ignored:
+                log.warning("file.ignored", file=problem.file, reason=problem.reason)
+        self._ignored = {p.file for p in ignored}
 
     def _check_cached(self, entry: loading.Entry) -> Checked:
         cached = self._cache.get(entry.name)

@@ -96,6 +96,7 @@ class Daemon:
         watched = watch.ensure()
         self.signal.clear()  # the first pass looks at everything that ensure() signalled
         outcome = self._pass(reconciler)
+        watch.also(reconciler.socket_folders)
         next_resync = time.monotonic() + settings.resync_s
         while not self.stop.is_set():
             if watch.fallback_reason:
@@ -113,6 +114,7 @@ class Daemon:
             self.metrics.beat()
             watched = watch.ensure()
             outcome = self._pass(reconciler)
+            watch.also(reconciler.socket_folders)
             if time.monotonic() >= next_resync or not outcome.retry:
                 next_resync = time.monotonic() + settings.resync_s
 

@@ -20,28 +20,49 @@ from pydantic_core import ErrorDetails
 from controlplane.errors import Problem, SiteError
 from controlplane.loading import Document
 from controlplane.model import Site, SiteSpec, schema
+from controlplane.paths import Kind, Use
 
 _FIELD_PREFIX = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*): (.*)$", re.DOTALL)
 _SCHEMA = schema()
 
 
-def validate(name: str, where: str, digest: str, document: Document,
-             socket_dirs: tuple[str, ...] = (), forbidden_sockets: tuple[str, ...] = (),
-             log_dirs: tuple[str, ...] = ()) -> Site:
-    """One site's document -> Site, or SiteError with every problem in the file.
-    Sockets must lie under one of `socket_dirs` (empty: anywhere absolute) and may not be
-    one of `forbidden_sockets` (Envoy's own admin socket); access logs go under one of
-    `log_dirs` (empty: anywhere absolute)."""
+def validate(name: str, where: str, digest: str, document: Document) -> Site:
+    """One site's document -> Site, or SiteError with every problem in the file (at most
+    `MAX_PROBLEMS`, then one line saying how many more). Where its paths lead is judged
+    at every pass, on the resolved paths (`paths.Fence`), not here."""
     if not isinstance(document.data, dict):
         kind = type(document.data).__name__
         raise SiteError([Problem(where, "", f"a site file is a mapping of keys, not a {kind}")])
     try:
-        spec = SiteSpec.model_validate(document.data, context={
-            "socket_dirs": socket_dirs, "forbidden_sockets": forbidden_sockets,
-            "log_dirs": log_dirs})
+        spec = SiteSpec.model_validate(document.data)
     except ValidationError as exc:
         raise SiteError([_problem(where, error, document) for error in exc.errors()]) from None
     return Site(name=name, spec=spec, source=where, digest=digest)
+
+
+def path_uses(site: Site, document: Document) -> tuple[Use, ...]:
+    """Every path (and TCP address) the site makes Envoy connect to, read or write, with
+    the field the user wrote it in (`upstream.socket`, `upstreams.api.endpoints.1.address`)."""
+    uses = []
+    for upstream in site.upstream_names():
+        base: tuple[str | int, ...] = ("upstreams", upstream) if upstream else ("upstream",)
+        for i, endpoint in enumerate(site.endpoints(upstream)):
+            key: Kind = "socket" if endpoint.socket is not None else "address"
+            spelled = [(*base, "endpoints", i, key), (*base, i, key), (*base, key)]
+            path = next((p for p in spelled if p in document.lines), spelled[0])
+            uses.append(Use(field=".".join(str(p) for p in path), kind=key,
+                            path=endpoint.socket or str(endpoint.address),
+                            line=document.lines.get(path)))
+    spec = site.spec
+    if spec.tls is not None:
+        uses += [Use(field="tls.cert", kind="read", path=spec.tls.cert,
+                     line=document.lines.get(("tls", "cert"))),
+                 Use(field="tls.key", kind="read", path=spec.tls.key,
+                     line=document.lines.get(("tls", "key")))]
+    if spec.access_log is not None:
+        uses.append(Use(field="access_log.path", kind="write", path=spec.access_log.path,
+                        line=document.lines.get(("access_log", "path"))))
+    return tuple(uses)
 
 
 def _problem(where: str, error: ErrorDetails, document: Document) -> Problem:
@@ -159,4 +180,37 @@ def domain_conflicts(claims: Mapping[str, DomainClaim]) -> dict[str, list[Proble
             others = ", ".join(claims[o].source for o in names if o != name)
             problems[name].append(Problem(claims[name].source, "domains",
                                           f"{domain!r} is also claimed by {others}"))
+    return dict(problems)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NameClaim:
+    """The names one site's resources give Envoy: (kind, name, field, content)."""
+
+    source: str
+    names: tuple[tuple[str, str, str, str], ...]
+
+
+def name_conflicts(claims: Mapping[str, NameClaim]) -> dict[str, list[Problem]]:
+    """A generated name (a cluster, a stats prefix, a secret...) used by two sites makes
+    both invalid, each told the other's file; a name with the same non-empty content in
+    each (a shared certificate's secret) is shared, not a conflict. One problem per pair."""
+    owners: dict[tuple[str, str], list[tuple[str, str, str]]] = defaultdict(list)
+    for site in sorted(claims):
+        for kind, name, field, content in sorted(set(claims[site].names)):
+            owners[(kind, name)].append((site, field, content))
+    problems: dict[str, list[Problem]] = defaultdict(list)
+    told: set[tuple[str, str]] = set()
+    for (kind, name), users in sorted(owners.items()):
+        contents = {content for _, _, content in users}
+        if len({site for site, _, _ in users}) < 2 or (len(contents) == 1 and "" not in contents):
+            continue
+        for site, field, _ in users:
+            for other in sorted({o for o, _, _ in users if o != site}):
+                if (site, other) in told:
+                    continue
+                told.add((site, other))
+                problems[site].append(Problem(
+                    claims[site].source, field, f"the {kind} {name!r} is also used by"
+                    f" {claims[other].source}; generated names must be unique across sites"))
     return dict(problems)

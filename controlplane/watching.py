@@ -15,6 +15,7 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from watchdog.events import (
@@ -28,9 +29,11 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
+MAX_ALSO = 8
+"""At most this many socket folders are watched besides the sites folder."""
 MUTATIONS = [
     FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent,
     DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
@@ -104,6 +107,7 @@ class Watch:
         self._poll_s = poll_s
         self._observer: BaseObserver | None = None
         self._identity: tuple[int, int] | None = None
+        self._also: dict[str, ObservedWatch] = {}
         self.fallback_reason: str | None = None
 
     def ensure(self) -> bool:
@@ -138,7 +142,25 @@ class Watch:
         poller.start()
         return poller
 
+    def also(self, folders: Iterable[str]) -> None:
+        """Watch these folders too (the socket folders in use, at most `MAX_ALSO`, each
+        costs an inotify instance): an event there starts a pass, which resolves every
+        socket path again, so a symlink planted in one is judged at once, not at the
+        next resync. A folder that cannot be watched is left to the resync."""
+        wanted = set(sorted(f for f in folders if os.path.isdir(f))[:MAX_ALSO])
+        if self._observer is None:
+            return
+        for folder in set(self._also) - wanted:
+            self._observer.unschedule(self._also.pop(folder))
+        for folder in sorted(wanted - set(self._also)):
+            try:
+                self._also[folder] = self._observer.schedule(
+                    Handler(self._signal), folder, recursive=False, event_filter=MUTATIONS)
+            except OSError:
+                continue
+
     def stop(self) -> None:
+        self._also = {}
         observer, self._observer, self._identity = self._observer, None, None
         if observer is not None:
             observer.stop()

@@ -79,6 +79,57 @@ def _log_fifo(folder: Path, path: Path) -> None:
                     f"access_log: {{path: {fifo}}}\n")
 
 
+def _link_site(name: str, socket_path: Path, body: str = "") -> str:
+    return f"domains: [{name}.example.com]\nupstream: {{socket: {socket_path}}}\n{body}"
+
+
+def _socket_link(target: str) -> Callable[[Path, Path], None]:
+    """A socket path in an allowed folder that is a symlink to `target`."""
+    def make(folder: Path, path: Path) -> None:
+        link = folder.parent / f"hx-{path.stem}.sock"
+        os.symlink(target, link)
+        path.write_text(_link_site(path.stem, link))
+    return make
+
+
+def _folder_link(folder: Path, path: Path) -> None:
+    os.symlink("/etc", folder.parent / "hx-etc")
+    path.write_text(_link_site(path.stem, folder.parent / "hx-etc" / "x.sock"))
+
+
+def _log_link(folder: Path, path: Path) -> None:
+    """An access log that is a symlink to a site file."""
+    os.symlink(folder / "loglink.yaml", folder.parent / "hx-loglink.log")
+    path.write_text(_link_site(path.stem, Path("/tmp/l.sock"),
+                               f"access_log: {{path: {folder.parent}/hx-loglink.log}}\n"))
+
+
+def _log_in_sites(folder: Path, path: Path) -> None:
+    path.write_text(_link_site(path.stem, Path("/tmp/l.sock"),
+                               f"access_log: {{path: {folder}/written.log}}\n"))
+
+
+def _log_hard_link(folder: Path, path: Path) -> None:
+    target = folder.parent / "hx-hard.log"
+    target.write_text("")
+    os.link(target, folder.parent / "hx-hard2.log")
+    path.write_text(_link_site(path.stem, Path("/tmp/l.sock"),
+                               f"access_log: {{path: {target}}}\n"))
+
+
+def _cert_fifo(folder: Path, path: Path) -> None:
+    os.mkfifo(folder.parent / "hx-cert.pem")
+    path.write_text(_link_site(path.stem, Path("/tmp/l.sock"),
+                               f"tls: {{cert: {folder.parent}/hx-cert.pem,"
+                               f" key: {folder.parent}/hx-cert.pem}}\n"))
+
+
+def _stats_clash(folder: Path, path: Path) -> None:
+    """A stats prefix equal to the name of another site (made here, new in the folder)."""
+    (folder / "statsmate.yaml").write_text(_link_site("statsmate", Path("/tmp/m.sock")))
+    path.write_text(_link_site(path.stem, Path("/tmp/s.sock"), "stats_prefix: statsmate\n"))
+
+
 def _billion_laughs() -> bytes:
     lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
@@ -190,5 +241,26 @@ CASES: list[Case] = [
     Case("fifo", "not a regular file", make=_fifo),
     Case("folder", "not a regular file", make=_directory),
     Case("sock", "cannot open", make=_socket_file),
+    # Paths judged by what they resolve to
+    Case("linkdocker", "control socket", make=_socket_link("/run/docker.sock")),
+    Case("linksystemd", "control socket", make=_socket_link("/run/systemd/private")),
+    Case("linkbus", "control socket", make=_socket_link("/var/run/dbus/system_bus_socket")),
+    Case("linkfolder", "resolves to '/etc/x.sock') is outside the allowed socket folders",
+         make=_folder_link),
+    Case("loglink", "is a symlink to", make=_log_link),
+    Case("loginsites", "is inside the sites folder", make=_log_in_sites),
+    Case("loghardlink", "has 2 hard links", make=_log_hard_link),
+    Case("logdevice", "outside the allowed log folders",
+         _site("logdevice", UP + "access_log: {path: /dev/null}\n")),
+    Case("certfifo", "not a regular file (a FIFO)", make=_cert_fifo),
+    Case("metadata", "is link-local",
+         _site("metadata", "upstream: {address: '169.254.169.254:80'}\n")),
+    Case("ownport", "Envoy's own HTTPS listener",
+         _site("ownport", "upstream: {address: '127.0.0.1:8443'}\n")),
+    # Names
+    Case("statsclash", "the cluster stats name 'statsmate' is also used by",
+         make=_stats_clash),
+    Case("manyerrors", "and 10 more problems",
+         _site("manyerrors", UP + "".join(f"k{i}: 1\n" for i in range(30)))),
 ]
 """`claimer` claims the domain of the site `claimed`, which the tests create first."""

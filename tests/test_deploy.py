@@ -420,3 +420,22 @@ def test_node_sockets_example_shares_the_daemonsets_host_folder() -> None:
     assert app["spec"]["strategy"]["type"] == "Recreate"
     anti = app_pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_the_daemon_sees_every_socket_folder_envoy_sees_read_only() -> None:
+    """Compose and k3s mount each socket folder of Envoy into controlplane at the same
+    path, read-only (it resolves the paths Envoy will connect to); only the upstreams'
+    containers may write them."""
+    compose_envoy, compose_cp = _mounts(_service("envoy")), _mounts(_service("controlplane"))
+    shared = [t for t, m in compose_envoy.items() if m.get("source") == "sockets"]
+    assert shared and all(compose_cp[t]["source"] == "sockets" and compose_cp[t]["read_only"]
+                          for t in shared)
+    pod = _pod("DaemonSet", "controlplane")
+    envoy, controlplane = _container(pod, "envoy"), _container(pod, "controlplane")
+    for path in ("/dev/shm", "/run/controlplane-node"):
+        mine, envoys = _volume_mounts(controlplane)[path], _volume_mounts(envoy)[path]
+        assert mine["name"] == envoys["name"] and mine["readOnly"] and envoys["readOnly"]
+    writers = {c["name"] for c in pod["containers"]
+               for m in c.get("volumeMounts", []) if m["name"] == "sockets"
+               and not m.get("readOnly")}
+    assert writers == {"nginx"}

@@ -147,7 +147,7 @@ def test_check_refuses_unreadable_or_mismatched_keys_and_warns_on_coverage_and_e
     assert (f"warning: {sites}/soon.yaml: tls.cert: the certificate does not cover"
             " w.a.example (it names a.example)") in err
     assert f"warning: {sites}/soon.yaml: tls.cert: {certs}/a.pem expires in 4 days" in err
-    assert "wild.yaml" not in err
+    assert "wild.yaml: tls" not in err
     assert "4 sites: 2 valid, 2 invalid" in err
 
 

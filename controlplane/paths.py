@@ -1,0 +1,328 @@
+"""Edge I/O: judge each path a site makes Envoy use by what it resolves to, as Envoy's
+`connect()`, `open()` and `read()` will, never by how the site file spells it.
+
+Resolved: symlinks of the file and of every folder on the way, aliases such as
+`/var/run` -> `/run`, hard links (by device and inode), and `/proc` magic links (the
+path's identity must be the resolved path's). A `Fence` is built for one pass from the
+settings and forgotten after it: a symlink can be planted after any check, so nothing
+here is cached across passes (see "Security model" in the README).
+
+- `socket` (an upstream Envoy connects to): under `socket_dirs`, not Envoy's admin socket
+  nor a known control socket (container runtimes, the kubelet, systemd, D-Bus), by path
+  and by identity.
+- `write` (an access log Envoy appends to): a regular file, or a new one in an existing
+  folder, under `log_dirs`, outside the sites, out and state folders; never a symlink, a
+  FIFO, a device or a file with other hard links. `/dev/stdout` and `/dev/stderr` are
+  taken as written: Envoy writes those to its own standard streams without opening them.
+- `read` (a certificate or key Envoy reads): a regular file, not a kernel file.
+- `address` (a TCP upstream): not link-local (cloud metadata), nor Envoy's own listener
+  or the daemon's metrics port on loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import posixpath
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+STANDARD_STREAMS = ("/dev/stdout", "/dev/stderr")
+
+CONTROL_SOCKET_NAMES = frozenset({
+    "docker.sock", "containerd.sock", "containerd.sock.ttrpc", "podman.sock", "crio.sock",
+    "cri-dockerd.sock", "dockershim.sock", "kubelet.sock", "snapd.socket",
+    "snapd-snap.socket", "system_bus_socket", "systemd-journal-socket",
+})
+"""Socket file names of container runtimes, the kubelet, snapd and D-Bus, wherever they
+lie: an upstream on one would hand the node to anyone who can reach the site."""
+
+CONTROL_SOCKET_PATHS = (
+    "/run/docker.sock", "/var/run/docker.sock", "/run/containerd/containerd.sock",
+    "/run/k3s/containerd/containerd.sock", "/run/crio/crio.sock", "/run/podman/podman.sock",
+    "/run/cri-dockerd.sock", "/var/lib/kubelet/pod-resources/kubelet.sock",
+    "/var/lib/kubelet/device-plugins/kubelet.sock", "/run/systemd/private",
+    "/run/systemd/notify", "/run/systemd/journal/socket", "/run/systemd/journal/stdout",
+    "/run/systemd/journal/dev-log", "/run/systemd/journal/syslog", "/dev/log",
+    "/run/dbus/system_bus_socket", "/var/run/dbus/system_bus_socket", "/run/snapd.socket",
+    "/run/udev/control",
+)
+"""Well-known control sockets: refused by resolved path, and by identity where they exist
+(so a hard link or a bind mount of one is refused too)."""
+
+CONTROL_SOCKET_FOLDERS = (
+    "/run/systemd", "/run/dbus", "/run/containerd", "/run/docker", "/run/crio", "/run/podman",
+    "/run/k3s", "/run/containers", "/run/libvirt", "/run/udev", "/run/user", "/var/lib/kubelet",
+)
+"""Folders that hold only control sockets (of the system, the runtimes and each logged-in
+user's session: D-Bus, systemd, podman, agents). Nothing under them may be an upstream."""
+
+KERNEL_FOLDERS = ("/proc", "/sys")
+Kind = Literal["socket", "read", "write", "address"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Use:
+    """One path a site makes Envoy use: the field the user wrote it in, and how."""
+
+    field: str
+    kind: Kind
+    path: str
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """What one use of a path comes to: a reason to refuse it, or a warning, or neither."""
+
+    problem: str | None = None
+    warning: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class Fence:
+    """The rules of one pass, with the folders and forbidden identities resolved now."""
+
+    socket_dirs: tuple[str, ...]
+    log_dirs: tuple[str, ...]
+    private: tuple[tuple[str, str], ...] = ()
+    """(resolved folder, what it is): the daemon's own folders, never written by Envoy."""
+    forbidden: dict[tuple[int, int], str] = field(default_factory=dict)
+    """Identity (device, inode) -> what it is: the admin socket and control sockets."""
+    forbidden_paths: dict[str, str] = field(default_factory=dict)
+    own_ports: dict[int, str] = field(default_factory=dict)
+    """Loopback ports of Envoy's own listeners and the daemon's metrics: a TCP upstream
+    there would loop requests back or publish the daemon's endpoints."""
+    _folders: dict[str, str] = field(default_factory=dict)
+    """Resolved folders, memoised for this pass only (sites share socket folders)."""
+    _socket_prefixes: tuple[str, ...] = ()
+    _open: dict[str, str | None] = field(default_factory=dict)
+    """The world-writable warning of each resolved socket folder, for this pass only."""
+
+    @classmethod
+    def now(cls, *, socket_dirs: Iterable[Path | str], log_dirs: Iterable[Path | str],
+            admin_socket: Path | None, private: Iterable[tuple[Path, str]],
+            own_ports: dict[int, str] | None = None) -> Fence:
+        fence = cls(socket_dirs=tuple(_real(d) for d in socket_dirs),
+                    log_dirs=tuple(_real(d) for d in log_dirs),
+                    private=tuple((_real(p), what) for p, what in private),
+                    own_ports=dict(own_ports or {}))
+        fence._socket_prefixes = tuple(d.rstrip("/") + "/" for d in fence.socket_dirs)
+        known = [(p, "a control socket") for p in CONTROL_SOCKET_PATHS]
+        if admin_socket is not None:
+            known.insert(0, (str(admin_socket.absolute()), "Envoy's admin socket"))
+        for path, what in known:
+            fence.forbidden_paths.setdefault(_real(path), what)
+            identity = _identity(path)
+            if identity is not None:
+                fence.forbidden.setdefault(identity, f"{what} {path}")
+        return fence
+
+    def judge(self, use: Use) -> Verdict:
+        if use.kind == "socket":
+            return self._socket(use.path)
+        if use.kind == "address":
+            return self._address(use.path)
+        if use.kind == "write":
+            return self._write(use.path)
+        return self._read(use.path)
+
+    def resolve(self, path: str) -> tuple[str, os.stat_result | None]:
+        """The resolved path, and the lstat of what the path names (None: missing)."""
+        folder, _, name = posixpath.normpath(path).rpartition("/")
+        if not name:
+            return _real(path), None
+        base = self._folders.get(folder)
+        if base is None:
+            base = self._folders[folder] = _real(folder or "/")
+        full = posixpath.join(base, name)
+        try:
+            found = os.lstat(full)
+        except OSError:
+            return full, None
+        return (_real(full), found) if stat.S_ISLNK(found.st_mode) else (full, found)
+
+    def _address(self, address: str) -> Verdict:
+        """A TCP upstream `HOST:PORT` (an IP host): not link-local (cloud metadata at
+        169.254.169.254), unspecified or multicast, nor one of our own loopback ports."""
+        host, _, port = address.rpartition(":")
+        ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        if ip.is_link_local:
+            return Verdict(problem=f"{address!r} is link-local (cloud metadata services"
+                           " answer at 169.254.169.254); a site may not expose it")
+        if ip.is_unspecified or ip.is_multicast:
+            return Verdict(problem=f"{address!r} is not one host's address")
+        what = self.own_ports.get(int(port)) if ip.is_loopback else None
+        if what is not None:
+            return Verdict(problem=f"{address!r} is {what}; a site may not route to it")
+        return Verdict()
+
+    def _socket(self, path: str) -> Verdict:
+        if not path.startswith("/"):
+            return Verdict(problem=f"{path!r} is not an absolute path (an abstract socket"
+                           " reaches any process of the network namespace); a site may"
+                           " not use it")
+        resolved, found = self.resolve(path)
+        shown = _shown(path, resolved)
+        what = self.forbidden_paths.get(resolved) or _control(resolved)
+        if what is not None:
+            return Verdict(problem=f"{shown} is {what}; a site may not expose it")
+        if self.socket_dirs and not (resolved in self.socket_dirs or resolved.startswith(
+                self._socket_prefixes)):
+            return Verdict(problem=f"{shown} is outside the allowed socket folders"
+                           f" ({', '.join(self.socket_dirs)})")
+        identity, problem = self._identity_of(path, resolved, found)
+        if problem is not None:
+            return Verdict(problem=f"{shown} {problem}")
+        if identity is not None and identity in self.forbidden:
+            return Verdict(problem=f"{shown} is the same file as {self.forbidden[identity]};"
+                           " a site may not expose it")
+        folder = posixpath.dirname(resolved)
+        if folder not in self._open:
+            self._open[folder] = _open_folder(folder)
+        return Verdict(warning=self._open[folder])
+
+    def _identity_of(self, path: str, resolved: str, found: os.stat_result | None) -> tuple[
+            tuple[int, int] | None, str | None]:
+        """(device, inode) of what `path` reaches, checked against the resolved path's."""
+        if resolved == posixpath.normpath(path):  # no link on the way: lstat is stat
+            if found is None:
+                return None, None
+            if not stat.S_ISLNK(found.st_mode):
+                return (found.st_dev, found.st_ino), None
+        try:
+            target = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None, None  # not there yet: Envoy answers 503 until it is
+        except OSError as exc:
+            return None, f"cannot be checked: {exc.strerror}"
+        try:
+            seen = os.stat(resolved)
+        except OSError:
+            seen = None
+        if seen is None or (seen.st_dev, seen.st_ino) != (target.st_dev, target.st_ino):
+            return None, ("reaches another file than its resolved path (through a /proc"
+                          " link or a race); name the socket itself")
+        return (target.st_dev, target.st_ino), None
+
+    def _write(self, path: str) -> Verdict:
+        if path in STANDARD_STREAMS:
+            return Verdict()
+        resolved, found = self.resolve(path)
+        shown = _shown(path, resolved)
+        if found is not None and stat.S_ISLNK(found.st_mode):
+            return Verdict(problem=f"{path!r} is a symlink to {resolved!r}; Envoy would write"
+                           " there: name a regular file")
+        if self.log_dirs and not _under(resolved, self.log_dirs):
+            return Verdict(problem=f"{shown} is outside the allowed log folders"
+                           f" ({', '.join(self.log_dirs)}); /dev/stdout and /dev/stderr"
+                           " also work")
+        for folder, what in self.private:
+            if _under(resolved, (folder,)):
+                return Verdict(problem=f"{shown} is inside the {what} ({folder}); Envoy"
+                               " must never write there")
+        if found is None:
+            parent = posixpath.dirname(resolved)
+            if not os.path.isdir(parent):
+                return Verdict(problem=f"{shown}: the folder {parent!r} does not exist")
+            return Verdict()
+        if not stat.S_ISREG(found.st_mode):
+            return Verdict(problem=f"{shown} exists and is not a regular file (a"
+                           f" {_kind(found.st_mode)}); Envoy would block or write into it")
+        if found.st_nlink > 1:
+            return Verdict(problem=f"{shown} has {found.st_nlink} hard links; Envoy would"
+                           " write into every one of them")
+        return Verdict()
+
+    def _read(self, path: str) -> Verdict:
+        resolved, _ = self.resolve(path)
+        shown = _shown(path, resolved)
+        if _under(resolved, KERNEL_FOLDERS):
+            return Verdict(problem=f"{shown} is a kernel file, not a certificate file")
+        try:
+            found = os.stat(path)
+        except OSError as exc:
+            return Verdict(problem=f"{shown}: cannot read: {exc.strerror}")
+        if not stat.S_ISREG(found.st_mode):
+            return Verdict(problem=f"{shown} is a {_kind(found.st_mode)}, not a regular file;"
+                           " Envoy would block or fail reading it")
+        return Verdict()
+
+
+def read_bounded(path: str, limit: int) -> bytes:
+    """A regular file's bytes, at most `limit`: never blocks on a FIFO, a device or a
+    socket (opened non-blocking, judged by fstat before any read). OSError otherwise;
+    a file over the limit is EFBIG."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise OSError(0, f"not a regular file (a {_kind(found.st_mode)})")
+        if found.st_size > limit:
+            raise OSError(0, f"the file is {found.st_size} bytes; the limit is {limit}")
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, min(65536, limit + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise OSError(0, f"the file grew over the limit of {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _real(path: Path | str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _under(path: str, folders: Iterable[str]) -> bool:
+    folders = tuple(folders)
+    return path in folders or path.startswith(tuple(f.rstrip("/") + "/" for f in folders))
+
+
+_CONTROL_PREFIXES = tuple(f + "/" for f in CONTROL_SOCKET_FOLDERS)
+
+
+def _control(resolved: str) -> str | None:
+    if resolved.rsplit("/", 1)[-1] in CONTROL_SOCKET_NAMES:
+        return "a control socket (a container runtime's, the kubelet's or D-Bus')"
+    if resolved.startswith(_CONTROL_PREFIXES):  # one call: 10,000 sockets a pass
+        folder = next(f for f in CONTROL_SOCKET_FOLDERS if resolved.startswith(f + "/"))
+        return f"in {folder}, which holds control sockets"
+    return None
+
+
+def _shown(path: str, resolved: str) -> str:
+    return repr(path) if resolved == path else f"{path!r} (resolves to {resolved!r})"
+
+
+def _open_folder(folder: str) -> str | None:
+    try:
+        mode = os.stat(folder).st_mode
+    except OSError:
+        return None
+    if mode & stat.S_IWOTH:
+        return (f"the socket folder {folder} is writable by every user on the host: anyone"
+                " there can put a socket or a symlink at this path; use a folder that only"
+                " the upstream's user can write")
+    return None
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "symlink")):
+        if test(mode):
+            return name
+    return "special file"

@@ -1,0 +1,108 @@
+"""Names: generated names unique across sites, files the loader does not read reported
+once (never skipped in silence), and at most 20 problems per file."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from controlplane.cli import main
+from controlplane.reconciling import Checked, Reconciler, check_content, select
+from controlplane.settings import Settings
+
+SETTINGS = Settings()
+
+
+def _site(name: str, body: str) -> Checked:
+    checked = check_content(name, f"sites/{name}.yaml", body.encode(), SETTINGS)
+    assert checked.problems == (), checked.problems
+    return checked
+
+
+def test_a_stats_prefix_equal_to_another_sites_name_is_refused_naming_both_files() -> None:
+    """`stats_prefix: blog` beside the site `blog`: both files named, the newcomer out."""
+    blog = _site("blog", "domains: [blog.example]\nupstream: {socket: /tmp/blog.sock}\n")
+    copy = _site("copy", "domains: [copy.example]\nupstream: {socket: /tmp/c.sock}\n"
+                 "stats_prefix: blog\nrate_limit: {requests: 5}\n")
+    fresh = select({"blog": blog, "copy": copy}, {}, None)
+    assert set(fresh.serving) == set()
+    assert "is also used by sites/copy.yaml" in str(fresh.problems["blog"][0])
+    assert "sites/copy.yaml: stats_prefix: the cluster stats name 'blog' is also used by" \
+           " sites/blog.yaml" in str(fresh.problems["copy"][0])
+    established = select({"blog": blog, "copy": copy}, {"blog": blog}, None)
+    assert set(established.serving) == {"blog"} and "copy" in established.problems
+
+
+def test_sites_sharing_a_certificate_share_its_secret_without_a_conflict(tmp_path: Path) -> None:
+    """The same certificate and key files give one secret: shared, not a collision."""
+    from tests.test_features_e2e import make_certificate
+
+    make_certificate(tmp_path / "c.pem", tmp_path / "c.key", ["a.example", "b.example"])
+    tls = f"tls: {{cert: {tmp_path}/c.pem, key: {tmp_path}/c.key}}\n"
+    a = _site("a", "domains: [a.example]\nupstream: {socket: /tmp/a.sock}\n" + tls)
+    b = _site("b", "domains: [b.example]\nupstream: {socket: /tmp/b.sock}\n" + tls)
+    assert set(select({"a": a, "b": b}, {}, None).serving) == {"a", "b"}
+
+
+def test_named_upstreams_under_equal_prefixes_collide() -> None:
+    """`prefix.upstream` stats names of two sites with one prefix are refused."""
+    body = ("upstreams: {api: {socket: /tmp/a.sock}}\nroutes: [{prefix: /, upstream: api}]\n"
+            "stats_prefix: shared\n")
+    one = _site("one", "domains: [one.example]\n" + body)
+    two = _site("two", "domains: [two.example]\n" + body)
+    selection = select({"one": one, "two": two}, {}, None)
+    assert selection.serving == {}
+    assert all("'shared" in str(selection.problems[n][0]) for n in ("one", "two"))
+
+
+def test_check_reports_each_ignored_file_and_stays_silent_on_editor_junk(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`.YAML`, `.json`, other names and subfolders are warned about; junk is not."""
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    (sites / "good.yaml").write_text("domains: [g.example]\nupstream: {socket: /tmp/g.sock}\n")
+    for name in ("Blog.YAML", "shop.json", "notes.txt", "blog.yaml~", ".blog.yaml.swp", "4913"):
+        (sites / name).write_text("domains: [x.example]\n")
+    (sites / "old").mkdir()
+    assert main(["check", "--no-envoy", str(sites)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {sites}/Blog.YAML: ignored: the suffix must be lower-case" in err
+    assert f"warning: {sites}/shop.json: ignored: site files are YAML" in err
+    assert f"warning: {sites}/notes.txt: ignored: not a site file" in err
+    assert f"warning: {sites}/old: ignored: a folder" in err
+    assert not any(junk in err for junk in ("yaml~", ".swp", "4913"))
+
+
+def test_the_daemon_logs_an_ignored_file_once_not_every_pass(tmp_path: Path) -> None:
+    """Two passes over `x.YML`: one `file.ignored` line; after it comes back, one more."""
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    (sites / "x.YML").write_text("domains: [x.example]\n")
+    settings = Settings(sites_dir=sites, out_dir=tmp_path / "out", verify_with_envoy=False,
+                        unconfirmed_gap_s=0)
+    reconciler = Reconciler(settings, verifier=None, admin=None, stop=threading.Event())
+    with capture_logs() as logs:
+        reconciler.run_pass()
+        reconciler.run_pass()
+        os.unlink(sites / "x.YML")
+        reconciler.run_pass()
+        (sites / "x.YML").write_text("domains: [x.example]\n")
+        reconciler.run_pass()
+    ignored = [e for e in logs if e["event"] == "file.ignored"]
+    assert [e["file"] for e in ignored] == [str(sites / "x.YML")] * 2
+    assert "lower-case" in ignored[0]["reason"]
+
+
+def test_at_most_20_problems_are_reported_per_file_then_a_count() -> None:
+    """A file with 45 unknown keys gives 20 lines and `and 25 more problems`."""
+    body = "domains: [a.example]\nupstream: {socket: /tmp/a.sock}\n" + "".join(
+        f"k{i}: 1\n" for i in range(45))
+    checked = check_content("a", "sites/a.yaml", body.encode(), SETTINGS)
+    assert len(checked.problems) == 21
+    assert str(checked.problems[-1]) == "sites/a.yaml: and 25 more problems"
+    selection = select({"a": checked}, {}, None)
+    assert len(selection.problems["a"]) == 21
