@@ -1,0 +1,148 @@
+"""The escape hatch's fence on Envoy's canonical form: every JSON spelling protobuf
+accepts (snake_case, lowerCamel), nesting inside `Any` and per-filter configs,
+TypedStruct wrappers and oneof alternatives are judged by what Envoy will parse, and
+each refusal names the field as the user wrote it."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.reconciling import check_content
+from controlplane.settings import Settings
+
+SETTINGS = Settings()
+NAMED = ("domains: [a.example]\nupstreams:\n  a: {socket: /tmp/a.sock}\n"
+         "  b: {socket: /tmp/b.sock}\nroutes: [{prefix: /, upstream: a}]\n")
+SITE = "domains: [a.example]\nupstream: {socket: /tmp/a.sock}\n"
+CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+FILTER = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+
+
+def _problems(text: str) -> list[str]:
+    checked = check_content("site", "sites/site.yaml", text.encode(), SETTINGS)
+    return [str(p) for p in checked.problems]
+
+
+def _route(envoy: str) -> str:
+    return SITE + f"routes:\n  - prefix: /\n    envoy: {envoy}\n"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # Picking a cluster at request time, in every spelling and position
+    (_route("{route: {cluster: null, cluster_header: x-to}}"),
+     "routes.0.envoy.route.cluster_header: picks a cluster at request time"),
+    (_route("{route: {cluster: null, clusterHeader: x-to}}"),
+     "routes.0.envoy.route.clusterHeader: picks a cluster at request time"),
+    (SITE + "envoy: {virtual_host: {routes: [{match: {prefix: /}, route: {clusterHeader: x}}]}}\n",
+     "envoy.virtual_host.routes.0.route.clusterHeader: picks a cluster"),
+    (_route("{route: {cluster: null, weightedClusters: {clusters: [{clusterHeader: x,"
+            " weight: 1}]}}}"),
+     "routes.0.envoy.route.weightedClusters.clusters.0.clusterHeader: picks a cluster"),
+    (_route("{route: {cluster: null, weighted_clusters: {clusters: [{name: other, weight: 1}]}}}"),
+     "routes.0.envoy.route.weighted_clusters.clusters.0.name: 'other' is not a cluster"),
+    (_route("{route: {requestMirrorPolicies: [{cluster: other}]}}"),
+     "routes.0.envoy.route.requestMirrorPolicies.0.cluster: 'other' is not a cluster"),
+    (_route("{route: {request_mirror_policies: [{cluster_header: x-m}]}}"),
+     "routes.0.envoy.route.request_mirror_policies.0.cluster_header: picks a cluster"),
+    (_route("{route: {cluster: null, clusterSpecifierPlugin: p}}"),
+     "routes.0.envoy.route.clusterSpecifierPlugin: picks a cluster"),
+    (_route("{route: {cluster: other}}"), "routes.0.envoy.route.cluster: 'other' is not"),
+    (_route("{route: {internalRedirectPolicy: {maxInternalRedirects: 3}}}"),
+     "routes.0.envoy.route.internalRedirectPolicy: not on the escape hatch's allow-list"),
+    # Files and the environment, through every DataSource alternative and spelling
+    (SITE + "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
+     "{body: {filename: /etc/passwd}}}}]\n",
+     "routes.0.envoy.direct_response.body.filename: makes Envoy open a file"),
+    (SITE + "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
+     "null, directResponse: {status: 200, body: {environmentVariable: HOME}}}}]\n",
+     "routes.0.envoy.directResponse.body.environmentVariable: makes Envoy open a file"),
+    (SITE + "envoy: {cluster: {healthChecks: [{timeout: 1s, interval: 1s, unhealthyThreshold: 1,"
+     " healthyThreshold: 1, httpHealthCheck: {path: /}, eventLogPath: /etc/x}]}}\n",
+     "envoy.cluster.healthChecks.0.eventLogPath: makes Envoy open a file"),
+    (SITE + "envoy: {cluster: {healthChecks: [{timeout: 1s, interval: 1s, unhealthyThreshold: 1,"
+     " healthyThreshold: 1, tcpHealthCheck: {}, eventLogger: [{name: x, typedConfig: {'@type':"
+     " type.googleapis.com/envoy.config.route.v3.FilterConfig}}]}]}}\n",
+     "envoy.cluster.healthChecks.0.eventLogger: makes Envoy open a file"),
+    (SITE + "envoy: {cluster: {transportSocket: {name: envoy.transport_sockets.tap}}}\n",
+     "envoy.cluster.transportSocket: not on the escape hatch's allow-list"),
+    # Fixed fields in camelCase
+    (SITE + "envoy: {cluster: {loadAssignment: {clusterName: x}}}\n",
+     "envoy.cluster.loadAssignment: fixed by the site file"),
+    (SITE + "envoy: {cluster: {altStatName: other}}\n", "envoy.cluster.altStatName: fixed"),
+    (SITE + "envoy: {cluster: {type: null, clusterType: {name: x}}}\n",
+     "envoy.cluster.type: fixed by the site file"),
+    (SITE + "envoy: {virtual_host: {domains: null}}\n", "envoy.virtual_host.domains: fixed"),
+    # Any, per-filter configs, TypedStruct
+    (SITE + "envoy: {virtual_host: {typedPerFilterConfig: {envoy.filters.http.cors: {'@type': "
+     + CORS + ", allowOriginStringMatch: [{exact: \"a\\r\\nb\"}]}}}}\n",
+     "envoy.virtual_host.typedPerFilterConfig.envoy.filters.http.cors.allowOriginStringMatch.0"
+     ".exact: holds carriage return"),
+    (SITE + "envoy: {virtual_host: {typed_per_filter_config: {envoy.filters.http.router: {"
+     "'@type': " + FILTER + ", config: {'@type': " + CORS + "}}}}}\n",
+     "typed_per_filter_config.envoy.filters.http.router: the type"
+     " envoy.config.route.v3.FilterConfig is not allowed here"),
+    (SITE + "envoy: {virtual_host: {typed_per_filter_config: {envoy.filters.http.cors: {"
+     "'@type': type.googleapis.com/xds.type.v3.TypedStruct, type_url: x}}}}\n",
+     "envoy.filters.http.cors: xds.type.v3.TypedStruct is refused"),
+    (SITE + "envoy: {virtual_host: {typed_per_filter_config: {envoy.filters.http.cors: {"
+     "'@type': type.googleapis.com/udpa.type.v1.TypedStruct}}}}\n",
+     "udpa.type.v1.TypedStruct is refused"),
+    (_route("{route: {retryPolicy: {retryHostPredicate: [{name: x, typedConfig: {'@type':"
+            " type.googleapis.com/envoy.config.route.v3.FilterConfig}}]}}}"),
+     "routes.0.envoy.route.retryPolicy.retryHostPredicate.0.typedConfig: the type"),
+    # Strings and formats
+    (SITE + "envoy: {virtual_host: {responseHeadersToAdd: [{header: {key: x-e, value:"
+     " '%ENVIRONMENT(HOME)%'}}]}}\n",
+     "envoy.virtual_host.responseHeadersToAdd.0.header.value: the command %ENVIRONMENT%"),
+    (_route("{response_headers_to_add: [{header: {key: x-e, value: \"a\\r\\nset-cookie: x\"}}]}"),
+     "routes.0.envoy.response_headers_to_add.0.header.value: holds carriage return"),
+    (_route("{request_headers_to_add: [{header: {key: x-e, value: '50% off'}}]}"),
+     "header.value: a lone '%' at character 3; write '%%'"),
+    (SITE + "envoy: {cluster: {health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold:"
+     " 1, healthy_threshold: 1, http_health_check: {path: /, request_headers_to_add: [{header:"
+     " {key: x, value: '%HOSTNAME%'}}]}}]}}\n", "the command %HOSTNAME% is not allowed"),
+    (SITE + "envoy: {virtual_host: {typed_per_filter_config: {envoy.filters.http.local_ratelimit: {"
+     "'@type': type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit,"
+     " stat_prefix: x, response_headers_to_add: [{header: {key: x, value:"
+     " '%ENVIRONMENT(PATH)%'}}]}}}}\n", "the command %ENVIRONMENT% is not allowed"),
+    (SITE + "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
+     "{body_format: {text_format: '%ENVIRONMENT(HOME)%'}}}}]\n",
+     "routes.0.envoy.direct_response.body_format: not on the escape hatch's allow-list"),
+])
+def test_fence_judges_the_parsed_message_in_any_spelling(text: str, expected: str) -> None:
+    """Each way around the fence is refused, naming the field as the user spelled it."""
+    problems = _problems(text)
+    assert any(expected in p for p in problems), problems
+    assert not any(": envoy: " in p for p in problems), problems
+
+
+@pytest.mark.parametrize("text", [
+    SITE + "envoy: {cluster: {outlierDetection: {consecutive5xx: 5}, connectTimeout: null}}\n",
+    SITE + "envoy: {cluster: {typed_extension_protocol_options: {envoy.extensions.upstreams.http"
+    ".v3.HttpProtocolOptions: {'@type': type.googleapis.com/envoy.extensions.upstreams.http.v3"
+    ".HttpProtocolOptions, explicitHttpConfig: {http2ProtocolOptions: {}}}}}}\n",
+    SITE + "envoy: {cluster: {healthChecks: [{timeout: 1s, interval: 1s, unhealthyThreshold: 1,"
+    " healthyThreshold: 1, httpHealthCheck: {path: /}}]}}\n",
+    _route("{route: {hashPolicy: [{header: {headerName: x-user}}], timeout: 3s}}"),
+    _route("{route: {cluster: null, weighted_clusters: {clusters: [{name: site, weight: 1}]}}}"),
+    _route("{response_headers_to_add: [{header: {key: x-ip, value:"
+           " '%DOWNSTREAM_REMOTE_ADDRESS% 100%%'}}]}"),
+    NAMED + "envoy: {virtual_host: {requestMirrorPolicies: [{cluster: site/b}],"
+    " routes: [{match: {prefix: /}, route: {cluster: site/b}}]}}\n",
+    SITE + "envoy: {virtual_host: {typedPerFilterConfig: {envoy.filters.http.cors: {'@type': "
+    + FILTER + ", config: {'@type': " + CORS + ", allowOriginStringMatch: [{exact: x}]}}}}}\n",
+    SITE + "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
+    "{body: {inline_string: \"User-agent: *\\nDisallow: /\\n\"}}}}]\n",
+])
+def test_fence_lets_allow_listed_fields_through(text: str) -> None:
+    """Allow-listed fields pass in either spelling, and a site's own clusters may be named."""
+    assert _problems(text) == []
+
+
+def test_header_values_of_the_schema_are_literal() -> None:
+    """A `%` in a schema header value reaches Envoy escaped, so it is never a command."""
+    checked = check_content("site", "sites/site.yaml", (
+        SITE + "response_headers: {set: {x-a: '100% %ENVIRONMENT(HOME)%'}}\n").encode(), SETTINGS)
+    assert checked.resources is not None, checked.problems
+    added = checked.resources.virtual_host["response_headers_to_add"]
+    assert added[0]["header"]["value"] == "100%% %%ENVIRONMENT(HOME)%%"
