@@ -205,8 +205,9 @@ def parse(resource: dict[str, Any], message: type[Message], where: str, field: s
 
 def confine(where: str, field: str, policy: Policy, base: dict[str, Any],
             override: dict[str, Any], own: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """`override` merged into `base`, if the result stays inside the site; else a
-    SiteError naming each field as written under `field` (`envoy.virtual_host...`)."""
+    """`override` merged into `base` and re-written in canonical form, if the result
+    stays inside the site; else a SiteError naming each field as written under `field`
+    (`envoy.virtual_host...`)."""
     _check_type_urls(where, field, override)
     merged = merge(base, override)
     before = parse(base, policy.message, where, field)
@@ -221,7 +222,8 @@ def confine(where: str, field: str, policy: Policy, base: dict[str, Any],
     if found:
         raise SiteError([Problem(where, f"{field}.{path}", reason)
                          for path, reason in sorted(found.items())])
-    return merged
+    # Envoy gets the message that was judged, in canonical form: no parser differences.
+    return dict(json_format.MessageToDict(after, preserving_proto_field_name=True))
 
 
 def _check_type_urls(where: str, field: str, node: Any, path: str = "") -> None:
