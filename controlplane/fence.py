@@ -223,6 +223,44 @@ def strings(message: Message) -> Iterator[tuple[FieldDescriptor, str]]:
             yield fd, item.decode("utf-8", "replace") if isinstance(item, bytes) else item
 
 
+_FREE_FORM = frozenset({"google.protobuf.Struct", "google.protobuf.Value",
+                        "google.protobuf.ListValue"})
+
+
+def canonical_keys(node: Any, descriptor: Descriptor) -> Any:
+    """`node` (Envoy's JSON form of a `descriptor` message) with lowerCamel keys written
+    snake_case, so an override merges into the generated keys whatever its spelling.
+    Unknown keys stay (ParseDict names them); so does a key given in both spellings."""
+    if not isinstance(node, dict) or descriptor.full_name in _FREE_FORM:
+        return node
+    if descriptor.full_name == _ANY:
+        try:
+            descriptor = descriptor_pool.Default().FindMessageTypeByName(
+                str(node.get("@type", "")).rsplit("/", 1)[-1])
+        except KeyError:
+            return node
+    by_json = {fd.json_name: fd for fd in descriptor.fields}
+    result: dict[str, Any] = {}
+    for key, value in node.items():
+        fd = descriptor.fields_by_name.get(key) or by_json.get(key)
+        name = key if fd is None or fd.name in result else fd.name
+        result[name] = value if fd is None else _canonical_value(value, fd)
+    return result
+
+
+def _canonical_value(value: Any, fd: FieldDescriptor) -> Any:
+    kind = fd.message_type
+    if kind is None:
+        return value
+    if kind.GetOptions().map_entry:
+        inner = kind.fields_by_name["value"].message_type
+        return {k: canonical_keys(v, inner) for k, v in value.items()} if inner is not None and (
+            isinstance(value, dict)) else value
+    if fd.is_repeated and isinstance(value, list):
+        return [canonical_keys(item, kind) for item in value]
+    return canonical_keys(value, kind)
+
+
 def spelled(path: Path, written: Any) -> str:
     """`path` in the user's own keys where the override holds it (`clusterHeader` stays
     `clusterHeader`), canonical names beyond; `.`-joined."""

@@ -44,6 +44,7 @@ from controlplane.fence import (
     Change,
     Field,
     Path,
+    canonical_keys,
     changes,
     covered,
     matched,
@@ -209,7 +210,7 @@ def confine(where: str, field: str, policy: Policy, base: dict[str, Any],
     stays inside the site; else a SiteError naming each field as written under `field`
     (`envoy.virtual_host...`)."""
     _check_type_urls(where, field, override)
-    merged = merge(base, override)
+    merged = merge(base, canonical_keys(override, policy.message.DESCRIPTOR))
     before = parse(base, policy.message, where, field)
     after = parse(merged, policy.message, where, field)
     found: dict[str, str] = {}

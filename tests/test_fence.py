@@ -139,6 +139,20 @@ def test_fence_lets_allow_listed_fields_through(text: str) -> None:
     assert _problems(text) == []
 
 
+def test_camel_case_overrides_merge_into_the_generated_fields() -> None:
+    """A lowerCamel key merges into the generated snake_case one (no duplicate field), in
+    nested messages and inside an `Any`; Envoy gets the canonical form."""
+    checked = check_content("site", "sites/site.yaml", (
+        SITE + "routes: [{prefix: /, envoy: {route: {timeout: 3s, hashPolicy: [{header:"
+        " {headerName: x-u}}]}}}]\nenvoy: {cluster: {connectTimeout: 2s}}\n").encode(),
+        SETTINGS)
+    assert checked.resources is not None, checked.problems
+    assert checked.resources.clusters[0][1]["connect_timeout"] == "2s"
+    route = checked.resources.virtual_host["routes"][0]["route"]
+    assert route["hash_policy"] == [{"header": {"header_name": "x-u"}}]
+    assert route["cluster"] == "site" and route["timeout"] == "3s"
+
+
 def test_header_values_of_the_schema_are_literal() -> None:
     """A `%` in a schema header value reaches Envoy escaped, so it is never a command."""
     checked = check_content("site", "sites/site.yaml", (
