@@ -24,6 +24,8 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from controlplane.errors import field_path
+
 TYPED_STRUCTS = frozenset({"xds.type.v3.TypedStruct", "udpa.type.v1.TypedStruct"})
 """Untyped wrappers of an extension's config: they would hide its fields from the fence."""
 _ANY = "google.protobuf.Any"
@@ -263,8 +265,8 @@ def _canonical_value(value: Any, fd: FieldDescriptor) -> Any:
 
 def spelled(path: Path, written: Any) -> str:
     """`path` in the user's own keys where the override holds it (`clusterHeader` stays
-    `clusterHeader`), canonical names beyond; `.`-joined."""
-    parts: list[str] = []
+    `clusterHeader`), canonical names beyond, as `errors.field_path` writes it."""
+    parts: list[str | int] = []
     node = written
     for segment in path:
         key: str | int | None = None
@@ -275,6 +277,6 @@ def spelled(path: Path, written: Any) -> str:
             key = segment.text
         elif isinstance(segment, int) and isinstance(node, list) and segment < len(node):
             key = segment
-        parts.append(str(segment) if key is None else str(key))
+        parts.append(segment if isinstance(segment, int) else str(segment if key is None else key))
         node = node[key] if key is not None else None
-    return ".".join(parts)
+    return field_path(parts)

@@ -10,7 +10,7 @@ import re
 from typing import Annotated, Any
 
 import re2
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from controlplane.formats import BODY_ALLOWED, check_format, check_text
 
@@ -66,7 +66,15 @@ def _positive(text: str) -> str:
 
 
 Name = Annotated[str, Field(pattern=f"^{DNS_LABEL.pattern}$", max_length=63)]
-Duration = Annotated[str, Field(pattern=_DURATION.pattern, examples=["30s", "500ms", "5m"])]
+def _duration(value: Any) -> Any:
+    if isinstance(value, str) and _DURATION.match(value):
+        return value
+    raise ValueError(f"{value!r} is not a duration; write a duration like 30s, 500ms, 5m"
+                     " (a number and a unit: ms, s, m or h)")
+
+
+Duration = Annotated[str, BeforeValidator(_duration), WithJsonSchema(
+    {"type": "string", "pattern": _DURATION.pattern, "examples": ["30s", "500ms", "5m"]})]
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 Regex = Annotated[str, AfterValidator(check_re2)]
 HeaderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", max_length=256)]

@@ -52,7 +52,10 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
         site = validating.validate(name, source, digest, document,
                                    tuple(str(d) for d in settings.socket_dirs), admin,
                                    tuple(str(d) for d in settings.log_dirs))
-        resources = rendering.render_site(site, settings)
+        try:
+            resources = rendering.render_site(site, settings)
+        except SiteError as exc:  # the hatch's problems know their field, not its line
+            raise SiteError(validating.locate(exc.problems, document)) from None
     except SiteError as exc:
         return Checked(name=name, source=source, digest=digest, problems=exc.problems)
     except Exception as exc:  # a site file must never take the daemon down

@@ -68,7 +68,7 @@ def _merged_route(site: Site, number: int, main: dict[str, Any], route: Route) -
     if not route.envoy:
         return main
     own = frozenset(cluster_name(site, u) for u in site.upstream_names())
-    return confine(site.source, f"routes.{number}.envoy", ROUTE, main, route.envoy, own)
+    return confine(site.source, f"routes[{number + 1}].envoy", ROUTE, main, route.envoy, own)
 
 
 def _route(site: Site, route: Route) -> dict[str, Any]:

@@ -115,20 +115,21 @@ CASES: list[Case] = [
     Case("typo", "did you mean 'upstream'", _site("typo", UP.replace("upstream", "upstrem"))),
     Case("domainsstr", "domains: Input should be a valid list",
          b"domains: x.example.com\n" + UP.encode()),
-    Case("domainsint", "domains.0: Input should be a valid string",
+    Case("domainsint", "domains[1]: Input should be a valid string",
          b"domains: [42]\n" + UP.encode()),
-    Case("upstreamstr", "upstream: Input should be", _site("upstreamstr", "upstream: /tmp/x\n")),
+    Case("upstreamstr", "upstream: '/tmp/x' is not an endpoint; write {socket: /tmp/x}",
+         _site("upstreamstr", "upstream: /tmp/x\n")),
     Case("socketint", "upstream.socket: Input should be a valid string",
          _site("socketint", "upstream: {socket: 5}\n")),
     Case("routesmap", "routes: Input should be a valid list",
          _site("routesmap", UP + "routes: {prefix: /}\n")),
-    Case("prefixbool", "routes.0.prefix: Input should be a valid string",
+    Case("prefixbool", "routes[1].prefix: Input should be a valid string",
          _site("prefixbool", UP + "routes: [{prefix: true}]\n")),
-    Case("websocketstr", "routes.0.websocket: Input should be a valid boolean",
+    Case("websocketstr", "routes[1].websocket: Input should be a valid boolean",
          _site("websocketstr", UP + "routes: [{prefix: /, websocket: 'on'}]\n")),
     Case("bothupstreams", "give exactly one of 'upstream' or 'upstreams'",
          _site("bothupstreams", UP + "upstreams: {a: {socket: /tmp/a.sock}}\n")),
-    Case("undefined", "routes.0.upstream: 'nope' is not defined",
+    Case("undefined", "routes[1].upstream: 'nope' is not defined",
          _site("undefined", "upstreams: {a: {socket: /tmp/a.sock}}\n"
                             "routes: [{prefix: /, upstream: nope}]\n")),
     Case("hostname", "the host must be an IP address",
@@ -173,7 +174,7 @@ CASES: list[Case] = [
     Case("hatchcamel", "route.clusterHeader: picks a cluster at request time", _site(
         "hatchcamel", UP + "routes: [{prefix: /, envoy: {route: {cluster: null,"
         " clusterHeader: x-to}}}]\n")),
-    Case("hatchweight", "weightedClusters.clusters.0.name: 'stable' is not a cluster", _site(
+    Case("hatchweight", "weightedClusters.clusters[1].name: 'stable' is not a cluster", _site(
         "hatchweight", UP + "routes: [{prefix: /, envoy: {route: {cluster: null,"
         " weightedClusters: {clusters: [{name: stable, weight: 1}]}}}}]\n")),
     Case("hatchenv", "header.value: the command %ENVIRONMENT% is not allowed", _site(
@@ -189,11 +190,11 @@ CASES: list[Case] = [
     Case("crlfheader", "response_headers.set.x-a: 'a\\r\\nset-cookie: s=1' holds carriage",
          _site("crlfheader", UP + 'response_headers: {set: {x-a: "a\\r\\nset-cookie: s=1"}}'
                '\n')),
-    Case("crlfcors", "cors.origins.0: 'https://a\\r\\nx: y' holds carriage return",
+    Case("crlfcors", "cors.origins[1]: 'https://a\\r\\nx: y' holds carriage return",
          _site("crlfcors", UP + 'cors: {origins: ["https://a\\r\\nx: y"]}\n')),
-    Case("crlfredirect", "routes.0.redirect.path: '/a\\nb' holds line feed",
+    Case("crlfredirect", "routes[1].redirect.path: '/a\\nb' holds line feed",
          _site("crlfredirect", UP + 'routes: [{prefix: /, redirect: {path: "/a\\nb"}}]\n')),
-    Case("nulbody", "routes.0.respond.body: 'a\\x00b' holds NUL", _site(
+    Case("nulbody", "routes[1].respond.body: 'a\\x00b' holds NUL", _site(
         "nulbody", UP + 'routes: [{prefix: /, respond: {status: 200, body: "a\\0b"}}]\n')),
     Case("envlog", "access_log.format: '%ENVIRONMENT(HOME)%': the command %ENVIRONMENT%",
          _site("envlog", UP + "access_log: {path: /tmp/envlog.log,"

@@ -30,39 +30,39 @@ def _route(envoy: str) -> str:
 @pytest.mark.parametrize(("text", "expected"), [
     # Picking a cluster at request time, in every spelling and position
     (_route("{route: {cluster: null, cluster_header: x-to}}"),
-     "routes.0.envoy.route.cluster_header: picks a cluster at request time"),
+     "routes[1].envoy.route.cluster_header: picks a cluster at request time"),
     (_route("{route: {cluster: null, clusterHeader: x-to}}"),
-     "routes.0.envoy.route.clusterHeader: picks a cluster at request time"),
+     "routes[1].envoy.route.clusterHeader: picks a cluster at request time"),
     (SITE + "envoy: {virtual_host: {routes: [{match: {prefix: /}, route: {clusterHeader: x}}]}}\n",
-     "envoy.virtual_host.routes.0.route.clusterHeader: picks a cluster"),
+     "envoy.virtual_host.routes[1].route.clusterHeader: picks a cluster"),
     (_route("{route: {cluster: null, weightedClusters: {clusters: [{clusterHeader: x,"
             " weight: 1}]}}}"),
-     "routes.0.envoy.route.weightedClusters.clusters.0.clusterHeader: picks a cluster"),
+     "routes[1].envoy.route.weightedClusters.clusters[1].clusterHeader: picks a cluster"),
     (_route("{route: {cluster: null, weighted_clusters: {clusters: [{name: other, weight: 1}]}}}"),
-     "routes.0.envoy.route.weighted_clusters.clusters.0.name: 'other' is not a cluster"),
+     "routes[1].envoy.route.weighted_clusters.clusters[1].name: 'other' is not a cluster"),
     (_route("{route: {requestMirrorPolicies: [{cluster: other}]}}"),
-     "routes.0.envoy.route.requestMirrorPolicies.0.cluster: 'other' is not a cluster"),
+     "routes[1].envoy.route.requestMirrorPolicies[1].cluster: 'other' is not a cluster"),
     (_route("{route: {request_mirror_policies: [{cluster_header: x-m}]}}"),
-     "routes.0.envoy.route.request_mirror_policies.0.cluster_header: picks a cluster"),
+     "routes[1].envoy.route.request_mirror_policies[1].cluster_header: picks a cluster"),
     (_route("{route: {cluster: null, clusterSpecifierPlugin: p}}"),
-     "routes.0.envoy.route.clusterSpecifierPlugin: picks a cluster"),
-    (_route("{route: {cluster: other}}"), "routes.0.envoy.route.cluster: 'other' is not"),
+     "routes[1].envoy.route.clusterSpecifierPlugin: picks a cluster"),
+    (_route("{route: {cluster: other}}"), "routes[1].envoy.route.cluster: 'other' is not"),
     (_route("{route: {internalRedirectPolicy: {maxInternalRedirects: 3}}}"),
-     "routes.0.envoy.route.internalRedirectPolicy: not on the escape hatch's allow-list"),
+     "routes[1].envoy.route.internalRedirectPolicy: not on the escape hatch's allow-list"),
     # Files and the environment, through every DataSource alternative and spelling
     (SITE + "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
      "{body: {filename: /etc/passwd}}}}]\n",
-     "routes.0.envoy.direct_response.body.filename: makes Envoy open a file"),
+     "routes[1].envoy.direct_response.body.filename: makes Envoy open a file"),
     (SITE + "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
      "null, directResponse: {status: 200, body: {environmentVariable: HOME}}}}]\n",
-     "routes.0.envoy.directResponse.body.environmentVariable: makes Envoy open a file"),
+     "routes[1].envoy.directResponse.body.environmentVariable: makes Envoy open a file"),
     (SITE + "envoy: {cluster: {healthChecks: [{timeout: 1s, interval: 1s, unhealthyThreshold: 1,"
      " healthyThreshold: 1, httpHealthCheck: {path: /}, eventLogPath: /etc/x}]}}\n",
-     "envoy.cluster.healthChecks.0.eventLogPath: makes Envoy open a file"),
+     "envoy.cluster.healthChecks[1].eventLogPath: makes Envoy open a file"),
     (SITE + "envoy: {cluster: {healthChecks: [{timeout: 1s, interval: 1s, unhealthyThreshold: 1,"
      " healthyThreshold: 1, tcpHealthCheck: {}, eventLogger: [{name: x, typedConfig: {'@type':"
      " type.googleapis.com/envoy.config.route.v3.FilterConfig}}]}]}}\n",
-     "envoy.cluster.healthChecks.0.eventLogger: makes Envoy open a file"),
+     "envoy.cluster.healthChecks[1].eventLogger: makes Envoy open a file"),
     (SITE + "envoy: {cluster: {transportSocket: {name: envoy.transport_sockets.tap}}}\n",
      "envoy.cluster.transportSocket: not on the escape hatch's allow-list"),
     # Fixed fields in camelCase
@@ -75,7 +75,7 @@ def _route(envoy: str) -> str:
     # Any, per-filter configs, TypedStruct
     (SITE + "envoy: {virtual_host: {typedPerFilterConfig: {envoy.filters.http.cors: {'@type': "
      + CORS + ", allowOriginStringMatch: [{exact: \"a\\r\\nb\"}]}}}}\n",
-     "envoy.virtual_host.typedPerFilterConfig.envoy.filters.http.cors.allowOriginStringMatch.0"
+     "envoy.virtual_host.typedPerFilterConfig.envoy.filters.http.cors.allowOriginStringMatch[1]"
      ".exact: holds carriage return"),
     (SITE + "envoy: {virtual_host: {typed_per_filter_config: {envoy.filters.http.router: {"
      "'@type': " + FILTER + ", config: {'@type': " + CORS + "}}}}}\n",
@@ -89,13 +89,13 @@ def _route(envoy: str) -> str:
      "udpa.type.v1.TypedStruct is refused"),
     (_route("{route: {retryPolicy: {retryHostPredicate: [{name: x, typedConfig: {'@type':"
             " type.googleapis.com/envoy.config.route.v3.FilterConfig}}]}}}"),
-     "routes.0.envoy.route.retryPolicy.retryHostPredicate.0.typedConfig: the type"),
+     "routes[1].envoy.route.retryPolicy.retryHostPredicate[1].typedConfig: the type"),
     # Strings and formats
     (SITE + "envoy: {virtual_host: {responseHeadersToAdd: [{header: {key: x-e, value:"
      " '%ENVIRONMENT(HOME)%'}}]}}\n",
-     "envoy.virtual_host.responseHeadersToAdd.0.header.value: the command %ENVIRONMENT%"),
+     "envoy.virtual_host.responseHeadersToAdd[1].header.value: the command %ENVIRONMENT%"),
     (_route("{response_headers_to_add: [{header: {key: x-e, value: \"a\\r\\nset-cookie: x\"}}]}"),
-     "routes.0.envoy.response_headers_to_add.0.header.value: holds carriage return"),
+     "routes[1].envoy.response_headers_to_add[1].header.value: holds carriage return"),
     (_route("{request_headers_to_add: [{header: {key: x-e, value: '50% off'}}]}"),
      "header.value: a lone '%' at character 3; write '%%'"),
     (SITE + "envoy: {cluster: {health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold:"
@@ -107,7 +107,7 @@ def _route(envoy: str) -> str:
      " '%ENVIRONMENT(PATH)%'}}]}}}}\n", "the command %ENVIRONMENT% is not allowed"),
     (SITE + "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
      "{body_format: {text_format: '%ENVIRONMENT(HOME)%'}}}}]\n",
-     "routes.0.envoy.direct_response.body_format: not on the escape hatch's allow-list"),
+     "routes[1].envoy.direct_response.body_format: not on the escape hatch's allow-list"),
 ])
 def test_fence_judges_the_parsed_message_in_any_spelling(text: str, expected: str) -> None:
     """Each way around the fence is refused, naming the field as the user spelled it."""

@@ -48,12 +48,12 @@ def test_a_hatch_cannot_route_to_another_sites_cluster(short_tmp: Path) -> None:
         base = node.site("attacker", ["attacker.test"], attacker)
         for hatch, field in (
             ("routes: [{prefix: /, envoy: {route: {cluster: null, clusterHeader: x-to}}}]\n",
-             "routes.0.envoy.route.clusterHeader"),
+             "routes[1].envoy.route.clusterHeader"),
             ("routes: [{prefix: /, envoy: {route: {cluster: null, weightedClusters: {clusters:"
              " [{name: victim, weight: 1}]}}}}]\n",
-             "routes.0.envoy.route.weightedClusters.clusters.0.name"),
+             "routes[1].envoy.route.weightedClusters.clusters[1].name"),
             ("envoy: {virtual_host: {requestMirrorPolicies: [{clusterHeader: x-to}]}}\n",
-             "envoy.virtual_host.requestMirrorPolicies.0.clusterHeader"),
+             "envoy.virtual_host.requestMirrorPolicies[1].clusterHeader"),
         ):
             node.put("attacker", base + hatch)
             _refused(node, "attacker", field)
@@ -84,10 +84,10 @@ def test_strings_cannot_split_responses_or_leak_the_environment(short_tmp: Path)
         for text, field in (
             (base + "envoy: {virtual_host: {responseHeadersToAdd: [{header: {key: x-b,"
              " value: '%ENVIRONMENT(PATH)%'}}]}}\n",
-             "envoy.virtual_host.responseHeadersToAdd.0.header.value"),
+             "envoy.virtual_host.responseHeadersToAdd[1].header.value"),
             (base + 'response_headers: {set: {x-a: "a\\r\\nset-cookie: stolen=1"}}\n',
              "response_headers.set.x-a"),
-            (base + 'cors: {origins: ["https://a.test\\r\\nx-c: injected"]}\n', "cors.origins.0"),
+            (base + 'cors: {origins: ["https://a.test\\r\\nx-c: injected"]}\n', "cors.origins[1]"),
             (base + f"access_log: {{path: {short_tmp}/hdr.log, format: '%ENVIRONMENT(PATH)%'}}\n",
              "access_log.format"),
         ):
