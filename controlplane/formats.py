@@ -31,6 +31,7 @@ request and its connection. Never `ENVIRONMENT`, `HOSTNAME`, metadata, filter st
 anything else that reads Envoy's own state."""
 
 _COMMAND = re.compile(r"%([A-Z][A-Z0-9_]*)(\([^)]*\))?(:[0-9]+)?%")
+_WORD = re.compile(r"[A-Za-z_]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NAMES = {0: "NUL", 9: "tab", 10: "line feed (LF)", 13: "carriage return (CR)", 127: "DEL"}
 BODY_ALLOWED = "\t\n"
@@ -66,6 +67,11 @@ def format_problem(text: str) -> str | None:
             continue
         match = _COMMAND.match(text, start)
         if match is None:
+            word = _WORD.match(text, start + 1)
+            if word is not None:
+                return (f"'%{word.group()}' at character {start + 1} is not a command Envoy"
+                        " knows (commands are upper case, as %REQ(...)%, and end with '%');"
+                        " write '%%' for a literal percent sign")
             return (f"a lone '%' at character {start + 1}; write '%%' for a literal percent"
                     " sign")
         if match.group(1) not in FORMAT_COMMANDS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from controlplane import formats
 from controlplane.reconciling import check_content
 from controlplane.settings import Settings
 
@@ -160,3 +161,29 @@ def test_header_values_of_the_schema_are_literal() -> None:
     assert checked.resources is not None, checked.problems
     added = checked.resources.virtual_host["response_headers_to_add"]
     assert added[0]["header"]["value"] == "100%% %%ENVIRONMENT(HOME)%%"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("%REQ(:PATH)% %RESPONSE_CODE% 100%%", None),
+    ("%START_TIME(%Y/%m/%dT%H:%M:%S%z)% %REQ(USER-AGENT):20%", None),
+    ("%ENVIRONMENT(HOME)%", "the command %ENVIRONMENT% is not allowed"),
+    ("%HOSTNAME%", "the command %HOSTNAME% is not allowed"),
+    ("%DYNAMIC_METADATA(a:b)%", "the command %DYNAMIC_METADATA% is not allowed"),
+    ("50% off", "a lone '%' at character 3"),
+    ("ends with %", "a lone '%' at character 11"),
+    ("%req(:path)%", "'%req' at character 1 is not a command Envoy knows"),
+    ("%REQ(:PATH) x", "'%REQ' at character 1 is not a command Envoy knows"),
+])
+def test_formats_take_only_allowed_commands(text: str, expected: str | None) -> None:
+    """A format may use the allowed commands and `%%`; anything else is named."""
+    found = formats.format_problem(text)
+    assert (found is None) if expected is None else (expected in (found or "")), found
+
+
+def test_control_characters_are_named_and_bodies_keep_line_breaks() -> None:
+    """CR, LF, NUL and DEL are named with their position; a body keeps tabs and LF."""
+    assert formats.control_character("a\r\nb") == "carriage return (CR) (U+000D) at character 2"
+    assert formats.control_character("a\x7f") == "DEL (U+007F) at character 2"
+    assert formats.control_character("a\tb\nc", formats.BODY_ALLOWED) is None
+    assert formats.control_character("a\r\n", formats.BODY_ALLOWED) is not None
+    assert formats.literal("100% %ENVIRONMENT(X)%") == "100%% %%ENVIRONMENT(X)%%"
