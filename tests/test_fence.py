@@ -187,3 +187,30 @@ def test_control_characters_are_named_and_bodies_keep_line_breaks() -> None:
     assert formats.control_character("a\tb\nc", formats.BODY_ALLOWED) is None
     assert formats.control_character("a\r\n", formats.BODY_ALLOWED) is not None
     assert formats.literal("100% %ENVIRONMENT(X)%") == "100%% %%ENVIRONMENT(X)%%"
+
+
+def test_changes_see_presence_removal_and_inside_any() -> None:
+    """An empty message that is now present, a removed list item, and a field inside an
+    `Any` are each a change at their canonical path; equal messages have none."""
+    from envoy.config.cluster.v3 import cluster_pb2
+    from google.protobuf import json_format
+
+    from controlplane.fence import changes
+
+    def parse(data: dict[str, object]) -> cluster_pb2.Cluster:
+        return json_format.ParseDict(data, cluster_pb2.Cluster())
+
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    base = parse({"name": "a", "health_checks": [{"timeout": "1s"}, {"timeout": "2s"}]})
+    merged = parse({"name": "a", "health_checks": [{"timeout": "1s"}],
+                    "http2ProtocolOptions": {}, "typed_extension_protocol_options": {
+                        options: {"@type": f"type.googleapis.com/{options}",
+                                  "explicit_http_config": {"http_protocol_options": {}}}}})
+    found = {".".join(str(s) for s in c.path): c for c in changes(base, merged)}
+    assert found["health_checks.1"].removed
+    assert not found["http2_protocol_options"].removed
+    assert found[f"typed_extension_protocol_options.{options}"].type_name == options
+    assert (f"typed_extension_protocol_options.{options}.explicit_http_config"
+            ".http_protocol_options") in found
+    assert changes(base, parse({"name": "a", "healthChecks": [{"timeout": "1s"},
+                                                              {"timeout": "2s"}]})) == []
