@@ -79,6 +79,11 @@ _PER_FILTER = {
         "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
 }
 """The project's own HTTP filters a virtual host or route may configure, and their types."""
+MAX_BUFFER_BYTES = 1024 * 1024
+"""The most a buffer limit set through the hatch may be: Envoy's own default. Envoy's
+memory is shared by every site, so no site may raise its buffers past it."""
+_BUFFER_LIMITS = ("per_connection_buffer_limit_bytes", "per_request_buffer_limit_bytes",
+                  "request_body_buffer_limit")
 _HEADER_EDITS = ("request_headers_to_add", "request_headers_to_remove",
                  "response_headers_to_add", "response_headers_to_remove")
 
@@ -278,6 +283,12 @@ def values(message: Message, own: frozenset[str]) -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
 
     def check(path: Path, descriptor: Descriptor, item: Message) -> None:
+        for name in _BUFFER_LIMITS:
+            fd = descriptor.fields_by_name.get(name)
+            if fd is not None and item.HasField(name) and _bytes(item, name) > MAX_BUFFER_BYTES:
+                found.append(((*path, Field(name, fd.json_name)),
+                              f"{_bytes(item, name)} is over {MAX_BUFFER_BYTES} bytes, Envoy's"
+                              " default; a site may lower its buffers, not raise them"))
         for named in _clusters_named(descriptor.full_name, item):
             if named not in own:
                 name = _CLUSTER_FIELD[descriptor.full_name]
@@ -305,6 +316,11 @@ _CLUSTER_FIELD = {
     "envoy.config.route.v3.WeightedCluster.ClusterWeight": "name",
     "envoy.config.route.v3.RouteAction.RequestMirrorPolicy": "cluster",
 }
+
+
+def _bytes(item: Message, name: str) -> int:
+    value = getattr(item, name)
+    return int(getattr(value, "value", value))
 
 
 def _clusters_named(kind: str, item: Message) -> tuple[str, ...]:

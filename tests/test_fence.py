@@ -106,6 +106,10 @@ def _route(envoy: str) -> str:
      "'@type': type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit,"
      " stat_prefix: x, response_headers_to_add: [{header: {key: x, value:"
      " '%ENVIRONMENT(PATH)%'}}]}}}}\n", "the command %ENVIRONMENT% is not allowed"),
+    (SITE + "envoy: {cluster: {perConnectionBufferLimitBytes: 4294967295}}\n",
+     "envoy.cluster.perConnectionBufferLimitBytes: 4294967295 is over 1048576 bytes"),
+    (SITE + "envoy: {virtual_host: {per_request_buffer_limit_bytes: 2000000}}\n",
+     "envoy.virtual_host.per_request_buffer_limit_bytes: 2000000 is over 1048576 bytes"),
     (SITE + "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
      "{body_format: {text_format: '%ENVIRONMENT(HOME)%'}}}}]\n",
      "routes[1].envoy.direct_response.body_format: not on the escape hatch's allow-list"),
