@@ -38,6 +38,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from controlplane import allowlist
 from controlplane import overrides as hatch
 from controlplane import tls as tls_rendering
 from controlplane.clusters import cluster, cluster_name
@@ -131,7 +132,7 @@ def _cluster(site: Site, upstream: str) -> dict[str, Any]:
                             (f"envoy.clusters.{upstream}", (overrides.clusters or {}).get(
                                 upstream))):
         if override:
-            rendered = hatch.confine(site.source, field, hatch.CLUSTER, rendered, override)
+            rendered = hatch.confine(site.source, field, allowlist.CLUSTER, rendered, override)
     return rendered
 
 
@@ -141,7 +142,7 @@ def _virtual_host(site: Site, settings: Settings) -> dict[str, Any]:
     override = site.spec.envoy.virtual_host if site.spec.envoy else None
     if override:
         own = frozenset(cluster_name(site, u) for u in site.upstream_names())
-        vhost = hatch.confine(site.source, "envoy.virtual_host", hatch.VIRTUAL_HOST, vhost,
+        vhost = hatch.confine(site.source, "envoy.virtual_host", allowlist.VIRTUAL_HOST, vhost,
                              override, own)
     return vhost
 

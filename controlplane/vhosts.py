@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from controlplane.allowlist import ROUTE
 from controlplane.clusters import cluster_name
 from controlplane.formats import literal
 from controlplane.kinds import HeaderEdits, duration_ms, envoy_duration
 from controlplane.model import Site
-from controlplane.overrides import ROUTE, confine
+from controlplane.overrides import confine
 from controlplane.policies import Access, Cors, RateLimit
 from controlplane.routes import HeaderMatch, QueryMatch, Redirect, Route
 
