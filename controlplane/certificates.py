@@ -32,6 +32,9 @@ def inspect(source: str, tls: Tls, domains: Sequence[str],
     if problems:
         return problems, []
     assert chain is not None and key_bytes is not None
+    swapped = _swapped(source, tls, chain, key_bytes)
+    if swapped is not None:
+        return [swapped], []
     try:
         certificate = x509.load_pem_x509_certificates(chain)[0]
     except ValueError as exc:
@@ -53,6 +56,22 @@ def _read(source: str, field: str, path: str) -> tuple[bytes | None, Problem | N
         return read_bounded(path, MAX_PEM_BYTES), None
     except OSError as exc:
         return None, Problem(source, field, f"{path}: cannot read: {exc.strerror}")
+
+
+def _swapped(source: str, tls: Tls, chain: bytes, key: bytes) -> Problem | None:
+    """A key where the certificate should be, or the other way round: say so."""
+    cert_is_key = b"PRIVATE KEY-----" in chain and b"-----BEGIN CERTIFICATE" not in chain
+    key_is_cert = b"-----BEGIN CERTIFICATE" in key and b"PRIVATE KEY-----" not in key
+    if cert_is_key and key_is_cert:
+        return Problem(source, "tls", f"cert and key are swapped: {tls.cert} holds a private"
+                       f" key and {tls.key} a certificate; exchange the two paths")
+    if cert_is_key:
+        return Problem(source, "tls.cert", f"{tls.cert} holds a private key, not a"
+                       " certificate; tls.cert names the certificate chain (fullchain.pem)")
+    if key_is_cert:
+        return Problem(source, "tls.key", f"{tls.key} holds a certificate, not a private"
+                       " key; tls.key names the key (privkey.pem)")
+    return None
 
 
 def _belongs(key: PrivateKeyTypes, certificate: x509.Certificate) -> bool:

@@ -18,7 +18,10 @@ Only the CLI turns these into exit codes; the daemon turns them into status and 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+_PART = re.compile(r"\[([0-9]+)\]|([^.\[\]]+)")
 
 
 class ControlPlaneError(Exception):
@@ -29,8 +32,9 @@ class ControlPlaneError(Exception):
 class Problem:
     """One thing wrong with one site file: where, which field, and why.
 
-    `field` is a dotted path into the document (`routes.1.upstream`), empty for the
-    whole file. `line` is 1-based when the YAML position is known.
+    `field` is a path into the document as `field_path` writes it (`routes[2].upstream`,
+    list items counted from 1), empty for the whole file. `line` is 1-based when the YAML
+    position is known.
     """
 
     file: str
@@ -62,6 +66,21 @@ def bounded(problems: list[Problem] | tuple[Problem, ...]) -> tuple[Problem, ...
 
 
 _MORE = re.compile(r"and (\d+) more problems?")
+def field_path(parts: Iterable[str | int]) -> str:
+    """A field path as people count: `('routes', 0, 'timeout')` -> `routes[1].timeout`
+    (a list index in brackets, from 1; a map key, even `1`, after a dot)."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part + 1}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def parse_field_path(text: str) -> tuple[str | int, ...]:
+    """`routes[1].timeout` -> `('routes', 0, 'timeout')`, the inverse of `field_path`."""
+    return tuple(int(index) - 1 if index else name for index, name in _PART.findall(text))
 
 
 class SiteError(ControlPlaneError):

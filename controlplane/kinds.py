@@ -10,7 +10,9 @@ import re
 from typing import Annotated, Any
 
 import re2
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from controlplane.formats import BODY_ALLOWED, check_format, check_text
 
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 """Site and upstream names: a DNS label of at most 63 characters."""
@@ -64,7 +66,15 @@ def _positive(text: str) -> str:
 
 
 Name = Annotated[str, Field(pattern=f"^{DNS_LABEL.pattern}$", max_length=63)]
-Duration = Annotated[str, Field(pattern=_DURATION.pattern, examples=["30s", "500ms", "5m"])]
+def _duration(value: Any) -> Any:
+    if isinstance(value, str) and _DURATION.match(value):
+        return value
+    raise ValueError(f"{value!r} is not a duration; write a duration like 30s, 500ms, 5m"
+                     " (a number and a unit: ms, s, m or h)")
+
+
+Duration = Annotated[str, BeforeValidator(_duration), WithJsonSchema(
+    {"type": "string", "pattern": _DURATION.pattern, "examples": ["30s", "500ms", "5m"]})]
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 Regex = Annotated[str, AfterValidator(check_re2)]
 HeaderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", max_length=256)]
@@ -72,7 +82,14 @@ HeaderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", max_
 MatchHeaderName = Annotated[str, Field(pattern=r"^:?[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
                                        max_length=256)]
 """A header name to match on; pseudo-headers such as `:method` are allowed."""
-HeaderValue = Annotated[str, Field(max_length=8192, pattern=r"^[^\r\n\x00]*$")]
+Text = Annotated[str, AfterValidator(check_text)]
+"""A string that reaches Envoy: no control characters (CR, LF, NUL, ...)."""
+Body = Annotated[str, AfterValidator(lambda text: check_text(text, BODY_ALLOWED))]
+"""A response body: tabs and line breaks allowed (Envoy frames it by length)."""
+Format = Annotated[str, AfterValidator(check_format)]
+"""An Envoy format string: only the allowed `%COMMAND%`s (`formats.FORMAT_COMMANDS`)."""
+HeaderValue = Annotated[Text, Field(max_length=8192)]
+"""A header value, sent as written: a `%` is escaped for Envoy (`formats.literal`)."""
 _FORBIDDEN_EDITS = {"host", "connection", "transfer-encoding", "upgrade", "content-length"}
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from controlplane.errors import Problem, SiteError
+from controlplane.errors import Problem, SiteError, field_path
 from controlplane.model import DNS_LABEL
 
 SUFFIXES = (".yaml", ".yml")
@@ -159,9 +159,50 @@ def parse(content: bytes, where: str) -> Document:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
         line = mark.line + 1 if mark is not None else None
-        raise SiteError([Problem(where, "", f"YAML: {reason}", line)]) from None
+        fix = _yaml_fix(exc, text.splitlines())
+        raise SiteError([Problem(where, "", f"YAML: {reason}{fix}", line)]) from None
     finally:
         loader.dispose()
+
+
+def _yaml_fix(exc: yaml.YAMLError, lines: list[str]) -> str:
+    """The usual cause of a libyaml error, and the fix, in the user's words."""
+    problem, context = str(getattr(exc, "problem", "")), str(getattr(exc, "context", ""))
+    mark = getattr(exc, "problem_mark", None)
+    at = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+    if "alias" in context or "anchor" in context:
+        start = getattr(getattr(exc, "context_mark", None) or mark, "column", 0)
+        word = at[start:].split(",")[0].split("]")[0].split("}")[0].split()[0] if at else "*"
+        return (f"; a value starting with {word[:1]!r} is read as a YAML alias or anchor:"
+                f" quote it, as '{word}'")
+    if "cannot start any token" in problem and "\t" in at:
+        return "; YAML is indented with spaces, not tabs"
+    if "mapping values are not allowed" in problem and mark is not None:
+        return _colon_fix(lines, mark.line)
+    if "expected key" in problem or "block end" in problem:
+        indent = len(at) - len(at.lstrip(" "))
+        spaces = f"{indent} space" + ("" if indent == 1 else "s")
+        return (f"; check the indentation: this line starts after {spaces}, and the keys"
+                " of one mapping must start in the same column")
+    if "flow" in context:
+        return ("; inside [ ] or { }, quote a value that holds ': ', ',', '[' or '{',"
+                " e.g. {body: 'a: b'}")
+    return ""
+
+
+def _colon_fix(lines: list[str], number: int) -> str:
+    at = lines[number]
+    above = next((x for x in reversed(lines[:number]) if x.strip()), "")
+    indent = len(at) - len(at.lstrip(" "))
+    above_indent = len(above) - len(above.lstrip(" -"))
+    key, _, value = at.strip().partition(": ")
+    if indent > above_indent and ": " in above.strip(" -") and above.rstrip()[-1:] != ":":
+        sibling = above.strip(" -").split(":")[0]
+        return (f"; this line is indented more than the line above, so it reads as part of"
+                f" that value: indent {key!r} like {sibling!r}")
+    quoted = value.replace("'", "''")
+    return (f"; a ': ' inside a plain value starts a mapping: quote the value, as"
+            f" {key}: '{quoted}'")
 
 
 def _check_depth(text: str, where: str) -> None:
@@ -197,7 +238,7 @@ def _check_graph(root: yaml.Node, where: str, lines: dict[tuple[str | int, ...],
         (root, (), root.start_mark.line + 1)]
     while stack:
         node, path, line = stack.pop()
-        field = ".".join(str(p) for p in path)
+        field = field_path(path)
         if id(node) in seen:
             raise SiteError([Problem(where, field, "YAML anchors and aliases are not allowed",
                                      line)])
@@ -220,7 +261,7 @@ def _mapping_children(
     children = []
     keys: set[str] = set()
     for key, value in node.value:
-        field = ".".join(str(p) for p in (*path, key.value))
+        field = field_path((*path, key.value))
         if key.tag == "tag:yaml.org,2002:merge":
             raise SiteError([Problem(where, field, "YAML merge keys ('<<') are not allowed",
                                      key.start_mark.line + 1)])

@@ -82,6 +82,13 @@ class Endpoint(Strict):
     socket: str | None = Field(None, description="Absolute path of a Unix socket.")
     address: str | None = Field(None, description="HOST:PORT with an IP host, [v6]:port.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _not_a_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(endpoint_hint(value))
+        return value
+
     @model_validator(mode="after")
     def _one_kind(self) -> Endpoint:
         if (self.socket is None) == (self.address is None):
@@ -116,6 +123,36 @@ class Endpoint(Strict):
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"address: {self.address!r}: the port must be 1-65535")
         return host, int(port)
+
+
+def endpoint_hint(text: str) -> str:
+    """What to write instead of an endpoint given as a string (`http://127.0.0.1:8000`)."""
+    rest = text.split("://", 1)[-1] if "://" in text else text.removeprefix("unix:")
+    if rest.startswith("/"):
+        return f"{text!r} is not an endpoint; write {{socket: {rest}}}"
+    host_port = rest.split("/", 1)[0]
+    host = host_port.rpartition(":")[0].strip("[]") or host_port
+    try:
+        ipaddress.ip_address(host)
+        suggestion = host_port
+    except ValueError:
+        suggestion = "127.0.0.1:8000 (an IP address: clusters do not resolve names)"
+    return f"{text!r} is not an endpoint; write {{address: {suggestion}}}"
+
+
+_OPTIONS = ("lb_policy", "health_check", "circuit_breaker", "http2", "connect_timeout")
+
+
+def _options_hint(value: dict[str, Any]) -> str | None:
+    """Upstream options in the short form `{socket: ..., connect_timeout: 1s}`: point to
+    the mapping form, built from the user's own values."""
+    options = [k for k in value if k in _OPTIONS]
+    if not options:
+        return None
+    endpoint = ", ".join(f"{k}: {v}" for k, v in value.items() if k not in _OPTIONS)
+    rest = ", ".join(f"{k}: {value[k]}" for k in options)
+    return (f"{options[0]}: options need the mapping form of an upstream:"
+            f" {{endpoints: [{{{endpoint}}}], {rest}}}")
 
 
 def _check_socket(path: str) -> None:
@@ -154,9 +191,12 @@ class Upstream(Strict):
     @classmethod
     def _short_forms(cls, value: Any, handler: ModelWrapValidatorHandler[Upstream]) -> Upstream:
         """`{socket: ...}` and `[...]` mean `{endpoints: [...]}`; errors keep the user's
-        paths (`upstream.socket`, `upstream.1.address`)."""
+        paths (`upstream.socket`, `upstream[2].address`)."""
         if isinstance(value, Upstream) or (isinstance(value, dict) and "endpoints" in value):
             return handler(value)
+        hint = _options_hint(value) if isinstance(value, dict) else None
+        if hint is not None:
+            raise ValueError(hint)
         single = not isinstance(value, list)
         try:
             return handler({"endpoints": [value] if single else value})
@@ -222,7 +262,7 @@ class SiteSpec(Strict):
         if self.upstreams is not None and self.routes is None:
             raise ValueError("routes: required when 'upstreams' names several upstreams")
         for i, route in enumerate(self.routes or ()):
-            self._check_reference(f"routes.{i}", route)
+            self._check_reference(f"routes[{i + 1}]", route)
         unknown = set((self.envoy and self.envoy.clusters) or ()) - set(self.upstreams or ())
         if unknown:
             raise ValueError(f"envoy.clusters: {', '.join(sorted(unknown))}: not a name under"

@@ -106,8 +106,8 @@ class Fence:
     def now(cls, *, socket_dirs: Iterable[Path | str], log_dirs: Iterable[Path | str],
             admin_socket: Path | None, private: Iterable[tuple[Path, str]],
             own_ports: dict[int, str] | None = None) -> Fence:
-        fence = cls(socket_dirs=tuple(_real(d) for d in socket_dirs),
-                    log_dirs=tuple(_real(d) for d in log_dirs),
+        fence = cls(socket_dirs=tuple(dict.fromkeys(_real(d) for d in socket_dirs)),
+                    log_dirs=tuple(dict.fromkeys(_real(d) for d in log_dirs)),
                     private=tuple((_real(p), what) for p, what in private),
                     own_ports=dict(own_ports or {}))
         fence._socket_prefixes = tuple(d.rstrip("/") + "/" for d in fence.socket_dirs)
@@ -173,7 +173,8 @@ class Fence:
         if self.socket_dirs and not (resolved in self.socket_dirs or resolved.startswith(
                 self._socket_prefixes)):
             return Verdict(problem=f"{shown} is outside the allowed socket folders"
-                           f" ({', '.join(self.socket_dirs)})")
+                           f" ({', '.join(self.socket_dirs)}); put the socket in one, or"
+                           " widen them with the socket_dirs setting")
         identity, problem = self._identity_of(path, resolved, found)
         if problem is not None:
             return Verdict(problem=f"{shown} {problem}")

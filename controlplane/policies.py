@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from controlplane.kinds import Duration, PositiveDuration, Strict
+from controlplane.kinds import Duration, Format, PositiveDuration, Strict, Text
 
 
 def absolute_path(path: str) -> str:
@@ -53,11 +53,11 @@ class Tls(Strict):
 class Cors(Strict):
     """Cross-origin resource sharing for browsers."""
 
-    origins: Annotated[list[str], Field(min_length=1)] = Field(
+    origins: Annotated[list[Text], Field(min_length=1)] = Field(
         description="Allowed origins, exactly ('https://app.example.com') or '*'.")
-    methods: list[str] | None = Field(None, description="Allowed methods.")
-    headers: list[str] | None = Field(None, description="Allowed request headers.")
-    expose_headers: list[str] | None = Field(None, description="Response headers exposed.")
+    methods: list[Text] | None = Field(None, description="Allowed methods.")
+    headers: list[Text] | None = Field(None, description="Allowed request headers.")
+    expose_headers: list[Text] | None = Field(None, description="Response headers exposed.")
     max_age: Duration | None = Field(None, description="How long a preflight is cached.")
     credentials: bool = Field(False, description="Allow credentials.")
 
@@ -90,8 +90,9 @@ class AccessLog(Strict):
 
     path: AbsolutePath = Field(description="Log file (Envoy appends to it); under one of"
                                " the allowed log folders (setting `log_dirs`).")
-    format: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
-        None, description="Envoy format string; default: Envoy's default line.")
+    format: Annotated[Format, Field(min_length=1, max_length=4096)] | None = Field(
+        None, description="Envoy format string with the allowed commands (README 'Strings"
+        " and formats'); default: Envoy's default line.")
 
     @field_validator("path")
     @classmethod
@@ -108,8 +109,8 @@ class AccessLog(Strict):
 class HealthCheck(Strict):
     """Active HTTP health checks of each endpoint."""
 
-    path: str = Field("/", description="Path to GET.")
-    host: str | None = Field(None, description="Host header (default: the site's first domain).")
+    path: Text = Field("/", description="Path to GET.")
+    host: Text | None = Field(None, description="Host header (default: the site's first domain).")
     interval: PositiveDuration = Field("10s", description="Time between checks.")
     timeout: PositiveDuration = Field("2s", description="Time to wait for an answer.")
     healthy: Annotated[int, Field(ge=1, le=100)] = Field(

@@ -65,7 +65,10 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
     try:
         document = loading.parse(content, source)
         site = validating.validate(name, source, digest, document)
-        resources = rendering.render_site(site, settings)
+        try:
+            resources = rendering.render_site(site, settings)
+        except SiteError as exc:  # the hatch's problems know their field, not its line
+            raise SiteError(validating.locate(exc.problems, document)) from None
         uses = validating.path_uses(site, document)
         uses += claims.sockets(resources, {u.path for u in uses})
     except SiteError as exc:

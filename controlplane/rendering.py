@@ -40,17 +40,12 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from controlplane import allowlist
+from controlplane import overrides as hatch
 from controlplane import tls as tls_rendering
 from controlplane.clusters import cluster, cluster_name
 from controlplane.errors import Problem, SettingsError, SiteError
 from controlplane.model import Site
-from controlplane.overrides import (
-    confine_cluster,
-    confine_files,
-    confine_references,
-    confine_virtual_host,
-    merge,
-)
 from controlplane.policies import Tls
 from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Settings
 from controlplane.vhosts import HTTP_FILTERS, access_log, virtual_host
@@ -140,9 +135,7 @@ def _cluster(site: Site, upstream: str, buffer_limit: int) -> dict[str, Any]:
                             (f"envoy.clusters.{upstream}", (overrides.clusters or {}).get(
                                 upstream))):
         if override:
-            confine_cluster(site.source, field, override)
-            rendered = merge(rendered, override)
-    confine_files(site.source, "envoy.cluster", rendered)
+            rendered = hatch.confine(site.source, field, allowlist.CLUSTER, rendered, override)
     return rendered
 
 
@@ -151,10 +144,9 @@ def _virtual_host(site: Site, settings: Settings) -> dict[str, Any]:
     vhost = virtual_host(site, port)
     override = site.spec.envoy.virtual_host if site.spec.envoy else None
     if override:
-        confine_virtual_host(site.source, "envoy.virtual_host", override)
-        vhost = merge(vhost, override)
-    own = {cluster_name(site, u) for u in site.upstream_names()}
-    confine_references(site.source, vhost, own)
+        own = frozenset(cluster_name(site, u) for u in site.upstream_names())
+        vhost = hatch.confine(site.source, "envoy.virtual_host", allowlist.VIRTUAL_HOST, vhost,
+                             override, own)
     return vhost
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from controlplane.kinds import (
+    Body,
     Duration,
     HeaderEdits,
     MatchHeaderName,
@@ -20,6 +21,7 @@ from controlplane.kinds import (
     PositiveDuration,
     Regex,
     Strict,
+    Text,
     check_re2,
 )
 
@@ -42,10 +44,10 @@ class HeaderMatch(Strict):
     """A request header that must (or, inverted, must not) match."""
 
     name: MatchHeaderName = Field(description="Header name; ':method' and the like allowed.")
-    exact: str | None = Field(None, description="The value is exactly this.")
-    prefix: str | None = Field(None, description="The value starts with this.")
-    suffix: str | None = Field(None, description="The value ends with this.")
-    contains: str | None = Field(None, description="The value contains this.")
+    exact: Text | None = Field(None, description="The value is exactly this.")
+    prefix: Text | None = Field(None, description="The value starts with this.")
+    suffix: Text | None = Field(None, description="The value ends with this.")
+    contains: Text | None = Field(None, description="The value contains this.")
     regex: Regex | None = Field(None, description="The whole value matches this RE2 regex.")
     present: bool | None = Field(None, description="The header is there (true) or not.")
     invert: bool = Field(False, description="Match when the test above fails.")
@@ -59,10 +61,10 @@ class HeaderMatch(Strict):
 class QueryMatch(Strict):
     """A query parameter that must match."""
 
-    name: Annotated[str, Field(min_length=1, max_length=256)] = Field(
+    name: Annotated[Text, Field(min_length=1, max_length=256)] = Field(
         description="Query parameter name.")
-    exact: str | None = Field(None, description="The value is exactly this.")
-    prefix: str | None = Field(None, description="The value starts with this.")
+    exact: Text | None = Field(None, description="The value is exactly this.")
+    prefix: Text | None = Field(None, description="The value starts with this.")
     regex: Regex | None = Field(None, description="The whole value matches this RE2 regex.")
     present: bool | None = Field(None, description="The parameter is there (must be true).")
 
@@ -89,8 +91,8 @@ class Redirect(Strict):
     host: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+$")] | None = Field(
         None, description="New host name.")
     port: Annotated[int, Field(ge=1, le=65535)] | None = Field(None, description="New port.")
-    path: str | None = Field(None, description="Replace the whole path.")
-    prefix: str | None = Field(None, description="Replace the matched prefix.")
+    path: Text | None = Field(None, description="Replace the whole path.")
+    prefix: Text | None = Field(None, description="Replace the matched prefix.")
     code: Literal[301, 302, 303, 307, 308] = Field(301, description="Status code.")
     strip_query: bool = Field(False, description="Drop the query string.")
 
@@ -111,7 +113,9 @@ class Respond(Strict):
     """Answer directly with a status and a body."""
 
     status: Annotated[int, Field(ge=200, le=599)] = Field(description="HTTP status code.")
-    body: Annotated[str, Field(max_length=4096)] = Field("", description="Response body.")
+    body: Annotated[Body, Field(max_length=4096)] = Field(
+        "", description="Response body; tabs and line breaks allowed, no other control"
+        " characters; sent as written.")
 
 
 class Retries(Strict):
@@ -129,7 +133,7 @@ class RegexRewrite(Strict):
     """Rewrite the path with an RE2 regex substitution (`\\1` for groups)."""
 
     pattern: Regex = Field(description="RE2 regex over the path.")
-    substitution: str = Field(description="Replacement; `\\1` names a group.")
+    substitution: Text = Field(description="Replacement; `\\1` names a group.")
 
 
 _UPSTREAM_ONLY = ("timeout", "idle_timeout", "retries", "rewrite_prefix", "rewrite_regex",
@@ -139,9 +143,9 @@ _UPSTREAM_ONLY = ("timeout", "idle_timeout", "retries", "rewrite_prefix", "rewri
 class Route(Strict):
     """One route: a match (exactly one of prefix, path, regex) and where it goes."""
 
-    prefix: str | None = Field(None, description="Match paths starting with this.")
-    path: str | None = Field(None, description="Match this exact path.")
-    regex: str | None = Field(None, description="Match the whole path with this RE2 regex.")
+    prefix: Text | None = Field(None, description="Match paths starting with this.")
+    path: Text | None = Field(None, description="Match this exact path.")
+    regex: Text | None = Field(None, description="Match the whole path with this RE2 regex.")
     headers: list[HeaderMatch] | None = Field(None, description="Headers that must match.")
     query: list[QueryMatch] | None = Field(None, description="Query parameters that must match.")
     upstream: Name | None = Field(None, description="A name under 'upstreams'.")
@@ -153,7 +157,7 @@ class Route(Strict):
     idle_timeout: Duration | None = Field(None, description="Stream idle timeout.")
     retries: Retries | None = Field(None, description="Retry policy.")
     websocket: bool = Field(False, description="Allow websocket upgrades.")
-    rewrite_prefix: str | None = Field(None, description="Replace the matched prefix.")
+    rewrite_prefix: Text | None = Field(None, description="Replace the matched prefix.")
     rewrite_regex: RegexRewrite | None = Field(None, description="Rewrite the path by regex.")
     host_rewrite: Annotated[str, Field(pattern=r"^[A-Za-z0-9.:\[\]-]+$")] | None = Field(
         None, description="Send this Host header upstream.")

@@ -17,12 +17,13 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from controlplane.errors import Problem, SiteError
+from controlplane.errors import Problem, SiteError, field_path, parse_field_path
 from controlplane.loading import Document
 from controlplane.model import Site, SiteSpec, schema
 from controlplane.paths import Kind, Use
 
-_FIELD_PREFIX = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*): (.*)$", re.DOTALL)
+_FIELD_PREFIX = re.compile(r"^([a-z_][a-z0-9_]*(?:\[[0-9]+\])*(?:\.[a-z0-9_]+(?:\[[0-9]+\])*)*):"
+                           r" (.*)$", re.DOTALL)
 _SCHEMA = schema()
 
 
@@ -70,7 +71,7 @@ def _problem(where: str, error: ErrorDetails, document: Document) -> Problem:
     reason = str(error["msg"]).removeprefix("Value error, ")
     matched = _FIELD_PREFIX.match(reason)
     if matched and error["type"] == "value_error":
-        path = (*path, *matched.group(1).split("."))
+        path = (*path, *parse_field_path(matched.group(1)))
         reason = matched.group(2)
     if error["type"] == "extra_forbidden":
         reason = "unknown key" + _suggestion(path)
@@ -79,7 +80,15 @@ def _problem(where: str, error: ErrorDetails, document: Document) -> Problem:
     elif "input" in error and error["type"].endswith("_type"):
         reason = f"{reason}, got {type(error['input']).__name__} {_short(error['input'])}"
     line = _line(path, document)
-    return Problem(where, ".".join(str(p) for p in path), reason, line)
+    return Problem(where, field_path(path), reason, line)
+
+
+def locate(problems: Iterable[Problem], document: Document) -> list[Problem]:
+    """The problems, each with the line of its field when it had none (problems found
+    after validation, such as the escape hatch's, know only the field)."""
+    return [p if p.line is not None or not p.field else Problem(
+        p.file, p.field, p.reason, _line(parse_field_path(p.field), document))
+        for p in problems]
 
 
 def _document_path(loc: Iterable[str | int], data: Any) -> tuple[str | int, ...]:
@@ -104,7 +113,7 @@ def _child(node: Any, part: str | int) -> Any:
 
 
 def _line(path: tuple[str | int, ...], document: Document) -> int | None:
-    keys = tuple(int(p) if isinstance(p, str) and p.isdigit() else p for p in path)
+    keys = tuple(path)
     for end in range(len(keys), -1, -1):
         if keys[:end] in document.lines:
             return document.lines[keys[:end]]

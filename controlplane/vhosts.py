@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from controlplane.allowlist import ROUTE
 from controlplane.clusters import cluster_name
+from controlplane.formats import literal
 from controlplane.kinds import HeaderEdits, duration_ms, envoy_duration
 from controlplane.model import Site
-from controlplane.overrides import merge
+from controlplane.overrides import confine
 from controlplane.policies import Access, Cors, RateLimit
 from controlplane.routes import HeaderMatch, QueryMatch, Redirect, Route
 
@@ -48,11 +50,11 @@ def virtual_host(site: Site, https_port: int) -> dict[str, Any]:
     """The site's virtual host; `https_port` is where its HTTP -> HTTPS redirects point."""
     routes = site.spec.routes or [_CATCH_ALL]
     rendered: list[dict[str, Any]] = []
-    for route in routes:
+    for number, route in enumerate(routes):
         main = _route(site, route)
         if site.spec.tls is not None and site.spec.tls.redirect and route.https_redirect:
             rendered.append(_to_https(site, main["match"], https_port))
-        rendered.append(_merged_route(main, route))
+        rendered.append(_merged_route(site, number, main, route))
     vhost: dict[str, Any] = {"name": site.name, "domains": list(site.spec.domains),
                              "routes": rendered}
     vhost.update(header_fields(site.spec.request_headers, site.spec.response_headers))
@@ -62,8 +64,12 @@ def virtual_host(site: Site, https_port: int) -> dict[str, Any]:
     return vhost
 
 
-def _merged_route(main: dict[str, Any], route: Route) -> dict[str, Any]:
-    return merge(main, route.envoy) if route.envoy else main
+def _merged_route(site: Site, number: int, main: dict[str, Any], route: Route) -> dict[str, Any]:
+    """The route with its `envoy:` fields, inside the fence (`overrides.ROUTE`)."""
+    if not route.envoy:
+        return main
+    own = frozenset(cluster_name(site, u) for u in site.upstream_names())
+    return confine(site.source, f"routes[{number + 1}].envoy", ROUTE, main, route.envoy, own)
 
 
 def _route(site: Site, route: Route) -> dict[str, Any]:
@@ -181,7 +187,8 @@ def header_fields(request: HeaderEdits | None, response: HeaderEdits | None) -> 
     for side, edits in (("request", request), ("response", response)):
         if edits is None:
             continue
-        added = [{"header": {"key": key.lower(), "value": value}, "append_action": mode}
+        added = [{"header": {"key": key.lower(), "value": literal(value)},
+                  "append_action": mode}
                  for mode, values in (("OVERWRITE_IF_EXISTS_OR_ADD", edits.set),
                                       ("APPEND_IF_EXISTS_OR_ADD", edits.add))
                  for key, value in sorted((values or {}).items())]

@@ -166,20 +166,21 @@ CASES: list[Case] = [
     Case("typo", "did you mean 'upstream'", _site("typo", UP.replace("upstream", "upstrem"))),
     Case("domainsstr", "domains: Input should be a valid list",
          b"domains: x.example.com\n" + UP.encode()),
-    Case("domainsint", "domains.0: Input should be a valid string",
+    Case("domainsint", "domains[1]: Input should be a valid string",
          b"domains: [42]\n" + UP.encode()),
-    Case("upstreamstr", "upstream: Input should be", _site("upstreamstr", "upstream: /tmp/x\n")),
+    Case("upstreamstr", "upstream: '/tmp/x' is not an endpoint; write {socket: /tmp/x}",
+         _site("upstreamstr", "upstream: /tmp/x\n")),
     Case("socketint", "upstream.socket: Input should be a valid string",
          _site("socketint", "upstream: {socket: 5}\n")),
     Case("routesmap", "routes: Input should be a valid list",
          _site("routesmap", UP + "routes: {prefix: /}\n")),
-    Case("prefixbool", "routes.0.prefix: Input should be a valid string",
+    Case("prefixbool", "routes[1].prefix: Input should be a valid string",
          _site("prefixbool", UP + "routes: [{prefix: true}]\n")),
-    Case("websocketstr", "routes.0.websocket: Input should be a valid boolean",
+    Case("websocketstr", "routes[1].websocket: Input should be a valid boolean",
          _site("websocketstr", UP + "routes: [{prefix: /, websocket: 'on'}]\n")),
     Case("bothupstreams", "give exactly one of 'upstream' or 'upstreams'",
          _site("bothupstreams", UP + "upstreams: {a: {socket: /tmp/a.sock}}\n")),
-    Case("undefined", "routes.0.upstream: 'nope' is not defined",
+    Case("undefined", "routes[1].upstream: 'nope' is not defined",
          _site("undefined", "upstreams: {a: {socket: /tmp/a.sock}}\n"
                             "routes: [{prefix: /, upstream: nope}]\n")),
     Case("hostname", "the host must be an IP address",
@@ -207,19 +208,48 @@ CASES: list[Case] = [
     Case("admindot", "write the path plainly",
          _site("admindot", "upstream: {socket: /run/envoy/./admin.sock}\n")),
     # The escape hatch
-    Case("hatchtype", "cannot be rendered", _site("hatchtype", UP + (
+    Case("hatchtype", "@type: must be a type URL", _site("hatchtype", UP + (
         "envoy: {virtual_host: {typed_per_filter_config: {x: {'@type': 5}}}}\n"))),
-    Case("hatchlist", "cannot be rendered", _site("hatchlist", UP + (
+    Case("hatchlist", "set the generated one to null", _site("hatchlist", UP + (
         "routes:\n  - prefix: /\n    envoy: {route: {weighted_clusters: {clusters: 5}}}\n"))),
     Case("hatchnan", "per_connection_buffer_limit_bytes", _site("hatchnan", UP + (
         "envoy: {cluster: {per_connection_buffer_limit_bytes: .nan}}\n"))),
-    Case("hatchread", "reads or writes a file", _site("hatchread", UP + (
+    Case("hatchread", "body.filename: makes Envoy open a file", _site("hatchread", UP + (
         "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
         "{body: {filename: /etc/passwd}}}}]\n"))),
-    Case("hatchwrite", "reads or writes a file", _site("hatchwrite", UP + (
+    Case("hatchwrite", "event_log_path: makes Envoy open a file", _site("hatchwrite", UP + (
         "envoy: {cluster: {health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1,"
         " healthy_threshold: 1, http_health_check: {path: /}, event_log_path: /etc/x}]}}\n"))),
     Case("logfifo", "exists and is not a regular file", make=_log_fifo),
+    # The hatch judged on Envoy's parsed form, not on the spelling
+    Case("hatchcamel", "route.clusterHeader: picks a cluster at request time", _site(
+        "hatchcamel", UP + "routes: [{prefix: /, envoy: {route: {cluster: null,"
+        " clusterHeader: x-to}}}]\n")),
+    Case("hatchweight", "weightedClusters.clusters[1].name: 'stable' is not a cluster", _site(
+        "hatchweight", UP + "routes: [{prefix: /, envoy: {route: {cluster: null,"
+        " weightedClusters: {clusters: [{name: stable, weight: 1}]}}}}]\n")),
+    Case("hatchenv", "header.value: the command %ENVIRONMENT% is not allowed", _site(
+        "hatchenv", UP + "envoy: {virtual_host: {responseHeadersToAdd: [{header: {key: x-e,"
+        " value: '%ENVIRONMENT(PATH)%'}}]}}\n")),
+    Case("hatchstruct", "TypedStruct is refused", _site("hatchstruct", UP + (
+        "envoy: {virtual_host: {typed_per_filter_config: {envoy.filters.http.cors: {'@type':"
+        " type.googleapis.com/udpa.type.v1.TypedStruct, type_url: x}}}}\n"))),
+    Case("hatchformat", "direct_response.body_format: not on the escape hatch's allow-list",
+         _site("hatchformat", UP + "routes: [{prefix: /, respond: {status: 200}, envoy:"
+               " {direct_response: {body_format: {text_format: '%ENVIRONMENT(HOME)%'}}}}]\n")),
+    # Strings that reach Envoy
+    Case("crlfheader", "response_headers.set.x-a: 'a\\r\\nset-cookie: s=1' holds carriage",
+         _site("crlfheader", UP + 'response_headers: {set: {x-a: "a\\r\\nset-cookie: s=1"}}'
+               '\n')),
+    Case("crlfcors", "cors.origins[1]: 'https://a\\r\\nx: y' holds carriage return",
+         _site("crlfcors", UP + 'cors: {origins: ["https://a\\r\\nx: y"]}\n')),
+    Case("crlfredirect", "routes[1].redirect.path: '/a\\nb' holds line feed",
+         _site("crlfredirect", UP + 'routes: [{prefix: /, redirect: {path: "/a\\nb"}}]\n')),
+    Case("nulbody", "routes[1].respond.body: 'a\\x00b' holds NUL", _site(
+        "nulbody", UP + 'routes: [{prefix: /, respond: {status: 200, body: "a\\0b"}}]\n')),
+    Case("envlog", "access_log.format: '%ENVIRONMENT(HOME)%': the command %ENVIRONMENT%",
+         _site("envlog", UP + "access_log: {path: /tmp/envlog.log,"
+               " format: '%ENVIRONMENT(HOME)%'}\n")),
     # Domains
     Case("space", "is not a host name", b"domains: ['a b.example.com']\n" + UP.encode()),
     Case("port", "ports are not allowed", b"domains: [port.example.com:8080]\n" + UP.encode()),

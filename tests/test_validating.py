@@ -34,13 +34,13 @@ def test_smallest_site_is_valid() -> None:
     ("domain: [a.example]\nupstream: {socket: /tmp/a.sock}\n",
      "sites/site.yaml:1: domain: unknown key; did you mean 'domains'?"),
     ("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\nroutes:\n  - prefx: /\n",
-     "sites/site.yaml:4: routes.0.prefx: unknown key; did you mean 'prefix'?"),
+     "sites/site.yaml:4: routes[1].prefx: unknown key; did you mean 'prefix'?"),
     ("domains: [a.example]\n", "sites/site.yaml:1: give exactly one of 'upstream' or 'upstreams'"),
     ("upstream: {socket: /tmp/a.sock}\n", "sites/site.yaml:1: domains: required"),
     ("domains: a.example\nupstream: {socket: /tmp/a.sock}\n",
      "sites/site.yaml:1: domains: Input should be a valid list, got str 'a.example'"),
     ("domains: [a.example:8080]\nupstream: {socket: /tmp/a.sock}\n",
-     "domains.0: 'a.example:8080': ports are not allowed in domains"),
+     "domains[1]: 'a.example:8080': ports are not allowed in domains"),
     ("domains: ['https://a.example']\nupstream: {socket: /tmp/a.sock}\n",
      "without scheme or path"),
     ("domains: ['a b.example']\nupstream: {socket: /tmp/a.sock}\n", "is not a host name"),
@@ -56,20 +56,20 @@ def test_smallest_site_is_valid() -> None:
     ("domains: [a.example]\nupstream: {socket: /srv/a.sock}\n",
      "upstream.socket: '/srv/a.sock' is outside the allowed socket folders"),
     ("domains: [a.example]\nupstream: [{socket: /tmp/a.sock}, {address: 'db:80'}]\n",
-     "upstream.1.address: 'db:80': the host must be an IP address"),
+     "upstream[2].address: 'db:80': the host must be an IP address"),
     ("domains: [a.example]\nupstream: {address: '127.0.0.1:0'}\n", "the port must be 1-65535"),
     ("domains: [a.example]\nupstream: {socket: /tmp/a.sock, address: '127.0.0.1:80'}\n",
      "upstream: give exactly one of 'socket' or 'address'"),
     ("domains: [a.example]\nupstreams: {a: {socket: /tmp/a.sock}}\nroutes:\n  - prefix: /\n"
-     "    upstream: b\n", "routes.0.upstream: 'b' is not defined; known: a"),
+     "    upstream: b\n", "routes[1].upstream: 'b' is not defined; known: a"),
     ("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\nroutes:\n  - regex: '(?=x)'\n",
-     "routes.0.regex: '(?=x)' is not valid RE2 syntax"),
+     "routes[1].regex: '(?=x)' is not valid RE2 syntax"),
     ("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\nroutes:\n  - path: /a\n"
-     "    prefix: /b\n", "routes.0: give exactly one of 'prefix', 'path' or 'regex'"),
+     "    prefix: /b\n", "routes[1]: give exactly one of 'prefix', 'path' or 'regex'"),
     ("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\nroutes:\n  - prefix: /\n"
-     "    timeout: 30\n", "routes.0.timeout: Input should be a valid string, got int 30"),
+     "    timeout: 30\n", "routes[1].timeout: 30 is not a duration; write a duration like 30s"),
     ("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\nroutes:\n  - prefix: /\n"
-     "    websocket: 'yes'\n", "routes.0.websocket: Input should be a valid boolean"),
+     "    websocket: 'yes'\n", "routes[1].websocket: Input should be a valid boolean"),
     ("- a\n- b\n", "sites/site.yaml: a site file is a mapping of keys, not a list"),
 ])
 def test_problems_name_file_field_and_reason(text: str, expected: str) -> None:
