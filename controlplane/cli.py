@@ -1,5 +1,6 @@
 """The command line: argv -> Settings -> one subcommand. The only place that maps errors
-to exit codes: 0 fine, 1 invalid sites (like `nginx -t`), 2 usage or settings.
+to exit codes: 0 fine, 1 invalid sites (like `nginx -t`), 2 usage or settings, 3 the output
+folder is owned by another controlplane process.
 
 Flags win over the settings file (`--config`), which wins over the defaults.
 """
@@ -16,12 +17,12 @@ from typing import Any
 import yaml
 
 from controlplane import loading, logs, model, reconciling, rendering, settings, status, tls
-from controlplane.errors import ControlPlaneError, SettingsError
+from controlplane.errors import ControlPlaneError, FolderBusy, SettingsError
 from controlplane.running import Daemon, stop_on_signals
 from controlplane.verifying import Verifier
-from controlplane.writing import ensure_folder, write_atomic
+from controlplane.writing import ensure_folder, hold_lock, write_atomic
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_ENVIRONMENT = 0, 1, 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except FolderBusy as exc:
+        print(f"controlplane: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except ControlPlaneError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -143,13 +147,14 @@ def _render(config: settings.Settings, args: argparse.Namespace) -> int:
     resources = [c.resources for c in selection.serving.values() if c.resources is not None]
     files = rendering.assemble(config, resources)
     ensure_folder(config.out_dir)
-    for secret in files["sds"]:  # certificates before the listeners that name them
-        ensure_folder(config.out_dir / tls.SDS_FOLDER)
-        _, data = rendering.discovery_response([secret])
-        write_atomic(tls.sds_path(config.out_dir, rendering.secret_name_of(secret)), data)
-    for kind in ("cds", "rds", "lds"):  # clusters before the routes that name them
-        _, data = rendering.discovery_response(files[kind])
-        write_atomic(config.out_dir / f"{kind}.json", data)
+    with hold_lock(config.out_dir, "render"):  # never under a running daemon's feet
+        for secret in files["sds"]:  # certificates before the listeners that name them
+            ensure_folder(config.out_dir / tls.SDS_FOLDER)
+            _, data = rendering.discovery_response([secret])
+            write_atomic(tls.sds_path(config.out_dir, rendering.secret_name_of(secret)), data)
+        for kind in ("cds", "rds", "lds"):  # clusters before the routes that name them
+            _, data = rendering.discovery_response(files[kind])
+            write_atomic(config.out_dir / f"{kind}.json", data)
     print(f"wrote {config.out_dir}/{{cds,rds,lds}}.json", file=sys.stderr)
     return EXIT_OK
 

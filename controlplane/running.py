@@ -22,9 +22,11 @@ from controlplane.errors import ControlPlaneError
 from controlplane.metrics import Metrics, MetricsServer
 from controlplane.reconciling import Outcome, Reconciler
 from controlplane.settings import Settings
-from controlplane.verifying import Verifier
+from controlplane.status import LAST_GOOD_DIR
+from controlplane.tls import SDS_FOLDER
+from controlplane.verifying import SCRATCH_DIR, Verifier
 from controlplane.watching import Signal, Watch
-from controlplane.writing import ensure_folder, remove_stale_temps
+from controlplane.writing import ensure_folder, hold_lock, remove_scratch, remove_stale_temps
 
 log = structlog.get_logger("controlplane")
 MISSING_FOLDER_POLL_S = 1.0
@@ -48,6 +50,16 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def sweep(settings: Settings) -> None:
+    """Remove what a killed daemon may have left: temp files of atomic writes in the
+    output, SDS, state and last-good folders, and validate's scratch folders."""
+    state = settings.state
+    for folder in (settings.out_dir, settings.out_dir / SDS_FOLDER, state,
+                   state / LAST_GOOD_DIR):
+        remove_stale_temps(folder)
+    remove_scratch(state / SCRATCH_DIR)
+
+
 class Daemon:
     def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
         self.settings = settings
@@ -64,16 +76,26 @@ class Daemon:
         self.signal.wake()
 
     def run(self) -> None:
+        """Own the output folder (its lock) for the whole life of the loop: a second
+        daemon on it exits at once, before it touches any file of this one."""
+        ensure_folder(self.settings.out_dir)
+        with hold_lock(self.settings.out_dir, "run"):
+            sweep(self.settings)
+            try:
+                self._run()
+            finally:
+                sweep(self.settings)
+
+    def _run(self) -> None:
         settings = self.settings
-        ensure_folder(settings.out_dir)
-        remove_stale_temps(settings.out_dir)
         admin = None
         if settings.admin_socket is None:
             log.warning("envoy.admin.none", detail="applies are written in order with a"
                         f" {settings.unconfirmed_gap_s:g}s gap and not confirmed")
         else:
             admin = AdminClient(settings.admin_socket, settings)
-        verifier = Verifier(settings) if settings.verify_with_envoy else None
+        verifier = (Verifier(settings, scratch=settings.state / SCRATCH_DIR)
+                    if settings.verify_with_envoy else None)
         reconciler = Reconciler(settings, verifier=verifier, admin=admin, stop=self.stop)
         watch = Watch(settings.sites_dir, self.signal)
         server = None
@@ -88,7 +110,6 @@ class Daemon:
             watch.stop()
             if server is not None:
                 server.close()
-            remove_stale_temps(settings.out_dir)
             log.info("daemon.stop", passes=self.passes)
 
     def _loop(self, reconciler: Reconciler, watch: Watch) -> None:

@@ -27,6 +27,8 @@ from controlplane.errors import EnvoyBinaryError, Problem
 from controlplane.rendering import SiteResources, hcm
 from controlplane.settings import Settings
 
+SCRATCH_DIR = "scratch"
+"""The daemon's scratch bootstraps go in `STATE/scratch/` (swept at start), not /tmp."""
 VALIDATE_TIMEOUT_S = 60.0
 """10,000 sites validate in about 5 s on 2 cores; a run past this is a hang (a FIFO)."""
 _REASON = re.compile(r"error initializing configuration '[^']*': (.*)", re.DOTALL)
@@ -44,8 +46,11 @@ def envoy_binary(settings: Settings) -> Path:
 class Verifier:
     """Runs the Envoy binary on candidates; remembers which site renders passed."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, scratch: Path | None = None) -> None:
+        """`scratch`: where the scratch bootstraps go (created 0700); None: the system's
+        temp folder (the one-shot commands)."""
         self._settings = settings
+        self._scratch = scratch
         self._binary = envoy_binary(settings)
         self._passed: set[str] = set()
         self._binary_ok = False
@@ -101,7 +106,10 @@ class Verifier:
 
     def _invoke(self, bootstrap: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         """`envoy --mode validate` on a scratch file: an argument list, no shell, a timeout."""
-        with tempfile.TemporaryDirectory(prefix="controlplane-validate-") as scratch:
+        if self._scratch is not None:
+            self._scratch.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._scratch.mkdir(mode=0o700, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="validate-", dir=self._scratch) as scratch:
             path = Path(scratch) / "bootstrap.json"
             path.write_text(json.dumps(bootstrap))
             return subprocess.run(
