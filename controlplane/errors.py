@@ -16,6 +16,7 @@
         │   ├── EnvoyTimeout     no complete answer in time (Envoy busy or hung)
         │   └── EnvoyBadAnswer   an answer that is not Envoy's (garbage, too big, HTTP error)
         ├── EnvoyRejected    Envoy refused a file it was given; carries its reason.
+        │   └── EnvoyCannotBind  a listener's address is taken: not the sites' fault
         └── EnvoyBinaryError the binary could not be run at all (missing, crashed).
 
 Each class carries `kind` (the label of `controlplane_errors_total`) and `retry` (whether
@@ -123,6 +124,18 @@ class EnvoyRejected(EnvoyError):
     """Envoy counted a rejection or failure for a file we wrote."""
 
     kind = "envoy_rejected"
+
+
+class EnvoyCannotBind(EnvoyRejected):
+    """Envoy rejected a listener because it could not bind its address (the port is
+    taken): no `--mode validate` can foresee it, and the sites that changed are not at
+    fault. `listeners` maps each listener's name to Envoy's reason."""
+
+    kind = "envoy_bind"
+
+    def __init__(self, message: str, listeners: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.listeners = dict(listeners or {})
 
 
 class EnvoyBinaryError(EnvoyError):

@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 
 from controlplane import certificates, loading, rendering, status, tls, validating
 from controlplane.envoy_admin import AdminClient
-from controlplane.errors import OutputError, Problem, SiteError
+from controlplane.errors import (
+    ControlPlaneError,
+    EnvoyCannotBind,
+    EnvoyUnavailable,
+    OutputError,
+    Problem,
+    SiteError,
+    SitesUnavailable,
+)
 from controlplane.model import digest_of
 from controlplane.publishing import Publisher
 from controlplane.settings import Settings
@@ -193,8 +201,9 @@ class Outcome:
     removed: list[str] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    rejected: list[ControlPlaneError] = field(default_factory=list)
+    errors: list[ControlPlaneError] = field(default_factory=list)
+    """Kept as the errors raised: each has its `kind` (metrics) and its message."""
     confirmed: bool | None = None
     retry: bool = False
     durations_ms: dict[str, float] = field(default_factory=dict)
@@ -215,6 +224,12 @@ class Reconciler:
         self._rejected: dict[str, str] = {}
         self._sites: dict[str, status.SiteStatus] = {}
         self._sites_json = "{}"
+        self._confirmed: dict[str, str] = {}
+        """Site -> the digest Envoy last confirmed running (a fully confirmed apply)."""
+        self._envoy_ok = False
+        """The last apply reached Envoy and was written (no timeout, refusal, output error)."""
+        self._blocked: dict[str, list[str]] = {}
+        """Sites kept from serving by a listener Envoy cannot bind, with the cause."""
         self._status_lines: dict[str, tuple[status.SiteStatus, str]] = {}
         """The `sites` part of the status file, serialised again only when a site's
         status changes (10,000 sites: ~300 ms a time)."""
@@ -260,8 +275,9 @@ class Reconciler:
         try:
             entries = loading.scan(self._settings.sites_dir)
         except (FileNotFoundError, NotADirectoryError):
-            outcome.errors.append(f"{self._settings.sites_dir}: the sites folder is missing;"
-                                  " keeping what serves until it is back")
+            outcome.errors.append(SitesUnavailable(
+                f"{self._settings.sites_dir}: the sites folder is missing; keeping what"
+                " serves until it is back"))
             return None
         duplicates = duplicate_names(entries)
         checked: dict[str, Checked] = {}
@@ -298,21 +314,29 @@ class Reconciler:
 
     def _apply(self, outcome: Outcome, selection: Selection) -> None:
         serving = selection.serving
+        self._blocked = {}
         resources = [c.resources for c in serving.values() if c.resources is not None]
         clusters = {name: text for r in resources for name, text in r.cluster_json}
         files = rendering.assemble(self._settings, resources)
         try:
             report = self._publisher.apply(clusters, files["rds"], files["lds"], files["sds"])
         except OutputError as exc:
-            outcome.errors.append(str(exc))
+            outcome.errors.append(exc)
             outcome.retry, outcome.confirmed = True, False
+            self._envoy_ok = False
             return
-        outcome.written, outcome.rejected = report.written, report.rejected
-        outcome.errors.extend(report.unconfirmed + report.errors)
+        outcome.written, outcome.rejected = report.written, list(report.rejected)
+        outcome.errors.extend([*report.unconfirmed, *report.errors])
         outcome.versions = {k: f.version for k, f in self._publisher.files.items()}
         outcome.confirmed = None if self._admin is None else report.confirmed
         outcome.retry = bool(report.unconfirmed or report.rejected or report.errors)
-        if report.rejected:
+        self._envoy_ok = not any(isinstance(e, EnvoyUnavailable) for e in outcome.errors)
+        if report.confirmed:
+            self._confirmed = {name: item.digest for name, item in serving.items()}
+        binds = [e for e in report.rejected if isinstance(e, EnvoyCannotBind)]
+        if binds:
+            self._blocked = _blocked_by(binds, serving)
+        elif report.rejected:
             self._blame(outcome, serving)
             return
         # Written and not rejected: these versions passed every check, Envoy's validate
@@ -324,13 +348,14 @@ class Reconciler:
         """Envoy rejected what `validate` passed: the sites new in this pass are held
         back until their files change (their last good versions serve meanwhile)."""
         reason = "Envoy rejected the update that carried this version: " + "; ".join(
-            outcome.rejected)
+            str(e) for e in outcome.rejected)
         if self._verifier is not None:
             why = self._verifier.explain([c.resources for c in serving.values()
                                           if c.resources is not None])
             if why is not None:
                 reason += f"; Envoy says: {why}"
-                outcome.rejected.append(f"Envoy says: {why}")
+                first = outcome.rejected[0]
+                outcome.rejected[0] = type(first)(f"{first}; Envoy says: {why}")
         for name in outcome.added + outcome.changed:
             self._rejected[serving[name].digest] = reason
 
@@ -354,8 +379,8 @@ class Reconciler:
         for name in names:
             serving = selection.serving.get(name)
             problems = [str(p) for p in selection.problems.get(name, ())]
-            state = ("invalid" if serving is None else
-                     "serving-last-good" if problems else "serving")
+            problems.extend(self._blocked.get(name, ()))
+            state = self._state(name, serving, problems)
             digest = serving.digest if serving else None
             previous = self._sites.get(name)
             if previous is not None and (previous.state, previous.serving, previous.problems) == (
@@ -372,11 +397,41 @@ class Reconciler:
         last = status.PassStatus(
             at=now, added=outcome.added, changed=outcome.changed, removed=outcome.removed,
             invalid=outcome.invalid, written=outcome.written, confirmed=outcome.confirmed,
-            errors=outcome.errors + outcome.rejected, versions=outcome.versions)
+            errors=[str(e) for e in outcome.errors + outcome.rejected],
+            versions=outcome.versions)
         try:
             status.write_status(self._settings.state, self._sites_json, last)
         except OutputError as exc:
-            outcome.errors.append(str(exc))
+            outcome.errors.append(exc)
+
+    def _state(self, name: str, serving: Checked | None, problems: list[str]) -> str:
+        """What the status says of one site. `serving` only when Envoy confirmed that it
+        runs this very version (or, without an admin socket, once written); `pending`
+        while the version is written but not confirmed: Envoy down, slow, rejecting an
+        update or unable to bind a listener, or the output folder not writable."""
+        if serving is None:
+            return "invalid"
+        confirmed = self._admin is None or (self._envoy_ok and
+                                            self._confirmed.get(name) == serving.digest)
+        if not confirmed or name in self._blocked:
+            return "pending"
+        return "serving-last-good" if problems else "serving"
+
+
+def _blocked_by(binds: list[EnvoyCannotBind], serving: dict[str, Checked]) -> dict[
+        str, list[str]]:
+    """The sites a listener that cannot bind keeps from serving, with Envoy's reason:
+    the TLS sites for the HTTPS listener, every site for any other."""
+    blocked: dict[str, list[str]] = {}
+    for error in binds:
+        for listener, why in sorted(error.listeners.items()):
+            cause = (f"Envoy cannot open the {listener!r} listener: {why}; it is applied"
+                     " as soon as the address is free")
+            for name, item in serving.items():
+                tls_site = item.resources is not None and item.resources.tls is not None
+                if listener != "https" or tls_site:
+                    blocked.setdefault(name, []).append(cause)
+    return blocked
 
 
 class _Clock:

@@ -117,14 +117,16 @@ class Daemon:
         watched = watch.ensure()
         self.signal.clear()  # the first pass looks at everything that ensure() signalled
         outcome = self._pass(reconciler)
+        failures = int(outcome.retry)
         next_resync = time.monotonic() + settings.resync_s
         while not self.stop.is_set():
             if watch.fallback_reason:
                 log.warning("watch.polling", reason=watch.fallback_reason)
                 watch.fallback_reason = None
             timeout = max(0.0, next_resync - time.monotonic())
-            if outcome.retry:
-                timeout = min(timeout, settings.retry_s)
+            if outcome.retry:  # backoff: retry_s, doubled each failing pass, to retry_max_s
+                timeout = min(timeout, settings.retry_s * 2 ** min(failures - 1, 16),
+                              max(settings.retry_s, settings.retry_max_s))
             if not watched:
                 timeout = min(timeout, MISSING_FOLDER_POLL_S)
             self.signal.wait_batch(timeout, settings.debounce_quiet_s, settings.debounce_max_s,
@@ -134,6 +136,7 @@ class Daemon:
             self.metrics.beat()
             watched = watch.ensure()
             outcome = self._pass(reconciler)
+            failures = failures + 1 if outcome.retry else 0
             if time.monotonic() >= next_resync or not outcome.retry:
                 next_resync = time.monotonic() + settings.resync_s
 
@@ -142,13 +145,13 @@ class Daemon:
         try:
             outcome = reconciler.run_pass()
         except ControlPlaneError as exc:
-            log.error("pass.failed", error=str(exc))
-            self.metrics.record_failure(type(exc).__name__, str(exc))
-            return Outcome(retry=True, errors=[str(exc)])
+            log.error("pass.failed", error=str(exc), kind=exc.kind)
+            self.metrics.record_failure(exc.kind, str(exc))
+            return Outcome(retry=True, errors=[exc])
         except Exception as exc:  # a bug must cost one pass, not every site: retry, loudly
             log.exception("pass.crashed", error=repr(exc))
             self.metrics.record_failure("internal", repr(exc))
-            return Outcome(retry=True, errors=[repr(exc)])
+            return Outcome(retry=True, errors=[ControlPlaneError(repr(exc))])
         seconds = time.perf_counter() - started
         self.passes += 1
         if self.passes == 1 or len(outcome.added) + len(outcome.changed) >= FREEZE_AFTER:
@@ -171,8 +174,9 @@ class Daemon:
         changed = outcome.added or outcome.changed or outcome.removed or outcome.written
         level = "warning" if outcome.errors or outcome.rejected else "info" if changed else "debug"
         log.log(_LEVELS[level], "pass", added=outcome.added, changed=outcome.changed,
-                removed=outcome.removed, invalid=outcome.invalid, rejected=outcome.rejected,
-                written=outcome.written, confirmed=outcome.confirmed, errors=outcome.errors,
+                removed=outcome.removed, invalid=outcome.invalid,
+                rejected=[str(e) for e in outcome.rejected], written=outcome.written,
+                confirmed=outcome.confirmed, errors=[str(e) for e in outcome.errors],
                 versions=outcome.versions, stages_ms=outcome.durations_ms,
                 duration_ms=round(seconds * 1000, 2))
 

@@ -126,6 +126,14 @@ class Settings:
     retry_s: float = 2.0
     """After a timeout or an output error, the next pass comes this soon (seconds)."""
 
+    retry_max_s: float = 30.0
+    """Each further failing pass doubles the wait before the next, up to this (seconds);
+    a change in the sites folder still starts a pass at once."""
+
+    admin_max_bytes: int = 4 * 1024 * 1024
+    """The largest answer read from Envoy's admin socket (bytes); a larger one is a bad
+    answer, not a memory spike. Every request is also bounded to 1 s in total."""
+
     @property
     def state(self) -> Path:
         return self.state_dir if self.state_dir is not None else self.out_dir / ".controlplane"
@@ -135,11 +143,12 @@ class Settings:
 
 
 _PATHS = {"sites_dir", "out_dir", "state_dir", "admin_socket", "envoy"}
-_INTS = {"max_file_bytes", "max_connections", "max_certificates", "https_redirect_port"}
+_INTS = {"max_file_bytes", "max_connections", "max_certificates", "https_redirect_port",
+         "admin_max_bytes"}
 _STRINGS = {"stat_prefix", "route_config_name"}
 _FLOATS = {
     "debounce_quiet_s", "debounce_max_s", "resync_s", "confirm_timeout_s",
-    "unconfirmed_gap_s", "retry_s",
+    "unconfirmed_gap_s", "retry_s", "retry_max_s",
 }
 
 

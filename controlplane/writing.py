@@ -116,9 +116,15 @@ def remove_scratch(folder: Path) -> None:
 def hold_lock(folder: Path, purpose: str) -> Iterator[None]:
     """Own `folder` while inside: an exclusive flock on its lock file, which records our
     pid and purpose for the error another process gets. The kernel drops the lock when
-    the process dies, however it dies; the file itself stays (removing it would race)."""
+    the process dies, however it dies; the file itself stays (removing it would race).
+    The lock is held on a read-only handle: a file open for writing would keep the
+    folder's filesystem from being remounted read-only."""
     path = folder / LOCK_FILE
-    fd = _open_lock(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     OUTPUT_MODE)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot open the lock file: {_describe(exc)}") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -128,21 +134,11 @@ def hold_lock(folder: Path, purpose: str) -> Iterator[None]:
                              f" command: {holder}); stop it first, or use another --out"
                              ) from None
         with contextlib.suppress(OSError):  # a read-only folder: locked, not labelled
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {purpose}\n".encode(), 0)
+            label = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                os.write(label, f"{os.getpid()} {purpose}\n".encode())
+            finally:
+                os.close(label)
         yield
     finally:
         os.close(fd)
-
-
-def _open_lock(path: Path) -> int:
-    flags = os.O_CLOEXEC | os.O_NOFOLLOW
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | flags, OUTPUT_MODE)
-    except OSError as exc:
-        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise OutputError(f"{path}: cannot open the lock file: {_describe(exc)}") from exc
-    try:  # a read-only folder (a remount while repaired): a read handle locks as well
-        return os.open(path, os.O_RDONLY | flags)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot open the lock file: {_describe(exc)}") from exc
