@@ -138,6 +138,16 @@ class Publisher:
             self._probe(report)
         return report
 
+    def runs_ours(self) -> bool:
+        """One text-readout read: Envoy runs every file's confirmed version."""
+        if self._admin is None or not all(f.confirmed for f in self.files.values()):
+            return True
+        try:
+            running = self._admin.versions()
+        except EnvoyUnavailable:
+            return False
+        return all(running.get(kind) == f.version for kind, f in self.files.items())
+
     def _probe(self, report: Report) -> None:
         """A pass with nothing to write still asks Envoy (one cheap text-readout read)
         whether it runs the files' versions: after Envoy died or restarted on other

@@ -254,6 +254,11 @@ class Reconciler:
             counts[site.state] = counts.get(site.state, 0) + 1
         return counts
 
+    def envoy_runs_ours(self) -> bool:
+        """Envoy answers and runs the versions last written (True without an admin
+        socket, or when there is nothing confirmed to compare)."""
+        return self._publisher.runs_ours()
+
     def run_pass(self) -> Outcome:
         outcome = Outcome()
         clock = _Clock(outcome.durations_ms)
@@ -323,8 +328,7 @@ class Reconciler:
         except OutputError as exc:
             outcome.errors.append(exc)
             outcome.retry, outcome.confirmed = True, False
-            self._envoy_ok = False
-            return
+            return  # Envoy goes on serving what it served: unchanged sites stay serving
         outcome.written, outcome.rejected = report.written, list(report.rejected)
         outcome.errors.extend([*report.unconfirmed, *report.errors])
         outcome.versions = {k: f.version for k, f in self._publisher.files.items()}

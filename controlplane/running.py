@@ -30,6 +30,9 @@ from controlplane.writing import ensure_folder, hold_lock, remove_scratch, remov
 
 log = structlog.get_logger("controlplane")
 MISSING_FOLDER_POLL_S = 1.0
+ENVOY_PROBE_S = 2.0
+"""While quiet, Envoy's versions are read this often (one cheap text-readout request), so
+the status stops calling sites serving soon after Envoy dies or loads other files."""
 FREEZE_AFTER = 100
 """Sites added or changed in one pass after which the heap is frozen again (see _pass)."""
 
@@ -129,11 +132,16 @@ class Daemon:
                               max(settings.retry_s, settings.retry_max_s))
             if not watched:
                 timeout = min(timeout, MISSING_FOLDER_POLL_S)
-            self.signal.wait_batch(timeout, settings.debounce_quiet_s, settings.debounce_max_s,
-                                   self.stop)
+            if settings.admin_socket is not None:
+                timeout = min(timeout, ENVOY_PROBE_S)
+            woken = self.signal.wait_batch(timeout, settings.debounce_quiet_s,
+                                           settings.debounce_max_s, self.stop)
             if self.stop.is_set():
                 break
             self.metrics.beat()
+            if not (woken or outcome.retry or time.monotonic() >= next_resync or not watched
+                    ) and reconciler.envoy_runs_ours():
+                continue  # quiet, and Envoy still runs what was confirmed: no pass needed
             watched = watch.ensure()
             outcome = self._pass(reconciler)
             failures = failures + 1 if outcome.retry else 0

@@ -25,7 +25,10 @@ LAST_GOOD_DIR = "sites"
 @dataclass(slots=True, kw_only=True)
 class SiteStatus:
     state: str
-    """`serving` | `serving-last-good` (the file is broken) | `invalid` (nothing serves)."""
+    """`serving` (Envoy confirmed it runs this version) | `serving-last-good` (the file is
+    broken; its last good version serves) | `pending` (written, not confirmed yet: Envoy
+    down, slow or unable to bind a listener, or the output not writable) | `invalid`
+    (nothing serves)."""
     file: str
     serving: str | None = None
     """Content hash of the version Envoy serves (or was given)."""

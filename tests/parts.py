@@ -176,11 +176,12 @@ class Envoy:
 class DaemonProcess:
     """`controlplane run` as a real child process."""
 
-    def __init__(self, folder: Path, args: list[str]) -> None:
+    def __init__(self, folder: Path, args: list[str], config: Path | None = None) -> None:
         self.log = folder / "daemon.log"
+        settings = ["--config", str(config)] if config is not None else []
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "controlplane", "run", *args],
+                [sys.executable, "-m", "controlplane", *settings, "run", *args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
@@ -253,6 +254,8 @@ class Node:
         self.envoy = Envoy(folder / "envoy", self.out)
         self.extra_args = extra_args
         self.tell_admin = tell_admin
+        self.config: Path | None = None
+        """A settings file for the daemon (`--config`), when a test sets one."""
         self.daemon: DaemonProcess | None = None
 
     def start(self) -> None:
@@ -264,7 +267,7 @@ class Node:
         self.daemon = DaemonProcess(self.folder, [
             str(self.sites), "--out", str(self.out), "--listen", f"127.0.0.1:{self.port}",
             *(["--admin-socket", str(self.envoy.admin_socket)] if self.tell_admin else []),
-            *self.extra_args])
+            *self.extra_args], config=self.config)
 
     def site(self, name: str, domains: list[str], socket_path: Path, extra: str = "") -> str:
         return (f"domains: {json.dumps(domains)}\nupstream:\n  socket: {socket_path}\n{extra}")
