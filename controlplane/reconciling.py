@@ -145,7 +145,8 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
         chosen = last_good.get(name) if item.problems else item
         if chosen is not None:
             result.serving[name] = chosen
-    _settle(result, last_good, lambda serving: _conflicts(serving))
+    _settle(result, last_good, _conflicts, lambda name, serving: _holds_domains(
+        name, serving, last_good))
     if max_certificates is not None:
         _settle(result, last_good, lambda serving: tls.certificate_overflow(
             {n: (c.source, c.resources.tls.secret_name) for n, c in serving.items()
@@ -166,25 +167,43 @@ def _conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
 
 
 def _settle(result: Selection, last_good: dict[str, Checked],
-            find: Callable[[dict[str, Checked]], dict[str, list[Problem]]]) -> None:
+            find: Callable[[dict[str, Checked]], dict[str, list[Problem]]],
+            established: Callable[[str, dict[str, Checked]], bool] | None = None) -> None:
     """Until `find` finds nothing: demote the sites at fault to their last good version,
-    or leave them out. A site already at its last good version keeps serving while a
-    newcomer is at fault (a new file cannot take an established site's domain away)."""
+    or leave them out. An established site keeps serving while a newcomer is at fault,
+    and only the demoted get the problem. Established: by default, already at its last
+    good version; for domains, holding the contested domains already (`_holds_domains`)."""
     for _ in range(len(result.serving) + 1):
         found = find(result.serving)
         if not found:
             return
+        newcomers = [n for n in found if not (
+            established(n, result.serving) if established is not None
+            else _is_last_good(result.serving[n], last_good))]
         for name, problems in found.items():
+            if newcomers and name not in newcomers:
+                continue
             known = {str(p) for p in result.problems.get(name, [])}
             result.problems.setdefault(name, []).extend(p for p in problems
                                                         if str(p) not in known)
-        newcomers = [n for n in found if not _is_last_good(result.serving[n], last_good)]
         for name in newcomers or list(found):
             previous = last_good.get(name)
             if name in newcomers and previous is not None:
                 result.serving[name] = previous
             else:
                 del result.serving[name]
+
+
+def _holds_domains(name: str, serving: dict[str, Checked],
+                   last_good: dict[str, Checked]) -> bool:
+    """The site's last good version already has every domain it shares with another
+    serving site: it holds them, and goes on taking its own edits while a copy or a
+    newcomer claims them too (`cp blog.yaml blog-old.yaml` must not freeze blog)."""
+    previous = last_good.get(name)
+    if previous is None:
+        return False
+    others = {d for n, c in serving.items() if n != name for d in c.domains}
+    return set(serving[name].domains) & others <= set(previous.domains)
 
 
 def _is_last_good(item: Checked, last_good: dict[str, Checked]) -> bool:
@@ -259,10 +278,12 @@ class Reconciler:
         socket, or when there is nothing confirmed to compare)."""
         return self._publisher.runs_ours()
 
-    def run_pass(self) -> Outcome:
+    def run_pass(self, unfinished: frozenset[str] = frozenset()) -> Outcome:
+        """One reconciliation. `unfinished`: file names being written in place and not
+        closed yet; their previous version stands in for them (a new one waits)."""
         outcome = Outcome()
         clock = _Clock(outcome.durations_ms)
-        checked = self._scan(outcome)
+        checked = self._scan(outcome, unfinished)
         clock.lap("load_validate_render")
         if checked is None:
             selection = Selection(serving=dict(self._serving or self.last_good))
@@ -276,7 +297,7 @@ class Reconciler:
         self._record(outcome, selection, checked)
         return outcome
 
-    def _scan(self, outcome: Outcome) -> dict[str, Checked] | None:
+    def _scan(self, outcome: Outcome, unfinished: frozenset[str]) -> dict[str, Checked] | None:
         try:
             entries = loading.scan(self._settings.sites_dir)
         except (FileNotFoundError, NotADirectoryError):
@@ -287,6 +308,11 @@ class Reconciler:
         duplicates = duplicate_names(entries)
         checked: dict[str, Checked] = {}
         for entry in entries:
+            if unfinished and os.path.basename(entry.location) in unfinished:
+                previous = self._previous(entry.name)
+                if previous is not None:
+                    checked[entry.name] = previous
+                continue
             if entry.name in duplicates:
                 checked[entry.name] = Checked(name=entry.name, source=entry.location,
                                               digest="", problems=tuple(duplicates[entry.name]))
@@ -294,6 +320,11 @@ class Reconciler:
             checked[entry.name] = self._check_cached(entry)
         self._cache = {n: v for n, v in self._cache.items() if n in checked}
         return checked
+
+    def _previous(self, name: str) -> Checked | None:
+        """What was known of a site before its file started being rewritten."""
+        cached = self._cache.get(name)
+        return cached[1] if cached is not None else self.last_good.get(name)
 
     def _check_cached(self, entry: loading.Entry) -> Checked:
         cached = self._cache.get(entry.name)

@@ -134,13 +134,16 @@ class Daemon:
                 timeout = min(timeout, MISSING_FOLDER_POLL_S)
             if settings.admin_socket is not None:
                 timeout = min(timeout, ENVOY_PROBE_S)
+            _, due = self.signal.unfinished(settings.write_close_wait_s)
+            if due is not None:  # a file written in place and not closed yet
+                timeout = min(timeout, due + 0.01)
             woken = self.signal.wait_batch(timeout, settings.debounce_quiet_s,
                                            settings.debounce_max_s, self.stop)
             if self.stop.is_set():
                 break
             self.metrics.beat()
             if not (woken or outcome.retry or time.monotonic() >= next_resync or not watched
-                    ) and reconciler.envoy_runs_ours():
+                    or due is not None) and reconciler.envoy_runs_ours():
                 continue  # quiet, and Envoy still runs what was confirmed: no pass needed
             watched = watch.ensure()
             outcome = self._pass(reconciler)
@@ -150,8 +153,12 @@ class Daemon:
 
     def _pass(self, reconciler: Reconciler) -> Outcome:
         started = time.perf_counter()
+        for name in self.signal.take_overdue(self.settings.write_close_wait_s):
+            log.warning("site.unclosed", file=name, waited_s=self.settings.write_close_wait_s,
+                        detail="written in place and not closed; taken as it is")
         try:
-            outcome = reconciler.run_pass()
+            outcome = reconciler.run_pass(
+                self.signal.unfinished(self.settings.write_close_wait_s)[0])
         except ControlPlaneError as exc:
             log.error("pass.failed", error=str(exc), kind=exc.kind)
             self.metrics.record_failure(exc.kind, str(exc))

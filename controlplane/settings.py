@@ -126,6 +126,10 @@ class Settings:
     retry_s: float = 2.0
     """After a timeout or an output error, the next pass comes this soon (seconds)."""
 
+    write_close_wait_s: float = 5.0
+    """A site file written in place is read once its writer closes it; a writer that
+    keeps it open without closing is waited for at most this long (seconds)."""
+
     retry_max_s: float = 30.0
     """Each further failing pass doubles the wait before the next, up to this (seconds);
     a change in the sites folder still starts a pass at once."""
@@ -148,7 +152,7 @@ _INTS = {"max_file_bytes", "max_connections", "max_certificates", "https_redirec
 _STRINGS = {"stat_prefix", "route_config_name"}
 _FLOATS = {
     "debounce_quiet_s", "debounce_max_s", "resync_s", "confirm_timeout_s",
-    "unconfirmed_gap_s", "retry_s", "retry_max_s",
+    "unconfirmed_gap_s", "retry_s", "retry_max_s", "write_close_wait_s",
 }
 
 
