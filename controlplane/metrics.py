@@ -23,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from controlplane.reconciling import Outcome
 from controlplane.settings import Listen
+from controlplane.status import clip_all
 
 HEALTH_SLACK_S = 30.0
 SITE_STATES = ("serving", "serving-last-good", "pending", "invalid")
@@ -69,7 +70,7 @@ class Metrics:
         if not failed and outcome.confirmed is not False:
             self.last_success.set(time.time())
         with self._lock:
-            reasons = "; ".join(str(e) for e in outcome.errors + outcome.rejected)
+            reasons = "; ".join(clip_all([str(e) for e in outcome.errors + outcome.rejected]))
             self._ready = (not failed and outcome.confirmed is not False, reasons or "ok")
 
     def _count_errors(self, outcome: Outcome) -> None:

@@ -413,8 +413,8 @@ class Reconciler:
         changed = names != set(self._sites)
         for name in names:
             serving = selection.serving.get(name)
-            problems = [str(p) for p in selection.problems.get(name, ())]
-            problems.extend(self._blocked.get(name, ()))
+            problems = status.clip_all([*map(str, selection.problems.get(name, ())),
+                                        *self._blocked.get(name, ())])
             state = self._state(name, serving, problems)
             digest = serving.digest if serving else None
             previous = self._sites.get(name)
@@ -432,7 +432,7 @@ class Reconciler:
         last = status.PassStatus(
             at=now, added=outcome.added, changed=outcome.changed, removed=outcome.removed,
             invalid=outcome.invalid, written=outcome.written, confirmed=outcome.confirmed,
-            errors=[str(e) for e in outcome.errors + outcome.rejected],
+            errors=status.clip_all([str(e) for e in outcome.errors + outcome.rejected]),
             versions=outcome.versions)
         try:
             status.write_status(self._settings.state, self._sites_json, last)

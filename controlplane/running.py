@@ -22,7 +22,7 @@ from controlplane.errors import ControlPlaneError
 from controlplane.metrics import Metrics, MetricsServer
 from controlplane.reconciling import Outcome, Reconciler
 from controlplane.settings import Settings
-from controlplane.status import LAST_GOOD_DIR
+from controlplane.status import LAST_GOOD_DIR, clip, clip_all
 from controlplane.tls import SDS_FOLDER
 from controlplane.verifying import SCRATCH_DIR, Verifier
 from controlplane.watching import Signal, Watch
@@ -160,7 +160,7 @@ class Daemon:
             outcome = reconciler.run_pass(
                 self.signal.unfinished(self.settings.write_close_wait_s)[0])
         except ControlPlaneError as exc:
-            log.error("pass.failed", error=str(exc), kind=exc.kind)
+            log.error("pass.failed", error=clip(str(exc)), kind=exc.kind)
             self.metrics.record_failure(exc.kind, str(exc))
             return Outcome(retry=True, errors=[exc])
         except Exception as exc:  # a bug must cost one pass, not every site: retry, loudly
@@ -183,15 +183,15 @@ class Daemon:
     def _log(self, outcome: Outcome, seconds: float) -> None:
         for name, problems in outcome.problems.items():
             if self._seen_problems.get(name) != problems:
-                for problem in problems:
+                for problem in clip_all(problems):
                     log.warning("site.invalid", site=name, problem=problem)
         self._seen_problems = outcome.problems
         changed = outcome.added or outcome.changed or outcome.removed or outcome.written
         level = "warning" if outcome.errors or outcome.rejected else "info" if changed else "debug"
         log.log(_LEVELS[level], "pass", added=outcome.added, changed=outcome.changed,
                 removed=outcome.removed, invalid=outcome.invalid,
-                rejected=[str(e) for e in outcome.rejected], written=outcome.written,
-                confirmed=outcome.confirmed, errors=[str(e) for e in outcome.errors],
+                rejected=clip_all([str(e) for e in outcome.rejected]), written=outcome.written,
+                confirmed=outcome.confirmed, errors=clip_all([str(e) for e in outcome.errors]),
                 versions=outcome.versions, stages_ms=outcome.durations_ms,
                 duration_ms=round(seconds * 1000, 2))
 
