@@ -8,6 +8,7 @@
     ├── FolderBusy           permanent while it lasts: another controlplane owns the
     │                        output folder (its lock file); the CLI exits 3.
     ├── SitesUnavailable     temporary: the sites folder is missing; what serves stays.
+    ├── Stopping             the daemon is stopping: the pass ends where it is.
     ├── OutputError          temporary: the output folder is full, read-only, missing.
     │                        The old files stay intact; the next pass tries again.
     └── EnvoyError           about the Envoy process or binary
@@ -81,6 +82,12 @@ class SitesUnavailable(ControlPlaneError):
     """The sites folder is missing or unreadable; what serves keeps serving."""
 
     kind = "sites_folder"
+
+
+class Stopping(ControlPlaneError):
+    """The daemon was asked to stop in the middle of a long step (an Envoy validate)."""
+
+    kind, retry = "stopping", False
 
 
 class OutputError(ControlPlaneError):

@@ -18,7 +18,7 @@ from types import FrameType
 import structlog
 
 from controlplane.envoy_admin import AdminClient
-from controlplane.errors import ControlPlaneError
+from controlplane.errors import ControlPlaneError, Stopping
 from controlplane.metrics import Metrics, MetricsServer
 from controlplane.reconciling import Outcome, Reconciler
 from controlplane.settings import Settings
@@ -97,7 +97,7 @@ class Daemon:
                         f" {settings.unconfirmed_gap_s:g}s gap and not confirmed")
         else:
             admin = AdminClient(settings.admin_socket, settings)
-        verifier = (Verifier(settings, scratch=settings.state / SCRATCH_DIR)
+        verifier = (Verifier(settings, scratch=settings.state / SCRATCH_DIR, stop=self.stop)
                     if settings.verify_with_envoy else None)
         reconciler = Reconciler(settings, verifier=verifier, admin=admin, stop=self.stop)
         watch = Watch(settings.sites_dir, self.signal)
@@ -159,6 +159,8 @@ class Daemon:
         try:
             outcome = reconciler.run_pass(
                 self.signal.unfinished(self.settings.write_close_wait_s)[0])
+        except Stopping:
+            return Outcome()
         except ControlPlaneError as exc:
             log.error("pass.failed", error=clip(str(exc)), kind=exc.kind)
             self.metrics.record_failure(exc.kind, str(exc))

@@ -1,17 +1,22 @@
-"""One daemon per output folder (its lock file), and no scratch or temp file outliving a
-killed daemon: real daemon processes, a real Envoy, real files."""
+"""One daemon per output folder (its lock file), no scratch or temp file outliving a
+killed daemon, and a validate that ends on stop: real daemon processes, a real Envoy,
+real files."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from controlplane.errors import FolderBusy
+from controlplane.errors import FolderBusy, Stopping
+from controlplane.reconciling import check_content
+from controlplane.settings import Settings
+from controlplane.verifying import Verifier
 from controlplane.writing import LOCK_FILE, TEMP_PREFIX, hold_lock
 from tests.parts import DaemonProcess, Node, upstream_kinds, wait_for
 
@@ -125,3 +130,24 @@ def test_killed_during_validate_leaves_nothing_after_the_next_start(short_tmp: P
     finally:
         assert daemon.stop() == 0
     assert not _leftovers(out, state)
+
+
+def test_a_hung_validate_ends_at_once_on_stop(short_tmp: Path) -> None:
+    """The real `envoy --mode validate` blocked opening a FIFO (the pre-checks bypassed):
+    a stop ends the run within a second with Stopping, the child killed and reaped, and
+    its scratch folder removed."""
+    fifo = short_tmp / "access.log"
+    os.mkfifo(fifo)
+    settings = Settings(log_dirs=(short_tmp,))
+    text = (f"domains: [h.example.com]\nupstream: {{socket: /tmp/h.sock}}\n"
+            f"access_log: {{path: {fifo}}}\n")
+    item = check_content("h", "h.yaml", text.encode(), settings)
+    assert item.resources is not None, item.problems
+    stop, scratch = threading.Event(), short_tmp / "scratch"
+    verifier = Verifier(settings, scratch=scratch, stop=stop)
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Stopping):
+        verifier.verify([item.resources], {"h": "h.yaml"})
+    assert time.monotonic() - started < 1.5
+    assert list(scratch.iterdir()) == []
