@@ -61,7 +61,7 @@ class Report:
 
     written: list[str] = field(default_factory=list)
     asked: bool = False
-    """Envoy's admin socket was asked something in this apply (None: no admin socket)."""
+    """Envoy's admin socket was asked something in this apply (never without one)."""
     rejected: list[EnvoyRejected] = field(default_factory=list)
     unconfirmed: list[EnvoyUnavailable] = field(default_factory=list)
     errors: list[ControlPlaneError] = field(default_factory=list)
