@@ -190,8 +190,9 @@ class Daemon:
         self._seen_problems = outcome.problems
         changed = outcome.added or outcome.changed or outcome.removed or outcome.written
         level = "warning" if outcome.errors or outcome.rejected else "info" if changed else "debug"
-        log.log(_LEVELS[level], "pass", added=outcome.added, changed=outcome.changed,
-                removed=outcome.removed, invalid=outcome.invalid,
+        log.log(_LEVELS[level], "pass", added=clip_all(outcome.added),
+                changed=clip_all(outcome.changed), removed=clip_all(outcome.removed),
+                invalid=clip_all(outcome.invalid),
                 rejected=clip_all([str(e) for e in outcome.rejected]), written=outcome.written,
                 confirmed=outcome.confirmed, errors=clip_all([str(e) for e in outcome.errors]),
                 versions=outcome.versions, stages_ms=outcome.durations_ms,
