@@ -8,6 +8,8 @@ import json
 import signal
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,12 @@ FAST_RETRY = "retry_s: 0.2\nretry_max_s: 0.5\nconfirm_timeout_s: 2\n"
 @pytest.fixture
 def node(short_tmp: Path) -> Iterator[Node]:
     """The daemon (retrying fast), Envoy and one upstream kind."""
-    tls_port = free_port()
+    tls_port, metrics_port = free_port(), free_port()
     started = Node(short_tmp, upstream_kinds()[0],
-                   extra_args=("--listen-tls", f"127.0.0.1:{tls_port}"))
+                   extra_args=("--listen-tls", f"127.0.0.1:{tls_port}",
+                               "--metrics", f"127.0.0.1:{metrics_port}"))
     started.tls_port = tls_port  # type: ignore[attr-defined]
+    started.metrics_port = metrics_port  # type: ignore[attr-defined]
     started.config = short_tmp / "settings.yaml"
     started.config.write_text(FAST_RETRY)
     try:
@@ -45,6 +49,15 @@ def _status(node: Node) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     return document
+
+
+def _fetch(node: Node, path: str) -> tuple[int, str]:
+    port = node.metrics_port  # type: ignore[attr-defined]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def _states(node: Node) -> dict[str, str]:
@@ -77,6 +90,9 @@ def test_envoy_killed_at_any_step_converges_and_is_never_called_serving(node: No
         wait_for(lambda: set(_states(node).values()) == {"pending"}, 10,
                  "every site pending while Envoy is down")
         assert _states(node).keys() == {f"k{i}" for i in range(round_ + 1)}
+        wait_for(lambda: 'controlplane_sites{state="serving"} 0.0' in _fetch(node, "/metrics")[1],
+                 10, "the metrics count no site serving")
+        assert _fetch(node, "/readyz")[0] == 503
         node.envoy.launch()
         wait_for(lambda: set(_states(node).values()) == {"serving"}, 15,
                  "every site serving again")
