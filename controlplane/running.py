@@ -33,6 +33,8 @@ MISSING_FOLDER_POLL_S = 1.0
 ENVOY_PROBE_S = 2.0
 """While quiet, Envoy's versions are read this often (one cheap text-readout request), so
 the status stops calling sites serving soon after Envoy dies or loads other files."""
+MAX_NAMES = 1000
+"""Site names kept per list in one `pass` log line (then `and N more`): at most ~70 KB."""
 FREEZE_AFTER = 100
 """Sites added or changed in one pass after which the heap is frozen again (see _pass)."""
 
@@ -190,9 +192,10 @@ class Daemon:
         self._seen_problems = outcome.problems
         changed = outcome.added or outcome.changed or outcome.removed or outcome.written
         level = "warning" if outcome.errors or outcome.rejected else "info" if changed else "debug"
-        log.log(_LEVELS[level], "pass", added=clip_all(outcome.added),
-                changed=clip_all(outcome.changed), removed=clip_all(outcome.removed),
-                invalid=clip_all(outcome.invalid),
+        log.log(_LEVELS[level], "pass", added=clip_all(outcome.added, MAX_NAMES),
+                changed=clip_all(outcome.changed, MAX_NAMES),
+                removed=clip_all(outcome.removed, MAX_NAMES),
+                invalid=clip_all(outcome.invalid, MAX_NAMES),
                 rejected=clip_all([str(e) for e in outcome.rejected]), written=outcome.written,
                 confirmed=outcome.confirmed, errors=clip_all([str(e) for e in outcome.errors]),
                 versions=outcome.versions, stages_ms=outcome.durations_ms,
