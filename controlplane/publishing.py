@@ -211,6 +211,8 @@ class Publisher:
                for kind, fragments in targets.items()):
             return  # nothing to write or confirm: spare Envoy a /stats read
         before = self._counters(report)
+        for kind in targets:
+            self._mark_if_not_loaded(kind, (before or {}).get(kind))
         for kind, fragments in targets.items():
             state = self.files[kind]
             if fragments == state.fragments and state.version and kind not in self._stale:
@@ -221,6 +223,16 @@ class Publisher:
             self._write(kind, fragments, salt, before=(before or {}).get(kind))
             report.written.append(kind)
         self._confirm(report, targets, before)
+
+    def _mark_if_not_loaded(self, kind: str, now: Counters | None) -> None:
+        """A file written before Envoy (re)started, or before this daemon did, that Envoy
+        does not run (it refused it at start: a port taken) is renamed again, or Envoy
+        would never look at it again. A file written in this run keeps its own counters
+        and is not rewritten while Envoy is merely slow."""
+        state = self.files[kind]
+        if now is not None and state.confirmed is False and state.before is None and (
+                state.version and now.version != state.version):
+            self._stale.add(kind)
 
     def _counters(self, report: Report) -> dict[str, Counters] | None:
         if self._admin is None:
@@ -303,6 +315,7 @@ class Publisher:
         """After a rejection: the last confirmed content, under a new version."""
         good = self.files[kind].last_confirmed
         if good is None or self._admin is None:
+            self._stale.add(kind)  # nothing to fall back to: offer Envoy the file again
             report.errors.append(EnvoyRejected(f"{FILES[kind]}: no file Envoy confirmed is"
                                                " known to re-install; Envoy keeps what it"
                                                " applied"))

@@ -153,3 +153,24 @@ def test_a_taken_port_is_named_and_blames_no_site(node: Node, short_tmp: Path) -
     wait_for(lambda: _states(node) == {"plain": "serving", "sec": "serving"}, 10,
              "both serving")
     assert _site(node, "sec")["problems"] == []
+
+
+def test_http_port_taken_when_envoy_starts_then_freed(node: Node) -> None:
+    """Envoy starts while the HTTP listener's port is taken, so it refuses the listener
+    from the file on disk: every site is pending with the port named, and once the
+    port is free the daemon offers the file again (a new rename) until Envoy binds it."""
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", node.port))
+    squatter.listen(1)
+    try:
+        sock = node.upstreams.start("h")
+        node.put("h", node.site("h", ["h.example.com"], sock))
+        node.start()
+        wait_for(lambda: any(f"127.0.0.1:{node.port}" in p and "cannot bind" in p
+                             for p in _site(node, "h").get("problems", [])), 15,
+                 "the taken HTTP port in h's problems")
+        assert _site(node, "h")["state"] == "pending"
+    finally:
+        squatter.close()
+    wait_for(lambda: node.serves("h.example.com", "h /"), 15, "h served once the port is free")
+    wait_for(lambda: _states(node) == {"h": "serving"}, 10, "h serving")
