@@ -1,5 +1,6 @@
 """The command line: argv -> Settings -> one subcommand. The only place that maps errors
-to exit codes: 0 fine, 1 invalid sites (like `nginx -t`), 2 usage or settings.
+to exit codes: 0 fine, 1 invalid sites (like `nginx -t`), 2 usage or settings, 3 the output
+folder is owned by another controlplane process.
 
 Flags win over the settings file (`--config`), which wins over the defaults.
 """
@@ -28,12 +29,12 @@ from controlplane import (
     tls,
 )
 from controlplane.envoy_admin import AdminClient
-from controlplane.errors import ControlPlaneError, EnvoyUnavailable, SettingsError
+from controlplane.errors import ControlPlaneError, EnvoyUnavailable, FolderBusy, SettingsError
 from controlplane.running import Daemon, stop_on_signals
 from controlplane.verifying import Verifier
-from controlplane.writing import ensure_folder, write_atomic
+from controlplane.writing import ensure_folder, hold_lock, write_atomic
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_TROUBLE = 0, 1, 2, 3
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_ENVIRONMENT = 0, 1, 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except FolderBusy as exc:
+        print(f"controlplane: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except ControlPlaneError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -202,12 +206,13 @@ def _render(config: settings.Settings, args: argparse.Namespace) -> int:
             data = (json.dumps(json.loads(data), indent=2, sort_keys=True) + "\n").encode()
         return data
 
-    for secret in files["sds"]:  # certificates before the listeners that name them
-        ensure_folder(config.out_dir / tls.SDS_FOLDER)
-        write_atomic(tls.sds_path(config.out_dir, rendering.secret_name_of(secret)),
-                     encoded([secret]))
-    for kind in ("cds", "rds", "lds"):  # clusters before the routes that name them
-        write_atomic(config.out_dir / f"{kind}.json", encoded(files[kind]))
+    with hold_lock(config.out_dir, "render"):  # never under a running daemon's feet
+        for secret in files["sds"]:  # certificates before the listeners that name them
+            ensure_folder(config.out_dir / tls.SDS_FOLDER)
+            write_atomic(tls.sds_path(config.out_dir, rendering.secret_name_of(secret)),
+                         encoded([secret]))
+        for kind in ("cds", "rds", "lds"):  # clusters before the routes that name them
+            write_atomic(config.out_dir / f"{kind}.json", encoded(files[kind]))
     print(f"wrote {config.out_dir}/{{cds,rds,lds}}.json", file=sys.stderr)
     return EXIT_OK
 
@@ -252,7 +257,7 @@ def _diff(config: settings.Settings, args: argparse.Namespace) -> int:
     except (EnvoyUnavailable, ValueError) as exc:
         print(f"controlplane: cannot read the live Envoy's configuration: {exc}",
               file=sys.stderr)
-        return EXIT_TROUBLE
+        return EXIT_ENVIRONMENT
     difference = diffing.compare(diffing.rendered(files), diffing.live(dump))
     sys.stdout.write(difference.diff)
     print(difference.summary(), file=sys.stderr)

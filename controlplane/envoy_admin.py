@@ -2,8 +2,13 @@
 
 A step is accepted when `update_success` moved past the value read before the rename
 and `version_text` equals the version written. `/config_dump` versions are not used:
-they change on partially applied rejected updates. Every request has a timeout; a
-missing or hanging socket raises EnvoyUnavailable, never blocks.
+they change on partially applied rejected updates.
+
+Every request is bounded in total time (REQUEST_TIMEOUT_S for connect, send and the
+whole answer: a socket that drips its answer a byte at a time does not reset the clock)
+and in bytes (`admin_max_bytes`). Each failure has its own class: nothing listening
+(EnvoyRefused), no complete answer in time (EnvoyTimeout), an answer that is not
+Envoy's (EnvoyBadAnswer). None of them blocks or escapes as anything else.
 """
 
 from __future__ import annotations
@@ -16,8 +21,15 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from controlplane.errors import EnvoyRejected, EnvoyUnavailable
+from controlplane.errors import (
+    EnvoyBadAnswer,
+    EnvoyRefused,
+    EnvoyRejected,
+    EnvoyTimeout,
+    EnvoyUnavailable,
+)
 from controlplane.settings import Settings
 
 REQUEST_TIMEOUT_S = 1.0
@@ -49,37 +61,86 @@ def stat_prefixes(settings: Settings) -> dict[str, str]:
     }
 
 
+class _BoundedSocket(socket.socket):
+    """A Unix stream socket whose reads share one deadline and one byte budget."""
+
+    deadline = 0.0
+    budget = 0
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no complete answer in time")
+        self.settimeout(remaining)
+        count = super().recv_into(buffer, nbytes, flags)
+        self.budget -= count
+        if self.budget < 0:
+            raise _TooBig
+        return count
+
+
+class _TooBig(Exception):
+    """The answer went past the byte budget."""
+
+
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
+    def __init__(self, path: Path, deadline: float, budget: int) -> None:
+        super().__init__("localhost")
         self._path = path
+        self._deadline = deadline
+        self._budget = budget
 
     def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(str(self._path))
+        sock = _BoundedSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.deadline, sock.budget = self._deadline, self._budget
+        self.sock = sock
+        sock.settimeout(max(0.001, self._deadline - time.monotonic()))
+        sock.connect(str(self._path))
 
 
 class AdminClient:
     """Envoy's admin interface on a Unix socket."""
 
-    def __init__(self, path: Path, settings: Settings) -> None:
+    def __init__(self, path: Path, settings: Settings,
+                 timeout: float = REQUEST_TIMEOUT_S) -> None:
         self.path = path
         self._prefixes = stat_prefixes(settings)
+        self._max_bytes = settings.admin_max_bytes
+        self._timeout = timeout
 
     def get(self, target: str) -> bytes:
-        connection = _UnixConnection(self.path, REQUEST_TIMEOUT_S)
+        """The body of a 200 answer to `GET target`, within the time and byte bounds."""
+        where = f"admin socket {self.path}: GET {target.split('?')[0]}"
+        connection = _UnixConnection(self.path, time.monotonic() + self._timeout,
+                                     self._max_bytes)
         try:
             connection.request("GET", target)
             response = connection.getresponse()
             body = response.read()
-        except OSError as exc:
-            raise EnvoyUnavailable(f"admin socket {self.path}: {exc}") from exc
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise EnvoyRefused(f"{where}: nothing listens ({exc.strerror})") from exc
+        except TimeoutError as exc:
+            raise EnvoyTimeout(f"{where}: no complete answer within {self._timeout:g}s") from exc
+        except _TooBig:
+            raise EnvoyBadAnswer(f"{where}: the answer is over {self._max_bytes} bytes") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise EnvoyBadAnswer(f"{where}: not an HTTP answer ({type(exc).__name__}:"
+                                 f" {str(exc)[:100]})") from exc
         finally:
             connection.close()
         if response.status != 200:
-            raise EnvoyUnavailable(f"admin {target}: HTTP {response.status}")
+            raise EnvoyBadAnswer(f"{where}: HTTP {response.status}")
         return body
+
+    def _stats(self, query: str) -> dict[str, object]:
+        """`/stats?format=json&...` as name -> value; a body of the wrong shape is a
+        bad answer, never a crash."""
+        body = self.get(f"/stats?{query}")
+        try:
+            stats = json.loads(body)["stats"]
+            return {s["name"]: s["value"] for s in stats if isinstance(s, dict) and "name" in s}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EnvoyBadAnswer(f"admin /stats: not Envoy's stats JSON: {exc!r:.100}") from exc
 
     def counters(self) -> dict[str, Counters]:
         """Counters of the CDS, LDS and RDS subscriptions (zeros before the first load)."""
@@ -88,11 +149,7 @@ class AdminClient:
         # what they hold). Envoy matches the filter against every stat on its main thread,
         # the one applying xDS: at 1,000 clusters a query costs ~60 ms, ~15 ms with this.
         query = urllib.parse.urlencode({"format": "json", "usedonly": "", "filter": pattern})
-        try:
-            stats = json.loads(self.get(f"/stats?{query}"))["stats"]
-        except (ValueError, KeyError) as exc:
-            raise EnvoyUnavailable(f"admin /stats: unexpected answer: {exc}") from exc
-        values = {s["name"]: s["value"] for s in stats if "name" in s}
+        values = self._stats(query)
         return {kind: _counters(values, prefix) for kind, prefix in self._prefixes.items()}
 
     def versions(self) -> dict[str, str]:
@@ -100,13 +157,22 @@ class AdminClient:
         faster than counters (3,000 clusters: ~5 ms against ~50 ms)."""
         query = urllib.parse.urlencode({"format": "json", "type": "TextReadouts",
                                         "filter": self._pattern()})
-        try:
-            stats = json.loads(self.get(f"/stats?{query}"))["stats"]
-        except (ValueError, KeyError) as exc:
-            raise EnvoyUnavailable(f"admin /stats: unexpected answer: {exc}") from exc
-        values = {s["name"]: s["value"] for s in stats if "name" in s}
+        values = self._stats(query)
         return {kind: str(values.get(f"{prefix}.version_text", ""))
                 for kind, prefix in self._prefixes.items()}
+
+    def listener_errors(self) -> dict[str, str]:
+        """Envoy's reason for each listener its last LDS update failed to add, by name
+        (`cannot bind '0.0.0.0:8443': Address already in use`): the `error_state` of
+        `/config_dump?resource=dynamic_listeners`, which only Envoy's log has otherwise."""
+        body = self.get("/config_dump?resource=dynamic_listeners")
+        try:
+            configs = json.loads(body).get("configs", [])
+            return {str(c["name"]): str(c["error_state"].get("details", ""))[:300]
+                    for c in configs if isinstance(c, dict) and "name" in c
+                    and isinstance(c.get("error_state"), dict)}
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise EnvoyBadAnswer(f"admin /config_dump: not Envoy's JSON: {exc!r:.100}") from exc
 
     def _pattern(self) -> str:
         return "^(" + "|".join(p.replace(".", r"\.") for p in self._prefixes.values()) + r")\."
@@ -131,10 +197,13 @@ class AdminClient:
                                    failure=before.failure, version=current)
                 else:
                     now = self.counters()[kind]
+            except EnvoyRefused:
+                raise
             except EnvoyUnavailable:
-                # No socket: Envoy is down, say so now. A slow answer: Envoy's main
-                # thread is busy applying (5 s for 10,000 clusters): ask again.
-                if not self.path.exists() or time.monotonic() >= deadline:
+                # Nothing listens: Envoy is down, say so now. A slow answer: Envoy's main
+                # thread is busy applying (5 s for 10,000 clusters): ask again. Stopping:
+                # at once (one request is bounded by REQUEST_TIMEOUT_S).
+                if waiter.is_set() or time.monotonic() >= deadline:
                     raise
                 waiter.wait(pause)
                 continue
@@ -144,8 +213,8 @@ class AdminClient:
                 raise EnvoyRejected(f"Envoy rejected {kind} version {version} (rejected"
                                     f" {now.rejected}, failure {now.failure}); its log says why")
             if time.monotonic() >= deadline or waiter.is_set():
-                raise EnvoyUnavailable(f"Envoy did not confirm {kind} version {version}"
-                                       f" within {timeout:g}s (it serves {now.version!r})")
+                raise EnvoyTimeout(f"Envoy did not confirm {kind} version {version}"
+                                   f" within {timeout:g}s (it serves {now.version!r})")
             waiter.wait(pause)
             pause = min(pause * 2, MAX_POLL_S)  # each /stats read costs Envoy's main thread
 

@@ -5,14 +5,24 @@
     │                        Carries the file, the field path and the reason; many are
     │                        collected into a SiteErrors so all are reported at once.
     ├── SettingsError        permanent: a bad flag or settings file; the CLI exits 2.
+    ├── FolderBusy           permanent while it lasts: another controlplane owns the
+    │                        output folder (its lock file); the CLI exits 3.
+    ├── SitesUnavailable     temporary: the sites folder is missing; what serves stays.
+    ├── Stopping             the daemon is stopping: the pass ends where it is.
     ├── OutputError          temporary: the output folder is full, read-only, missing.
     │                        The old files stay intact; the next pass tries again.
     └── EnvoyError           about the Envoy process or binary
-        ├── EnvoyUnavailable temporary: admin socket missing, hanging, or a timeout.
+        ├── EnvoyUnavailable temporary: the admin socket did not give an answer
+        │   ├── EnvoyRefused     nothing listens (Envoy is down)
+        │   ├── EnvoyTimeout     no complete answer in time (Envoy busy or hung)
+        │   └── EnvoyBadAnswer   an answer that is not Envoy's (garbage, too big, HTTP error)
         ├── EnvoyRejected    Envoy refused a file it was given; carries its reason.
+        │   └── EnvoyCannotBind  a listener's address is taken: not the sites' fault
         └── EnvoyBinaryError the binary could not be run at all (missing, crashed).
 
-Only the CLI turns these into exit codes; the daemon turns them into status and log events.
+Each class carries `kind` (the label of `controlplane_errors_total`) and `retry` (whether
+the daemon should try again soon by itself). Only the CLI turns these into exit codes;
+the daemon turns them into status and log events.
 """
 
 from __future__ import annotations
@@ -20,12 +30,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 _PART = re.compile(r"\[([0-9]+)\]|([^.\[\]]+)")
 
 
 class ControlPlaneError(Exception):
     """Base of every error this package raises on purpose."""
+
+    kind: ClassVar[str] = "other"
+    retry: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +101,8 @@ class SiteError(ControlPlaneError):
     """One or more problems with a site file; the site cannot be used in this version.
     A file with very many problems carries the first `MAX_PROBLEMS` and a count."""
 
+    kind, retry = "validation", False
+
     def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
         self.problems = bounded(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
@@ -95,22 +111,83 @@ class SiteError(ControlPlaneError):
 class SettingsError(ControlPlaneError):
     """A flag or a settings file value is wrong."""
 
+    kind, retry = "settings", False
+
+
+class FolderBusy(ControlPlaneError):
+    """Another controlplane process holds the output folder's lock."""
+
+    kind, retry = "busy", False
+
+
+class SitesUnavailable(ControlPlaneError):
+    """The sites folder is missing or unreadable; what serves keeps serving."""
+
+    kind = "sites_folder"
+
+
+class Stopping(ControlPlaneError):
+    """The daemon was asked to stop in the middle of a long step (an Envoy validate)."""
+
+    kind, retry = "stopping", False
+
 
 class OutputError(ControlPlaneError):
     """The dynamic files could not be written; nothing that was there was harmed."""
+
+    kind = "output"
 
 
 class EnvoyError(ControlPlaneError):
     """Something about the Envoy process or binary."""
 
+    kind = "envoy"
+
 
 class EnvoyUnavailable(EnvoyError):
     """Envoy's admin interface did not answer in time, or did not confirm in time."""
+
+    kind = "envoy_timeout"
+
+
+class EnvoyRefused(EnvoyUnavailable):
+    """Nothing listens on the admin socket (missing, or a stale socket file)."""
+
+    kind = "envoy_refused"
+
+
+class EnvoyTimeout(EnvoyUnavailable):
+    """The admin socket gave no complete answer within the request's time bound."""
+
+    kind = "envoy_timeout"
+
+
+class EnvoyBadAnswer(EnvoyUnavailable):
+    """The admin socket answered something Envoy would not: garbage, too many bytes,
+    an HTTP error, JSON of the wrong shape."""
+
+    kind = "envoy_bad_answer"
 
 
 class EnvoyRejected(EnvoyError):
     """Envoy counted a rejection or failure for a file we wrote."""
 
+    kind = "envoy_rejected"
+
+
+class EnvoyCannotBind(EnvoyRejected):
+    """Envoy rejected a listener because it could not bind its address (the port is
+    taken): no `--mode validate` can foresee it, and the sites that changed are not at
+    fault. `listeners` maps each listener's name to Envoy's reason."""
+
+    kind = "envoy_bind"
+
+    def __init__(self, message: str, listeners: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.listeners = dict(listeners or {})
+
 
 class EnvoyBinaryError(EnvoyError):
     """The Envoy binary could not be run (missing, not executable, crashed, timed out)."""
+
+    kind = "envoy_binary"

@@ -22,6 +22,11 @@ from controlplane.model import DNS_LABEL
 
 SUFFIXES = (".yaml", ".yml")
 MAX_DEPTH = 32
+MAX_NODES = 10_000
+"""YAML values (scalars and collections) in one site file. A real site has a few hundred;
+each value costs about 1 KiB once composed with its position, so 1 MiB of tiny values
+(100,000 of them) would take the daemon past 100 MiB and several seconds. Counted from
+the event stream, before anything is composed."""
 _PLAIN_TAGS = {
     f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")
 }
@@ -207,11 +212,19 @@ def _colon_fix(lines: list[str], number: int) -> str:
 
 def _check_depth(text: str, where: str) -> None:
     """Refuse deep nesting from the event stream, before libyaml's recursive composer
-    sees it: 30,000 nested `[` (or `- - - ...`) overflow its C stack and kill the process."""
+    sees it: 30,000 nested `[` (or `- - - ...`) overflow its C stack and kill the process.
+    Refuse more than MAX_NODES values the same way (memory and time stay bounded)."""
     loader = yaml.CSafeLoader(text)
-    depth = 0
+    depth = nodes = 0
     try:
         while (event := loader.get_event()) is not None:
+            if isinstance(event, yaml.NodeEvent):
+                nodes += 1
+                if nodes > MAX_NODES:
+                    mark = event.start_mark
+                    raise SiteError([Problem(
+                        where, "", f"more than {MAX_NODES} YAML values; split the site or"
+                        " use fewer routes", mark.line + 1 if mark is not None else None)])
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > MAX_DEPTH:

@@ -26,10 +26,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from controlplane import statuspage
 from controlplane.reconciling import Outcome
 from controlplane.settings import Listen
-from controlplane.status import STATUS_FILE
+from controlplane.status import STATUS_FILE, clip_all
 
 HEALTH_SLACK_S = 30.0
-SITE_STATES = ("serving", "serving-last-good", "invalid")
+SITE_STATES = ("serving", "serving-last-good", "pending", "invalid")
 
 
 class Metrics:
@@ -73,18 +73,15 @@ class Metrics:
         if not failed and outcome.confirmed is not False:
             self.last_success.set(time.time())
         with self._lock:
-            self._ready = (not failed and outcome.confirmed is not False,
-                           "; ".join(outcome.errors + outcome.rejected) or "ok")
+            reasons = "; ".join(clip_all([str(e) for e in outcome.errors + outcome.rejected]))
+            self._ready = (not failed and outcome.confirmed is not False, reasons or "ok")
 
     def _count_errors(self, outcome: Outcome) -> None:
+        """One count per error, under the kind its class carries."""
         if outcome.problems:
             self.errors.labels("validation").inc(len(outcome.problems))
-        if outcome.rejected:
-            self.errors.labels("envoy_rejected").inc(len(outcome.rejected))
-        for error in outcome.errors:
-            kind = ("envoy_timeout" if "did not confirm" in error or "admin" in error
-                    else "output" if "cannot" in error else "other")
-            self.errors.labels(kind).inc()
+        for error in outcome.rejected + outcome.errors:
+            self.errors.labels(error.kind).inc()
 
     def record_failure(self, kind: str, reason: str) -> None:
         self.beat()

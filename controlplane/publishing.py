@@ -21,15 +21,23 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from controlplane.envoy_admin import ALREADY_WRITTEN, AdminClient, Counters
-from controlplane.errors import EnvoyRejected, EnvoyUnavailable
+from controlplane.errors import (
+    ControlPlaneError,
+    EnvoyCannotBind,
+    EnvoyRejected,
+    EnvoyUnavailable,
+    OutputError,
+)
 from controlplane.rendering import discovery_response, fragment, secret_name_of
 from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Settings
 from controlplane.tls import SDS_FOLDER
 from controlplane.writing import ensure_folder, write_atomic
 
 FILES = {"cds": CDS_FILE, "lds": LDS_FILE, "rds": RDS_FILE}
+_E = TypeVar("_E", bound=ControlPlaneError)
 
 
 @dataclass(slots=True)
@@ -49,12 +57,14 @@ class FileState:
 
 @dataclass(slots=True, kw_only=True)
 class Report:
-    """What one apply did."""
+    """What one apply did; failures are kept as the errors raised, each naming its file."""
 
     written: list[str] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
-    unconfirmed: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    asked: bool = False
+    """Envoy's admin socket was asked something in this apply (never without one)."""
+    rejected: list[EnvoyRejected] = field(default_factory=list)
+    unconfirmed: list[EnvoyUnavailable] = field(default_factory=list)
+    errors: list[ControlPlaneError] = field(default_factory=list)
 
     @property
     def confirmed(self) -> bool:
@@ -70,6 +80,7 @@ class Publisher:
         self._admin = admin
         self._stop = stop
         self._salt = 0
+        self._stale: set[str] = set()
         self._cluster_map: tuple[tuple[str, ...], dict[str, str]] = ((), {})
         self.files = {kind: self._read_existing(kind) for kind in FILES}
         self.secrets = self._read_secrets()
@@ -117,13 +128,47 @@ class Publisher:
         union = {**current, **clusters}
         if union != current or self.files["cds"].confirmed is False:
             self._step(report, {"cds": _sorted(union)})
-        if not report.rejected and not report.unconfirmed:
+        if self._may_go_on(report):
             self._step(report, {"rds": tuple(rds), "lds": tuple(lds)})
-        if not report.rejected and not report.unconfirmed:
+        if self._may_go_on(report):
             self._step(report, {"cds": _sorted(clusters)})
-        if secrets is not None and not report.rejected and not report.unconfirmed:
+        if secrets is not None and self._may_go_on(report):
             self._remove_secrets(report, secrets)
+        if self._admin is not None and not report.asked and self._may_go_on(report):
+            self._probe(report)
         return report
+
+    def runs_ours(self) -> bool:
+        """One text-readout read: Envoy runs every file's confirmed version."""
+        if self._admin is None or not all(f.confirmed for f in self.files.values()):
+            return True
+        try:
+            running = self._admin.versions()
+        except EnvoyUnavailable:
+            return False
+        return all(running.get(kind) == f.version for kind, f in self.files.items())
+
+    def _probe(self, report: Report) -> None:
+        """A pass with nothing to write still asks Envoy (one cheap text-readout read)
+        whether it runs the files' versions: after Envoy died or restarted on other
+        files, the status must not go on saying that it serves them."""
+        assert self._admin is not None
+        try:
+            running = self._admin.versions()
+        except EnvoyUnavailable as exc:
+            report.unconfirmed.append(exc)
+            return
+        for kind, state in self.files.items():
+            if running.get(kind) != state.version:
+                state.confirmed, state.before = False, None
+                self._stale.add(kind)  # renamed again next pass, so Envoy reloads it
+                report.unconfirmed.append(EnvoyUnavailable(
+                    f"{FILES[kind]}: Envoy runs version {running.get(kind)!r}, not"
+                    f" {state.version!r}; re-checking"))
+
+    def _may_go_on(self, report: Report) -> bool:
+        """The next step only after this one was confirmed, and never once stopping."""
+        return not (report.rejected or report.unconfirmed or self._stop.is_set())
 
     def _write_secrets(self, report: Report, secrets: dict[str, str]) -> None:
         """New or changed SDS files, one secret each (Envoy takes one per file)."""
@@ -143,7 +188,8 @@ class Publisher:
             try:
                 (self._settings.out_dir / SDS_FOLDER / f"{name}.json").unlink(missing_ok=True)
             except OSError as exc:
-                report.errors.append(f"removing {SDS_FOLDER}/{name}.json: {exc.strerror}")
+                report.errors.append(OutputError(f"removing {SDS_FOLDER}/{name}.json:"
+                                                 f" {exc.strerror}"))
                 continue
             del self.secrets[name]
 
@@ -165,21 +211,37 @@ class Publisher:
                for kind, fragments in targets.items()):
             return  # nothing to write or confirm: spare Envoy a /stats read
         before = self._counters(report)
+        for kind in targets:
+            self._mark_if_not_loaded(kind, (before or {}).get(kind))
         for kind, fragments in targets.items():
             state = self.files[kind]
-            if fragments == state.fragments and state.version:
+            if fragments == state.fragments and state.version and kind not in self._stale:
                 continue
-            self._write(kind, fragments, before=(before or {}).get(kind))
+            self._salt += kind in self._stale
+            salt = f"resync-{self._salt}" if kind in self._stale else ""
+            self._stale.discard(kind)
+            self._write(kind, fragments, salt, before=(before or {}).get(kind))
             report.written.append(kind)
         self._confirm(report, targets, before)
+
+    def _mark_if_not_loaded(self, kind: str, now: Counters | None) -> None:
+        """A file written before Envoy (re)started, or before this daemon did, that Envoy
+        does not run (it refused it at start: a port taken) is renamed again, or Envoy
+        would never look at it again. A file written in this run keeps its own counters
+        and is not rewritten while Envoy is merely slow."""
+        state = self.files[kind]
+        if now is not None and state.confirmed is False and state.before is None and (
+                state.version and now.version != state.version):
+            self._stale.add(kind)
 
     def _counters(self, report: Report) -> dict[str, Counters] | None:
         if self._admin is None:
             return None
+        report.asked = True
         try:
             counters = dict(self._admin.counters())
         except EnvoyUnavailable as exc:
-            report.errors.append(str(exc))
+            report.errors.append(exc)
             return {}
         self._adopt(counters)
         return counters
@@ -189,6 +251,9 @@ class Publisher:
         and is the one to re-install after a later rejection."""
         for kind, state in self.files.items():
             now = counters.get(kind)
+            if now is not None and state.before is not None and (
+                    now.success < state.before.success):
+                state.before = None  # Envoy restarted: its counters began again
             if state.confirmed is False and state.before is None and now is not None and (
                     now.version == state.version != ""):
                 state.confirmed, state.last_confirmed = True, state.fragments
@@ -221,21 +286,39 @@ class Publisher:
             self._admin.confirm(kind, before, state.version, self._settings.confirm_timeout_s,
                                 self._stop)
         except EnvoyRejected as exc:
-            report.rejected.append(f"{FILES[kind]}: {exc}")
+            report.rejected.append(self._cause(kind, _about(FILES[kind], exc)))
             self._reinstall(report, kind)
             return
         except EnvoyUnavailable as exc:
-            report.unconfirmed.append(f"{FILES[kind]}: {exc}")
+            report.unconfirmed.append(_about(FILES[kind], exc))
             return
         state.confirmed, state.before = True, None
         state.last_confirmed = state.fragments
+
+    def _cause(self, kind: str, rejected: EnvoyRejected) -> EnvoyRejected:
+        """A listener Envoy could not bind (its port taken) is not the content's fault:
+        say which address, as an EnvoyCannotBind. Asked before the re-install, which
+        clears Envoy's record of the failure."""
+        if kind != "lds" or self._admin is None:
+            return rejected
+        try:
+            failed = self._admin.listener_errors()
+        except EnvoyUnavailable:
+            return rejected
+        bind = {name: why for name, why in failed.items() if "cannot bind" in why}
+        if not bind:
+            return rejected
+        reasons = "; ".join(f"listener {name!r}: {why}" for name, why in sorted(bind.items()))
+        return EnvoyCannotBind(f"{rejected}; Envoy says: {reasons}", bind)
 
     def _reinstall(self, report: Report, kind: str) -> None:
         """After a rejection: the last confirmed content, under a new version."""
         good = self.files[kind].last_confirmed
         if good is None or self._admin is None:
-            report.errors.append(f"{FILES[kind]}: no file Envoy confirmed is known to"
-                                 " re-install; Envoy keeps what it applied")
+            self._stale.add(kind)  # nothing to fall back to: offer Envoy the file again
+            report.errors.append(EnvoyRejected(f"{FILES[kind]}: no file Envoy confirmed is"
+                                               " known to re-install; Envoy keeps what it"
+                                               " applied"))
             return
         self._salt += 1
         try:
@@ -244,10 +327,15 @@ class Publisher:
             self._admin.confirm(kind, before, self.files[kind].version,
                                 self._settings.confirm_timeout_s, self._stop)
         except (EnvoyRejected, EnvoyUnavailable) as exc:
-            report.errors.append(f"{FILES[kind]}: re-installing the last good file: {exc}")
+            report.errors.append(_about(f"{FILES[kind]}: re-installing the last good file", exc))
             return
         state = self.files[kind]
         state.confirmed, state.before, state.last_confirmed = True, None, good
+
+
+def _about(what: str, exc: _E) -> _E:
+    """The same kind of error, its message prefixed with what it is about."""
+    return type(exc)(f"{what}: {exc}")
 
 
 def _sorted(clusters: dict[str, str]) -> tuple[str, ...]:

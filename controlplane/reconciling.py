@@ -34,7 +34,16 @@ from controlplane import (
     validating,
 )
 from controlplane.envoy_admin import AdminClient
-from controlplane.errors import OutputError, Problem, SiteError, bounded
+from controlplane.errors import (
+    ControlPlaneError,
+    EnvoyCannotBind,
+    EnvoyUnavailable,
+    OutputError,
+    Problem,
+    SiteError,
+    SitesUnavailable,
+    bounded,
+)
 from controlplane.model import digest_of
 from controlplane.publishing import Publisher
 from controlplane.settings import Settings
@@ -154,7 +163,8 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
         chosen = last_good.get(name) if item.problems else item
         if chosen is not None:
             result.serving[name] = chosen
-    _settle(result, last_good, lambda serving: _conflicts(serving))
+    _settle(result, last_good, _conflicts, lambda name, serving: _holds_domains(
+        name, serving, last_good))
     _settle(result, last_good, _name_conflicts)
     if max_certificates is not None:
         _settle(result, last_good, lambda serving: tls.certificate_overflow(
@@ -234,25 +244,43 @@ def _conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
 
 
 def _settle(result: Selection, last_good: dict[str, Checked],
-            find: Callable[[dict[str, Checked]], dict[str, list[Problem]]]) -> None:
+            find: Callable[[dict[str, Checked]], dict[str, list[Problem]]],
+            established: Callable[[str, dict[str, Checked]], bool] | None = None) -> None:
     """Until `find` finds nothing: demote the sites at fault to their last good version,
-    or leave them out. A site already at its last good version keeps serving while a
-    newcomer is at fault (a new file cannot take an established site's domain away)."""
+    or leave them out. An established site keeps serving while a newcomer is at fault,
+    and only the demoted get the problem. Established: by default, already at its last
+    good version; for domains, holding the contested domains already (`_holds_domains`)."""
     for _ in range(len(result.serving) + 1):
         found = find(result.serving)
         if not found:
             return
+        newcomers = [n for n in found if not (
+            established(n, result.serving) if established is not None
+            else _is_last_good(result.serving[n], last_good))]
         for name, problems in found.items():
+            if newcomers and name not in newcomers:
+                continue
             known = {str(p) for p in result.problems.get(name, [])}
             result.problems.setdefault(name, []).extend(p for p in problems
                                                         if str(p) not in known)
-        newcomers = [n for n in found if not _is_last_good(result.serving[n], last_good)]
         for name in newcomers or list(found):
             previous = last_good.get(name)
             if name in newcomers and previous is not None:
                 result.serving[name] = previous
             else:
                 del result.serving[name]
+
+
+def _holds_domains(name: str, serving: dict[str, Checked],
+                   last_good: dict[str, Checked]) -> bool:
+    """The site's last good version already has every domain it shares with another
+    serving site: it holds them, and goes on taking its own edits while a copy or a
+    newcomer claims them too (`cp blog.yaml blog-old.yaml` must not freeze blog)."""
+    previous = last_good.get(name)
+    if previous is None:
+        return False
+    others = {d for n, c in serving.items() if n != name for d in c.domains}
+    return set(serving[name].domains) & others <= set(previous.domains)
 
 
 def _is_last_good(item: Checked, last_good: dict[str, Checked]) -> bool:
@@ -269,8 +297,9 @@ class Outcome:
     removed: list[str] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    rejected: list[ControlPlaneError] = field(default_factory=list)
+    errors: list[ControlPlaneError] = field(default_factory=list)
+    """Kept as the errors raised: each has its `kind` (metrics) and its message."""
     confirmed: bool | None = None
     retry: bool = False
     durations_ms: dict[str, float] = field(default_factory=dict)
@@ -295,6 +324,12 @@ class Reconciler:
         them, so a symlink planted (or removed) there is judged at the next pass."""
         self._sites: dict[str, status.SiteStatus] = {}
         self._sites_json = "{}"
+        self._confirmed: dict[str, str] = {}
+        """Site -> the digest Envoy last confirmed running (a fully confirmed apply)."""
+        self._envoy_ok = False
+        """The last apply reached Envoy and was written (no timeout, refusal, output error)."""
+        self._blocked: dict[str, list[str]] = {}
+        """Sites kept from serving by a listener Envoy cannot bind, with the cause."""
         self._status_lines: dict[str, tuple[status.SiteStatus, str]] = {}
         """The `sites` part of the status file, serialised again only when a site's
         status changes (10,000 sites: ~300 ms a time)."""
@@ -319,10 +354,17 @@ class Reconciler:
             counts[site.state] = counts.get(site.state, 0) + 1
         return counts
 
-    def run_pass(self) -> Outcome:
+    def envoy_runs_ours(self) -> bool:
+        """Envoy answers and runs the versions last written (True without an admin
+        socket, or when there is nothing confirmed to compare)."""
+        return self._publisher.runs_ours()
+
+    def run_pass(self, unfinished: frozenset[str] = frozenset()) -> Outcome:
+        """One reconciliation. `unfinished`: file names being written in place and not
+        closed yet; their previous version stands in for them (a new one waits)."""
         outcome = Outcome()
         clock = _Clock(outcome.durations_ms)
-        checked = self._scan(outcome)
+        checked = self._scan(outcome, unfinished)
         clock.lap("load_validate_render")
         if checked is None:  # no sites folder: what serves stays, if its paths still hold
             checked = dict(self._serving or self.last_good)
@@ -344,17 +386,23 @@ class Reconciler:
                    if u.kind == "socket" and u.path.startswith("/")}
         return written | {os.path.realpath(f) for f in written}
 
-    def _scan(self, outcome: Outcome) -> dict[str, Checked] | None:
+    def _scan(self, outcome: Outcome, unfinished: frozenset[str]) -> dict[str, Checked] | None:
         try:
             entries, ignored = loading.scan_all(self._settings.sites_dir)
         except (FileNotFoundError, NotADirectoryError):
-            outcome.errors.append(f"{self._settings.sites_dir}: the sites folder is missing;"
-                                  " keeping what serves until it is back")
+            outcome.errors.append(SitesUnavailable(
+                f"{self._settings.sites_dir}: the sites folder is missing; keeping what"
+                " serves until it is back"))
             return None
         self._report_ignored(ignored)
         duplicates = duplicate_names(entries)
         checked: dict[str, Checked] = {}
         for entry in entries:
+            if unfinished and os.path.basename(entry.location) in unfinished:
+                previous = self._previous(entry.name)
+                if previous is not None:
+                    checked[entry.name] = previous
+                continue
             if entry.name in duplicates:
                 checked[entry.name] = Checked(name=entry.name, source=entry.location,
                                               digest="", problems=tuple(duplicates[entry.name]))
@@ -369,6 +417,11 @@ class Reconciler:
             if problem.file not in self._ignored:
                 log.warning("file.ignored", file=problem.file, reason=problem.reason)
         self._ignored = {p.file for p in ignored}
+
+    def _previous(self, name: str) -> Checked | None:
+        """What was known of a site before its file started being rewritten."""
+        cached = self._cache.get(name)
+        return cached[1] if cached is not None else self.last_good.get(name)
 
     def _check_cached(self, entry: loading.Entry) -> Checked:
         cached = self._cache.get(entry.name)
@@ -394,21 +447,28 @@ class Reconciler:
 
     def _apply(self, outcome: Outcome, selection: Selection) -> None:
         serving = selection.serving
+        self._blocked = {}
         resources = [c.resources for c in serving.values() if c.resources is not None]
         clusters = {name: text for r in resources for name, text in r.cluster_json}
         files = rendering.assemble(self._settings, resources)
         try:
             report = self._publisher.apply(clusters, files["rds"], files["lds"], files["sds"])
         except OutputError as exc:
-            outcome.errors.append(str(exc))
+            outcome.errors.append(exc)
             outcome.retry, outcome.confirmed = True, False
-            return
-        outcome.written, outcome.rejected = report.written, report.rejected
-        outcome.errors.extend(report.unconfirmed + report.errors)
+            return  # Envoy goes on serving what it served: unchanged sites stay serving
+        outcome.written, outcome.rejected = report.written, list(report.rejected)
+        outcome.errors.extend([*report.unconfirmed, *report.errors])
         outcome.versions = {k: f.version for k, f in self._publisher.files.items()}
         outcome.confirmed = None if self._admin is None else report.confirmed
         outcome.retry = bool(report.unconfirmed or report.rejected or report.errors)
-        if report.rejected:
+        self._envoy_ok = not any(isinstance(e, EnvoyUnavailable) for e in outcome.errors)
+        if report.confirmed:
+            self._confirmed = {name: item.digest for name, item in serving.items()}
+        binds = [e for e in report.rejected if isinstance(e, EnvoyCannotBind)]
+        if binds:
+            self._blocked = _blocked_by(binds, serving)
+        elif report.rejected:
             self._blame(outcome, serving)
             return
         # Written and not rejected: these versions passed every check, Envoy's validate
@@ -420,13 +480,14 @@ class Reconciler:
         """Envoy rejected what `validate` passed: the sites new in this pass are held
         back until their files change (their last good versions serve meanwhile)."""
         reason = "Envoy rejected the update that carried this version: " + "; ".join(
-            outcome.rejected)
+            str(e) for e in outcome.rejected)
         if self._verifier is not None:
             why = self._verifier.explain([c.resources for c in serving.values()
                                           if c.resources is not None])
             if why is not None:
                 reason += f"; Envoy says: {why}"
-                outcome.rejected.append(f"Envoy says: {why}")
+                first = outcome.rejected[0]
+                outcome.rejected[0] = type(first)(f"{first}; Envoy says: {why}")
         for name in outcome.added + outcome.changed:
             self._rejected[serving[name].digest] = reason
 
@@ -449,9 +510,9 @@ class Reconciler:
         changed = names != set(self._sites)
         for name in names:
             serving = selection.serving.get(name)
-            problems = [str(p) for p in selection.problems.get(name, ())]
-            state = ("invalid" if serving is None else
-                     "serving-last-good" if problems else "serving")
+            problems = status.clip_all([*map(str, selection.problems.get(name, ())),
+                                        *self._blocked.get(name, ())])
+            state = self._state(name, serving, problems)
             digest = serving.digest if serving else None
             previous = self._sites.get(name)
             if previous is not None and (previous.state, previous.serving, previous.problems) == (
@@ -468,11 +529,41 @@ class Reconciler:
         last = status.PassStatus(
             at=now, added=outcome.added, changed=outcome.changed, removed=outcome.removed,
             invalid=outcome.invalid, written=outcome.written, confirmed=outcome.confirmed,
-            errors=outcome.errors + outcome.rejected, versions=outcome.versions)
+            errors=status.clip_all([str(e) for e in outcome.errors + outcome.rejected]),
+            versions=outcome.versions)
         try:
             status.write_status(self._settings.state, self._sites_json, last)
         except OutputError as exc:
-            outcome.errors.append(str(exc))
+            outcome.errors.append(exc)
+
+    def _state(self, name: str, serving: Checked | None, problems: list[str]) -> str:
+        """What the status says of one site. `serving` only when Envoy confirmed that it
+        runs this very version (or, without an admin socket, once written); `pending`
+        while the version is written but not confirmed: Envoy down, slow, rejecting an
+        update or unable to bind a listener, or the output folder not writable."""
+        if serving is None:
+            return "invalid"
+        confirmed = self._admin is None or (self._envoy_ok and
+                                            self._confirmed.get(name) == serving.digest)
+        if not confirmed or name in self._blocked:
+            return "pending"
+        return "serving-last-good" if problems else "serving"
+
+
+def _blocked_by(binds: list[EnvoyCannotBind], serving: dict[str, Checked]) -> dict[
+        str, list[str]]:
+    """The sites a listener that cannot bind keeps from serving, with Envoy's reason:
+    the TLS sites for the HTTPS listener, every site for any other."""
+    blocked: dict[str, list[str]] = {}
+    for error in binds:
+        for listener, why in sorted(error.listeners.items()):
+            cause = (f"Envoy cannot open the {listener!r} listener: {why}; it is applied"
+                     " as soon as the address is free")
+            for name, item in serving.items():
+                tls_site = item.resources is not None and item.resources.tls is not None
+                if listener != "https" or tls_site:
+                    blocked.setdefault(name, []).append(cause)
+    return blocked
 
 
 class _Clock:

@@ -18,16 +18,23 @@ from types import FrameType
 import structlog
 
 from controlplane.envoy_admin import AdminClient
-from controlplane.errors import ControlPlaneError
+from controlplane.errors import ControlPlaneError, Stopping
 from controlplane.metrics import Metrics, MetricsServer
 from controlplane.reconciling import Outcome, Reconciler
 from controlplane.settings import Settings
-from controlplane.verifying import Verifier
+from controlplane.status import LAST_GOOD_DIR, clip, clip_all
+from controlplane.tls import SDS_FOLDER
+from controlplane.verifying import SCRATCH_DIR, Verifier
 from controlplane.watching import Signal, Watch
-from controlplane.writing import ensure_folder, remove_stale_temps
+from controlplane.writing import ensure_folder, hold_lock, remove_scratch, remove_stale_temps
 
 log = structlog.get_logger("controlplane")
 MISSING_FOLDER_POLL_S = 1.0
+ENVOY_PROBE_S = 2.0
+"""While quiet, Envoy's versions are read this often (one cheap text-readout request), so
+the status stops calling sites serving soon after Envoy dies or loads other files."""
+MAX_NAMES = 1000
+"""Site names kept per list in one `pass` log line (then `and N more`): at most ~70 KB."""
 FREEZE_AFTER = 100
 """Sites added or changed in one pass after which the heap is frozen again (see _pass)."""
 
@@ -48,6 +55,16 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def sweep(settings: Settings) -> None:
+    """Remove what a killed daemon may have left: temp files of atomic writes in the
+    output, SDS, state and last-good folders, and validate's scratch folders."""
+    state = settings.state
+    for folder in (settings.out_dir, settings.out_dir / SDS_FOLDER, state,
+                   state / LAST_GOOD_DIR):
+        remove_stale_temps(folder)
+    remove_scratch(state / SCRATCH_DIR)
+
+
 class Daemon:
     def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
         self.settings = settings
@@ -64,16 +81,26 @@ class Daemon:
         self.signal.wake()
 
     def run(self) -> None:
+        """Own the output folder (its lock) for the whole life of the loop: a second
+        daemon on it exits at once, before it touches any file of this one."""
+        ensure_folder(self.settings.out_dir)
+        with hold_lock(self.settings.out_dir, "run"):
+            sweep(self.settings)
+            try:
+                self._run()
+            finally:
+                sweep(self.settings)
+
+    def _run(self) -> None:
         settings = self.settings
-        ensure_folder(settings.out_dir)
-        remove_stale_temps(settings.out_dir)
         admin = None
         if settings.admin_socket is None:
             log.warning("envoy.admin.none", detail="applies are written in order with a"
                         f" {settings.unconfirmed_gap_s:g}s gap and not confirmed")
         else:
             admin = AdminClient(settings.admin_socket, settings)
-        verifier = Verifier(settings) if settings.verify_with_envoy else None
+        verifier = (Verifier(settings, scratch=settings.state / SCRATCH_DIR, stop=self.stop)
+                    if settings.verify_with_envoy else None)
         reconciler = Reconciler(settings, verifier=verifier, admin=admin, stop=self.stop)
         watch = Watch(settings.sites_dir, self.signal)
         server = None
@@ -88,7 +115,6 @@ class Daemon:
             watch.stop()
             if server is not None:
                 server.close()
-            remove_stale_temps(settings.out_dir)
             log.info("daemon.stop", passes=self.passes)
 
     def _loop(self, reconciler: Reconciler, watch: Watch) -> None:
@@ -97,39 +123,56 @@ class Daemon:
         self.signal.clear()  # the first pass looks at everything that ensure() signalled
         outcome = self._pass(reconciler)
         watch.also(reconciler.socket_folders)
+        failures = int(outcome.retry)
         next_resync = time.monotonic() + settings.resync_s
         while not self.stop.is_set():
             if watch.fallback_reason:
                 log.warning("watch.polling", reason=watch.fallback_reason)
                 watch.fallback_reason = None
             timeout = max(0.0, next_resync - time.monotonic())
-            if outcome.retry:
-                timeout = min(timeout, settings.retry_s)
+            if outcome.retry:  # backoff: retry_s, doubled each failing pass, to retry_max_s
+                timeout = min(timeout, settings.retry_s * 2 ** min(failures - 1, 16),
+                              max(settings.retry_s, settings.retry_max_s))
             if not watched:
                 timeout = min(timeout, MISSING_FOLDER_POLL_S)
-            self.signal.wait_batch(timeout, settings.debounce_quiet_s, settings.debounce_max_s,
-                                   self.stop)
+            if settings.admin_socket is not None:
+                timeout = min(timeout, ENVOY_PROBE_S)
+            _, due = self.signal.unfinished(settings.write_close_wait_s)
+            if due is not None:  # a file written in place and not closed yet
+                timeout = min(timeout, due + 0.01)
+            woken = self.signal.wait_batch(timeout, settings.debounce_quiet_s,
+                                           settings.debounce_max_s, self.stop)
             if self.stop.is_set():
                 break
             self.metrics.beat()
+            if not (woken or outcome.retry or time.monotonic() >= next_resync or not watched
+                    or due is not None) and reconciler.envoy_runs_ours():
+                continue  # quiet, and Envoy still runs what was confirmed: no pass needed
             watched = watch.ensure()
             outcome = self._pass(reconciler)
             watch.also(reconciler.socket_folders)
+            failures = failures + 1 if outcome.retry else 0
             if time.monotonic() >= next_resync or not outcome.retry:
                 next_resync = time.monotonic() + settings.resync_s
 
     def _pass(self, reconciler: Reconciler) -> Outcome:
         started = time.perf_counter()
+        for name in self.signal.take_overdue(self.settings.write_close_wait_s):
+            log.warning("site.unclosed", file=name, waited_s=self.settings.write_close_wait_s,
+                        detail="written in place and not closed; taken as it is")
         try:
-            outcome = reconciler.run_pass()
+            outcome = reconciler.run_pass(
+                self.signal.unfinished(self.settings.write_close_wait_s)[0])
+        except Stopping:
+            return Outcome()
         except ControlPlaneError as exc:
-            log.error("pass.failed", error=str(exc))
-            self.metrics.record_failure(type(exc).__name__, str(exc))
-            return Outcome(retry=True, errors=[str(exc)])
+            log.error("pass.failed", error=clip(str(exc)), kind=exc.kind)
+            self.metrics.record_failure(exc.kind, str(exc))
+            return Outcome(retry=True, errors=[exc])
         except Exception as exc:  # a bug must cost one pass, not every site: retry, loudly
             log.exception("pass.crashed", error=repr(exc))
             self.metrics.record_failure("internal", repr(exc))
-            return Outcome(retry=True, errors=[repr(exc)])
+            return Outcome(retry=True, errors=[ControlPlaneError(repr(exc))])
         seconds = time.perf_counter() - started
         self.passes += 1
         if self.passes == 1 or len(outcome.added) + len(outcome.changed) >= FREEZE_AFTER:
@@ -146,14 +189,17 @@ class Daemon:
     def _log(self, outcome: Outcome, seconds: float) -> None:
         for name, problems in outcome.problems.items():
             if self._seen_problems.get(name) != problems:
-                for problem in problems:
+                for problem in clip_all(problems):
                     log.warning("site.invalid", site=name, problem=problem)
         self._seen_problems = outcome.problems
         changed = outcome.added or outcome.changed or outcome.removed or outcome.written
         level = "warning" if outcome.errors or outcome.rejected else "info" if changed else "debug"
-        log.log(_LEVELS[level], "pass", added=outcome.added, changed=outcome.changed,
-                removed=outcome.removed, invalid=outcome.invalid, rejected=outcome.rejected,
-                written=outcome.written, confirmed=outcome.confirmed, errors=outcome.errors,
+        log.log(_LEVELS[level], "pass", added=clip_all(outcome.added, MAX_NAMES),
+                changed=clip_all(outcome.changed, MAX_NAMES),
+                removed=clip_all(outcome.removed, MAX_NAMES),
+                invalid=clip_all(outcome.invalid, MAX_NAMES),
+                rejected=clip_all([str(e) for e in outcome.rejected]), written=outcome.written,
+                confirmed=outcome.confirmed, errors=clip_all([str(e) for e in outcome.errors]),
                 versions=outcome.versions, stages_ms=outcome.durations_ms,
                 duration_ms=round(seconds * 1000, 2))
 

@@ -199,6 +199,18 @@ class Settings:
     retry_s: float = 2.0
     """After a timeout or an output error, the next pass comes this soon (seconds)."""
 
+    write_close_wait_s: float = 5.0
+    """A site file written in place is read once its writer closes it; a writer that
+    keeps it open without closing is waited for at most this long (seconds)."""
+
+    retry_max_s: float = 30.0
+    """Each further failing pass doubles the wait before the next, up to this (seconds);
+    a change in the sites folder still starts a pass at once."""
+
+    admin_max_bytes: int = 4 * 1024 * 1024
+    """The largest answer read from Envoy's admin socket (bytes); a larger one is a bad
+    answer, not a memory spike. Every request is also bounded to 1 s in total."""
+
     def __post_init__(self) -> None:
         if self.trusted_proxies and self.xff_trusted_hops:
             raise SettingsError("trusted_proxies and xff_trusted_hops: give one or the other"
@@ -216,14 +228,15 @@ class Settings:
 
 _PATHS = {"sites_dir", "out_dir", "state_dir", "admin_socket", "envoy"}
 _INTS = {"max_file_bytes", "max_connections", "xff_trusted_hops", "max_certificates",
-         "https_redirect_port", "listener_max_connections", "max_heap_bytes", "buffer_limit_bytes",
-         "http2_max_concurrent_streams", "http2_initial_stream_window_bytes",
-         "http2_initial_connection_window_bytes"}
+         "https_redirect_port", "listener_max_connections", "max_heap_bytes",
+         "buffer_limit_bytes", "http2_max_concurrent_streams",
+         "http2_initial_stream_window_bytes", "http2_initial_connection_window_bytes",
+         "admin_max_bytes"}
 _STRINGS = {"stat_prefix", "route_config_name"}
 _FLOATS = {
     "debounce_quiet_s", "debounce_max_s", "resync_s", "confirm_timeout_s",
-    "unconfirmed_gap_s", "retry_s", "request_headers_timeout_s", "request_timeout_s",
-    "stream_idle_timeout_s", "idle_timeout_s",
+    "unconfirmed_gap_s", "retry_s", "retry_max_s", "write_close_wait_s",
+    "request_headers_timeout_s", "request_timeout_s", "stream_idle_timeout_s", "idle_timeout_s",
 }
 CHOICES = {
     "headers_with_underscores": ("reject_request", "drop_header", "allow"),

@@ -20,12 +20,33 @@ from controlplane.writing import STATE_MODE, ensure_folder, sync_folder, write_a
 
 STATUS_FILE = "status.json"
 LAST_GOOD_DIR = "sites"
+MAX_TEXT = 1000
+"""Characters kept of one problem or error in the status file and the log (the rest is
+cut, saying how much): a hostile file cannot make either grow without bound."""
+MAX_ENTRIES = 50
+"""Problems kept per site, and errors per pass; then one line says how many more."""
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """`text` cut to `limit` characters, saying how many were cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def clip_all(texts: list[str], limit: int = MAX_ENTRIES) -> list[str]:
+    """At most `limit` clipped entries, then `and N more`."""
+    kept = [clip(t) for t in texts[:limit]]
+    return [*kept, f"and {len(texts) - limit} more"] if len(texts) > limit else kept
 
 
 @dataclass(slots=True, kw_only=True)
 class SiteStatus:
     state: str
-    """`serving` | `serving-last-good` (the file is broken) | `invalid` (nothing serves)."""
+    """`serving` (Envoy confirmed it runs this version) | `serving-last-good` (the file is
+    broken; its last good version serves) | `pending` (written, not confirmed yet: Envoy
+    down, slow or unable to bind a listener, or the output not writable) | `invalid`
+    (nothing serves)."""
     file: str
     serving: str | None = None
     """Content hash of the version Envoy serves (or was given)."""

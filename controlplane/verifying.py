@@ -18,15 +18,20 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from controlplane import tls
-from controlplane.errors import EnvoyBinaryError, Problem
+from controlplane.errors import EnvoyBinaryError, Problem, Stopping
 from controlplane.rendering import SiteResources, hcm
 from controlplane.settings import Settings
 
+SCRATCH_DIR = "scratch"
+"""The daemon's scratch bootstraps go in `STATE/scratch/` (swept at start), not /tmp."""
+STOP_POLL_S = 0.1
 VALIDATE_TIMEOUT_S = 60.0
 """10,000 sites validate in about 5 s on 2 cores; a run past this is a hang (a FIFO)."""
 _REASON = re.compile(r"error initializing configuration '[^']*': (.*)", re.DOTALL)
@@ -44,8 +49,14 @@ def envoy_binary(settings: Settings) -> Path:
 class Verifier:
     """Runs the Envoy binary on candidates; remembers which site renders passed."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, scratch: Path | None = None,
+                 stop: threading.Event | None = None) -> None:
+        """`scratch`: where the scratch bootstraps go (created 0700); None: the system's
+        temp folder (the one-shot commands). `stop`: set, it ends a run at once (the
+        child is killed and reaped) with Stopping."""
         self._settings = settings
+        self._scratch = scratch
+        self._stop = stop or threading.Event()
         self._binary = envoy_binary(settings)
         self._passed: set[str] = set()
         self._binary_ok = False
@@ -101,15 +112,33 @@ class Verifier:
 
     def _invoke(self, bootstrap: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         """`envoy --mode validate` on a scratch file: an argument list, no shell, a timeout."""
-        with tempfile.TemporaryDirectory(prefix="controlplane-validate-") as scratch:
+        if self._scratch is not None:
+            self._scratch.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._scratch.mkdir(mode=0o700, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="validate-", dir=self._scratch) as scratch:
             path = Path(scratch) / "bootstrap.json"
             path.write_text(json.dumps(bootstrap))
-            return subprocess.run(
-                [str(self._binary), "--mode", "validate", "-c", str(path),
-                 "--log-level", "error", "--disable-hot-restart"],
-                capture_output=True, text=True, timeout=VALIDATE_TIMEOUT_S,
-                stdin=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", "")},
-            )
+            return self._wait([str(self._binary), "--mode", "validate", "-c", str(path),
+                               "--log-level", "error", "--disable-hot-restart"])
+
+    def _wait(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        """Run the child to its end, VALIDATE_TIMEOUT_S at most, or until stopped."""
+        deadline = time.monotonic() + VALIDATE_TIMEOUT_S
+        with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL,
+                              env={"PATH": os.environ.get("PATH", "")}) as child:
+            while True:
+                try:
+                    out, err = child.communicate(timeout=STOP_POLL_S)
+                    return subprocess.CompletedProcess(args, child.returncode, out, err)
+                except subprocess.TimeoutExpired:
+                    if not self._stop.is_set() and time.monotonic() < deadline:
+                        continue
+                    child.kill()
+                    child.communicate()
+                    if self._stop.is_set():
+                        raise Stopping("stopping: envoy --mode validate ended") from None
+                    raise
 
     def _require_working_binary(self) -> None:
         """A hang or a crash is blamed on the candidates only when the binary validates an

@@ -7,6 +7,11 @@ filtered here; the scan filters them, so no event is ever wrongly dropped.
 
 `Signal.wait_batch` is the debounce: after the first event, wait until the folder has
 been quiet for `quiet` seconds, but never longer than `max_wait` after that event.
+
+A file written in place (IN_MODIFY) is unfinished until its writer closes it
+(IN_CLOSE_WRITE): `Signal.unfinished` names such files, so a pass keeps their previous
+version instead of reading half a file, and the close wakes the loop. A writer that
+never closes is waited for at most `max_wait` seconds, then its file is taken as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from watchdog.events import (
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
+    FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -35,7 +41,7 @@ from watchdog.observers.polling import PollingObserver
 MAX_ALSO = 8
 """At most this many socket folders are watched besides the sites folder."""
 MUTATIONS = [
-    FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent,
+    FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent, FileModifiedEvent,
     DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
 ]
 
@@ -48,6 +54,8 @@ class Signal:
         self._lock = threading.Lock()
         self._first: float | None = None
         self._last = 0.0
+        self._writing: dict[str, float] = {}
+        """File name -> when a write without a close was first seen."""
         self.count = 0
 
     def notify(self) -> None:
@@ -77,6 +85,35 @@ class Signal:
             self._event.clear()
         return not stop.is_set()
 
+    def writing(self, name: str) -> None:
+        """`name` is being written in place (no pass is needed until it is closed)."""
+        with self._lock:
+            self._writing.setdefault(name, time.monotonic())
+
+    def finished(self, name: str) -> None:
+        """`name` was closed, replaced or removed: whatever it holds now is complete."""
+        with self._lock:
+            self._writing.pop(name, None)
+
+    def unfinished(self, max_wait: float) -> tuple[frozenset[str], float | None]:
+        """The files written and not closed for less than `max_wait` seconds, and in how
+        many seconds the first of them is due anyway (None: none is)."""
+        now = time.monotonic()
+        with self._lock:
+            waiting = {n: max_wait - (now - t) for n, t in self._writing.items()
+                       if now - t < max_wait}
+        return frozenset(waiting), min(waiting.values(), default=None)
+
+    def take_overdue(self, max_wait: float) -> list[str]:
+        """The files waited for `max_wait` seconds without a close, forgotten now (they
+        are taken as they are; a further write starts a new wait)."""
+        now = time.monotonic()
+        with self._lock:
+            overdue = sorted(n for n, t in self._writing.items() if now - t >= max_wait)
+            for name in overdue:
+                del self._writing[name]
+        return overdue
+
     def clear(self) -> None:
         """Forget what was signalled so far (a full pass is about to look anyway)."""
         with self._lock:
@@ -93,6 +130,13 @@ class Handler(FileSystemEventHandler):
         self._signal = signal
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileModifiedEvent):
+            self._signal.writing(os.path.basename(os.fsdecode(event.src_path)))
+            return  # the close (or the bounded wait) starts the pass
+        if isinstance(event, FileMovedEvent):
+            self._signal.finished(os.path.basename(os.fsdecode(event.dest_path)))
+        if isinstance(event, FileClosedEvent | FileDeletedEvent | FileMovedEvent):
+            self._signal.finished(os.path.basename(os.fsdecode(event.src_path)))
         self._signal.notify()
 
 

@@ -5,21 +5,28 @@ follows the folder's inode, so: write a temp file in the same folder, set its mo
 the handle, fsync, `os.replace`, fsync the folder. The folder itself is never replaced.
 Unchanged content is not rewritten. On any error the temp file is removed and the old
 file stays as it was. The order of files across a pass is the reconciler's business.
+
+One process writes a folder at a time: `hold_lock` takes an exclusive `flock` on
+`FOLDER/.controlplane.lock` (Envoy ignores the file) for as long as the writer lives.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from controlplane.errors import OutputError
+from controlplane.errors import FolderBusy, OutputError
 
 OUTPUT_MODE = 0o644
 STATE_MODE = 0o600
 TEMP_PREFIX = ".tmp-"
+LOCK_FILE = ".controlplane.lock"
 
 
 def write_atomic(path: Path, data: bytes, mode: int = OUTPUT_MODE, *, force: bool = False,
@@ -92,3 +99,46 @@ def remove_stale_temps(folder: Path) -> None:
             if item.name.startswith(TEMP_PREFIX) and item.is_file(follow_symlinks=False):
                 with contextlib.suppress(OSError):
                     os.unlink(item.path)
+
+
+def remove_scratch(folder: Path) -> None:
+    """Empty a scratch folder that only this program writes into (left by a kill)."""
+    with contextlib.suppress(OSError), os.scandir(folder) as listing:
+        for item in listing:
+            if item.is_dir(follow_symlinks=False):
+                shutil.rmtree(item.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(item.path)
+
+
+@contextlib.contextmanager
+def hold_lock(folder: Path, purpose: str) -> Iterator[None]:
+    """Own `folder` while inside: an exclusive flock on its lock file, which records our
+    pid and purpose for the error another process gets. The kernel drops the lock when
+    the process dies, however it dies; the file itself stays (removing it would race).
+    The lock is held on a read-only handle: a file open for writing would keep the
+    folder's filesystem from being remounted read-only."""
+    path = folder / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     OUTPUT_MODE)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot open the lock file: {_describe(exc)}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise FolderBusy(f"{folder}: another controlplane owns this folder (pid and"
+                             f" command: {holder}); stop it first, or use another --out"
+                             ) from None
+        with contextlib.suppress(OSError):  # a read-only folder: locked, not labelled
+            label = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                os.write(label, f"{os.getpid()} {purpose}\n".encode())
+            finally:
+                os.close(label)
+        yield
+    finally:
+        os.close(fd)

@@ -186,7 +186,7 @@ class DaemonProcess:
 
     def __init__(self, folder: Path, args: list[str], config: Path | None = None) -> None:
         self.log = folder / "daemon.log"
-        settings = ["--config", str(config)] if config else []
+        settings = ["--config", str(config)] if config is not None else []
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "controlplane", *settings, "run", *args],
@@ -259,8 +259,9 @@ class Node:
         self.port = free_port()
         self.sites.mkdir(parents=True, exist_ok=True)
         self.upstreams = Upstreams(folder / "sockets", kind)
-        self.config = config
-        """A settings file that the daemon and the bootstrap both read."""
+        self.config: Path | None = config
+        """A settings file that the daemon and the bootstrap both read (a test may set it
+        later, for the daemon alone)."""
         self.envoy = Envoy(folder / "envoy", self.out, config=config)
         self.extra_args = extra_args
         self.tell_admin = tell_admin

@@ -41,7 +41,7 @@ def test_health_readiness_and_metrics_follow_envoy(short_tmp: Path) -> None:
         node.put("m", node.site("m", ["m2.example.com"], sock))
         wait_for(lambda: _fetch(port, "/readyz")[0] == 503, 15, "not ready without Envoy")
         assert _fetch(port, "/healthz")[0] == 200  # alive, just not confirmed
-        assert "envoy_timeout" in _fetch(port, "/metrics")[1]
+        assert 'controlplane_errors_total{kind="envoy_refused"}' in _fetch(port, "/metrics")[1]
 
         node.envoy.launch()
         wait_for(lambda: _fetch(port, "/readyz")[0] == 200, 15, "ready again")

@@ -24,6 +24,7 @@ def test_defaults_are_pinned() -> None:
     assert (s.debounce_quiet_s, s.debounce_max_s, s.resync_s) == (0.02, 0.5, 30.0)
     assert (s.confirm_timeout_s, s.unconfirmed_gap_s, s.retry_s) == (5.0, 0.25, 2.0)
     assert s.state == Path("out/.controlplane")
+    assert (s.admin_max_bytes, s.retry_max_s, s.write_close_wait_s) == (4 << 20, 30.0, 5.0)
 
 
 def test_edge_defaults_are_the_edge_proxy_guides() -> None:

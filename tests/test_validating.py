@@ -110,6 +110,21 @@ def test_an_established_site_keeps_its_domain_against_a_newcomer() -> None:
     assert "b" in selection.problems
 
 
+def test_the_holder_of_a_domain_takes_its_edits_while_a_copy_claims_it() -> None:
+    """The site that served a domain keeps it through its own edits; a copy claiming it
+    is refused (the holder has no problem); an established site that newly claims a held
+    domain is demoted to its last good version."""
+    old = _valid("domains: [x.example]\nupstream: {socket: /tmp/a.sock}\n", "a")
+    edited = _valid("domains: [x.example]\nupstream: {socket: /tmp/a2.sock}\n", "a")
+    copy = _valid("domains: [x.example]\nupstream: {socket: /tmp/a.sock}\n", "copy")
+    other = _valid("domains: [o.example]\nupstream: {socket: /tmp/o.sock}\n", "o")
+    grabbing = _valid("domains: [o.example, x.example]\nupstream: {socket: /tmp/o.sock}\n", "o")
+    selection = select({"a": edited, "copy": copy, "o": grabbing}, {"a": old, "o": other}, None)
+    assert selection.serving == {"a": edited, "o": other}
+    assert set(selection.problems) == {"copy", "o"}
+    assert all("also claimed by sites/a.yaml" in str(p) for p in selection.problems["copy"])
+
+
 def test_a_broken_site_serves_its_last_good_version() -> None:
     """A site whose new file is invalid keeps its last good version; others go ahead."""
     good = _valid("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\n", "a")

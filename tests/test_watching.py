@@ -83,3 +83,28 @@ def test_watch_follows_a_recreated_folder(tmp_path: Path) -> None:
         wait_for(lambda: signal.count > before, 5, "an event from the new folder")
     finally:
         watch.stop()
+
+
+def test_a_file_being_written_is_unfinished_until_closed(tmp_path: Path) -> None:
+    """A write in place marks the file unfinished without waking the loop; the close
+    clears it and wakes the loop; a writer that never closes is overdue after the wait."""
+    signal, stop = Signal(), threading.Event()
+    watch = Watch(tmp_path, signal)
+    try:
+        assert watch.ensure()
+        signal.clear()
+        with open(tmp_path / "w.yaml", "w") as writer:
+            writer.write("domains: [w.example.com]\n")
+            writer.flush()
+            wait_for(lambda: "w.yaml" in signal.unfinished(5.0)[0], 5, "unfinished")
+            _, due = signal.unfinished(5.0)
+            assert due is not None and 0 < due <= 5.0
+            assert signal.take_overdue(5.0) == []
+            assert signal.take_overdue(0.0) == ["w.yaml"]
+            writer.write("upstream: {socket: /tmp/w.sock}\n")
+            writer.flush()
+            wait_for(lambda: "w.yaml" in signal.unfinished(5.0)[0], 5, "unfinished again")
+        wait_for(lambda: not signal.unfinished(5.0)[0], 5, "finished on close")
+        assert signal.wait_batch(1.0, quiet=0.02, max_wait=0.5, stop=stop)
+    finally:
+        watch.stop()
