@@ -63,11 +63,16 @@ class Cors(Strict):
 
 
 class RateLimit(Strict):
-    """A local token bucket per Envoy: at most `requests` per `per`, then 429."""
+    """A local token bucket per Envoy: at most `requests` per `per`, then 429; one bucket
+    for the whole site, or one per client address."""
 
     requests: Count = Field(description="Requests allowed per interval.")
     per: PositiveDuration = Field("1s", description="The interval.")
     burst: Count | None = Field(None, description="Bucket size (default: 'requests').")
+    by: Literal["site", "client"] = Field(
+        "site", description="One bucket for the site (`site`), or one per client address"
+        " (`client`: an IPv4 address, or an IPv6 /64; the address Envoy found, see"
+        " trusted_proxies), so one busy client does not take the others' share.")
 
 
 class Access(Strict):

@@ -240,15 +240,32 @@ def _rbac(access: Access) -> dict[str, Any]:
     }}}
 
 
+MAX_CLIENT_BUCKETS = 10_000
+"""Per-client buckets one site keeps (Envoy evicts the least recently used): bounds the
+memory a flood of addresses can take."""
+
+
 def _rate_limit(limit: RateLimit, prefix: str) -> dict[str, Any]:
     always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
               "runtime_key": "controlplane_rate_limit"}
-    return {"@type": f"{_API}.local_ratelimit.v3.LocalRateLimit",
-            "stat_prefix": prefix,
-            "token_bucket": {"max_tokens": limit.burst or limit.requests,
-                             "tokens_per_fill": limit.requests,
-                             "fill_interval": envoy_duration(limit.per)},
-            "filter_enabled": always, "filter_enforced": always}
+    bucket: dict[str, Any] = {"max_tokens": limit.burst or limit.requests,
+                              "tokens_per_fill": limit.requests,
+                              "fill_interval": envoy_duration(limit.per)}
+    config: dict[str, Any] = {
+        "@type": f"{_API}.local_ratelimit.v3.LocalRateLimit", "stat_prefix": prefix,
+        "token_bucket": bucket, "filter_enabled": always, "filter_enforced": always}
+    if limit.by == "client":
+        # Each request's descriptor is its client's address (masked: an IPv6 client gets
+        # its /64); a descriptor entry without a value makes one bucket per address seen.
+        key = "masked_remote_address"
+        config.update({
+            "rate_limits": [{"actions": [{key: {"v4_prefix_mask_len": 32,
+                                                "v6_prefix_mask_len": 64}}]}],
+            "descriptors": [{"entries": [{"key": key}], "token_bucket": bucket}],
+            "max_dynamic_descriptors": MAX_CLIENT_BUCKETS,
+            "always_consume_default_token_bucket": False,
+        })
+    return config
 
 
 def _cors(cors: Cors) -> dict[str, Any]:
