@@ -37,6 +37,7 @@ from controlplane.paths import CONTROL_SOCKET_NAMES
 from controlplane.policies import (
     Access,
     AccessLog,
+    BasicAuth,
     CircuitBreaker,
     Cors,
     HealthCheck,
@@ -246,6 +247,8 @@ class SiteSpec(Strict):
     compression: bool = Field(False, description="Compress responses (gzip) for clients"
                               " that accept it.")
     access_log: AccessLog | None = Field(None, description="An access log of this site.")
+    basic_auth: BasicAuth | None = Field(None, description="Ask for a user and password"
+                                         " (routes may opt out with 'basic_auth: false').")
     stats_prefix: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", max_length=60)] | None = Field(
         None, description="Name of the site's upstream and route stats (default: the name).")
     request_headers: HeaderEdits | None = Field(None, description="Edit request headers.")
@@ -263,6 +266,9 @@ class SiteSpec(Strict):
             raise ValueError("routes: required when 'upstreams' names several upstreams")
         for i, route in enumerate(self.routes or ()):
             self._check_reference(f"routes[{i + 1}]", route)
+            if route.basic_auth is False and self.basic_auth is None:
+                raise ValueError(f"routes[{i + 1}].basic_auth: false opts a route out of the"
+                                 " site's basic_auth, which this site does not have")
         unknown = set((self.envoy and self.envoy.clusters) or ()) - set(self.upstreams or ())
         if unknown:
             raise ValueError(f"envoy.clusters: {', '.join(sorted(unknown))}: not a name under"

@@ -50,6 +50,14 @@ class Tls(Strict):
                            " (routes may opt out with 'https_redirect: false').")
 
 
+class BasicAuth(Strict):
+    """HTTP basic authentication of the site's requests against an htpasswd file."""
+
+    htpasswd: AbsolutePath = Field(description="An htpasswd file of `user:{SHA}hash` lines"
+                                   " (`htpasswd -s`); Envoy reads it, and again when it"
+                                   " changes.")
+
+
 class Cors(Strict):
     """Cross-origin resource sharing for browsers."""
 

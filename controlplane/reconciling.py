@@ -25,6 +25,7 @@ import structlog
 from controlplane import (
     certificates,
     claims,
+    htpasswd,
     loading,
     paths,
     rendering,
@@ -44,7 +45,7 @@ from controlplane.errors import (
     SitesUnavailable,
     bounded,
 )
-from controlplane.model import digest_of
+from controlplane.model import Site, digest_of
 from controlplane.publishing import Publisher
 from controlplane.settings import Settings
 from controlplane.verifying import Verifier
@@ -67,6 +68,9 @@ class Checked:
     uses: tuple[paths.Use, ...] = ()
     """The paths this version makes Envoy use: judged again at every pass (`select` with
     a `paths.Fence`), never cached with the rest, since a symlink can be planted later."""
+    reads: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """Files outside the sites folder whose content went into the render (an htpasswd
+    file), with their fingerprint then: a changed one makes the site file checked again."""
 
 
 def check_content(name: str, source: str, content: bytes, settings: Settings) -> Checked:
@@ -74,8 +78,9 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
     try:
         document = loading.parse(content, source)
         site = validating.validate(name, source, digest, document)
+        reads, secret = _read_htpasswd(site)
         try:
-            resources = rendering.render_site(site, settings)
+            resources = rendering.render_site(site, settings, htpasswd=secret)
         except SiteError as exc:  # the hatch's problems know their field, not its line
             raise SiteError(validating.locate(exc.problems, document)) from None
         uses = validating.path_uses(site, document)
@@ -87,7 +92,19 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
         return Checked(name=name, source=source, digest=digest, problems=(problem,))
     return Checked(name=name, source=source, digest=digest, content=content,
                    resources=resources, domains=tuple(site.spec.domains), uses=uses,
-                   warnings=tuple(shadowing.shadowed(site, document.lines)))
+                   warnings=tuple(shadowing.shadowed(site, document.lines)), reads=reads)
+
+
+def _read_htpasswd(site: Site) -> tuple[tuple[tuple[str, tuple[int, ...]], ...], str | None]:
+    """The site's htpasswd file, judged: its fingerprint and digest, or SiteError."""
+    spec = site.spec.basic_auth
+    if spec is None:
+        return (), None
+    seen = htpasswd.fingerprint(spec.htpasswd)
+    found, problems = htpasswd.inspect(site.source, spec.htpasswd)
+    if problems:
+        raise SiteError(problems)
+    return ((spec.htpasswd, seen),), found
 
 
 def fence_of(settings: Settings) -> paths.Fence:
@@ -320,8 +337,9 @@ class Reconciler:
         self._rejected: dict[str, str] = {}
         self._ignored: set[str] = set()
         self.socket_folders: set[str] = set()
-        """The folders of the sites' sockets, as written and resolved: the daemon watches
-        them, so a symlink planted (or removed) there is judged at the next pass."""
+        """The folders of the sites' sockets and htpasswd files, as written and resolved:
+        the daemon watches them, so a symlink planted (or removed) there is judged, and a
+        changed htpasswd file applied, at the next pass."""
         self._sites: dict[str, status.SiteStatus] = {}
         self._sites_json = "{}"
         self._confirmed: dict[str, str] = {}
@@ -383,7 +401,8 @@ class Reconciler:
     def _socket_folders(self) -> set[str]:
         items = [*(c for _, c in self._cache.values()), *self.last_good.values()]
         written = {os.path.dirname(u.path) for c in items for u in c.uses
-                   if u.kind == "socket" and u.path.startswith("/")}
+                   if (u.kind == "socket" or u.field == "basic_auth.htpasswd")
+                   and u.path.startswith("/")}
         return written | {os.path.realpath(f) for f in written}
 
     def _scan(self, outcome: Outcome, unfinished: frozenset[str]) -> dict[str, Checked] | None:
@@ -426,7 +445,8 @@ class Reconciler:
     def _check_cached(self, entry: loading.Entry) -> Checked:
         cached = self._cache.get(entry.name)
         if cached is not None and cached[0] == entry.fingerprint and (
-                cached[1].source == entry.location):
+                cached[1].source == entry.location) and all(
+                htpasswd.fingerprint(path) == seen for path, seen in cached[1].reads):
             item = cached[1]
         else:
             item = check_entry(entry, self._settings)

@@ -24,6 +24,7 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.compression.gzip.compressor.v3 import gzip_pb2
+from envoy.extensions.filters.http.basic_auth.v3 import basic_auth_pb2
 from envoy.extensions.filters.http.compressor.v3 import compressor_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
@@ -68,8 +69,9 @@ _MESSAGES: dict[str, type[Message]] = {
     "tls_context": tls_pb2.DownstreamTlsContext,
 }
 # Imported for their side effect: the Any types inside the resources must be registered.
-_ = (router_pb2, file_pb2, cel_pb2, gzip_pb2, compressor_pb2, cors_pb2, local_rate_limit_pb2,
-     rbac_pb2, tls_inspector_pb2, http_protocol_options_pb2, proxy_protocol_pb2, xff_pb2)
+_ = (basic_auth_pb2, router_pb2, file_pb2, cel_pb2, gzip_pb2, compressor_pb2, cors_pb2,
+     local_rate_limit_pb2, rbac_pb2, tls_inspector_pb2, http_protocol_options_pb2,
+     proxy_protocol_pb2, xff_pb2)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,13 +104,15 @@ class SiteResources:
     access_log: dict[str, Any] | None = None
 
 
-def render_site(site: Site, settings: Settings | None = None) -> SiteResources:
+def render_site(site: Site, settings: Settings | None = None, *,
+                htpasswd: str | None = None) -> SiteResources:
     """Render one site, merge its overrides, and check every resource against Envoy's
-    API types; a failure names the site file and the Envoy field."""
+    API types; a failure names the site file and the Envoy field. `htpasswd` is the
+    digest of the site's htpasswd file, which the daemon read."""
     settings = settings or Settings()
     clusters = tuple((cluster_name(site, u), _cluster(site, u, settings.buffer_limit_bytes))
                      for u in site.upstream_names())
-    vhost = _virtual_host(site, settings)
+    vhost = _virtual_host(site, settings, htpasswd)
     for name, rendered in clusters:
         check_types(rendered, CLUSTER, site.source, f"cluster {name}")
     check_types(vhost, "virtual_host", site.source, "virtual_host")
@@ -139,9 +143,9 @@ def _cluster(site: Site, upstream: str, buffer_limit: int) -> dict[str, Any]:
     return rendered
 
 
-def _virtual_host(site: Site, settings: Settings) -> dict[str, Any]:
+def _virtual_host(site: Site, settings: Settings, htpasswd: str | None) -> dict[str, Any]:
     port = settings.https_redirect_port or settings.listen_tls.port
-    vhost = virtual_host(site, port)
+    vhost = virtual_host(site, port, htpasswd)
     override = site.spec.envoy.virtual_host if site.spec.envoy else None
     if override:
         own = frozenset(cluster_name(site, u) for u in site.upstream_names())

@@ -165,6 +165,9 @@ class Route(Strict):
     response_headers: HeaderEdits | None = Field(None, description="Edit response headers.")
     https_redirect: bool = Field(True, description="On a TLS site, answer plain HTTP with a"
                                  " 301 to HTTPS; false serves this route over HTTP too.")
+    basic_auth: Literal[False] | None = Field(
+        None, description="false: this route needs no password on a site with basic_auth"
+        " (a health check, a public page).")
     envoy: dict[str, Any] | None = Field(None, description="Envoy Route fields merged into"
                                          " this route (see 'The envoy: escape hatch').")
 

@@ -63,6 +63,10 @@ def path_uses(site: Site, document: Document) -> tuple[Use, ...]:
     if spec.access_log is not None:
         uses.append(Use(field="access_log.path", kind="write", path=spec.access_log.path,
                         line=document.lines.get(("access_log", "path"))))
+    if spec.basic_auth is not None:
+        uses.append(Use(field="basic_auth.htpasswd", kind="read",
+                        path=spec.basic_auth.htpasswd,
+                        line=document.lines.get(("basic_auth", "htpasswd"))))
     return tuple(uses)
 
 

@@ -24,6 +24,10 @@ _API = "type.googleapis.com/envoy.extensions.filters.http"
 FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 RBAC, RATE_LIMIT = "envoy.filters.http.rbac", "envoy.filters.http.local_ratelimit"
 CORS, COMPRESSOR = "envoy.filters.http.cors", "envoy.filters.http.compressor"
+BASIC_AUTH = "envoy.filters.http.basic_auth"
+NOBODY = "nobody:{SHA}AAAAAAAAAAAAAAAAAAAAAAAAAAA="
+"""The listener's basic_auth filter needs users; it is disabled, and a site's own
+config (its htpasswd file) replaces them. Nobody's SHA-1 digest is all zeros."""
 ROUTER = "envoy.filters.http.router"
 CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
@@ -35,25 +39,31 @@ HTTP_FILTERS: tuple[dict[str, Any], ...] = (
     {"name": RATE_LIMIT, "disabled": True, "typed_config": {
         "@type": f"{_API}.local_ratelimit.v3.LocalRateLimit", "stat_prefix": "rate_limit"}},
     {"name": CORS, "disabled": True, "typed_config": {"@type": f"{_API}.cors.v3.Cors"}},
+    {"name": BASIC_AUTH, "disabled": True, "typed_config": {
+        "@type": f"{_API}.basic_auth.v3.BasicAuth", "users": {"inline_string": NOBODY}}},
     {"name": COMPRESSOR, "disabled": True, "typed_config": {
         "@type": f"{_API}.compressor.v3.Compressor",
         "compressor_library": {"name": "gzip", "typed_config": {"@type": GZIP}}}},
     {"name": ROUTER, "typed_config": {"@type": f"{_API}.router.v3.Router"}},
 )
 """The HTTP filters of every HttpConnectionManager, in order: deny early, then limit,
-then CORS, then compress; all off until a virtual host turns one on."""
+then CORS (its preflights need no password), then ask for one, then compress; all off
+until a virtual host turns one on."""
 _CATCH_ALL = Route.model_validate({"prefix": "/"})
 """The route of a site without `routes`: everything to its one upstream."""
 
 
-def virtual_host(site: Site, https_port: int) -> dict[str, Any]:
-    """The site's virtual host; `https_port` is where its HTTP -> HTTPS redirects point."""
+def virtual_host(site: Site, https_port: int, htpasswd: str | None = None) -> dict[str, Any]:
+    """The site's virtual host; `https_port` is where its HTTP -> HTTPS redirects point;
+    `htpasswd` is the digest of the site's htpasswd file (a changed file, a new version)."""
     routes = site.spec.routes or [_CATCH_ALL]
     rendered: list[dict[str, Any]] = []
     for number, route in enumerate(routes):
         main = _route(site, route)
         if site.spec.tls is not None and site.spec.tls.redirect and route.https_redirect:
-            rendered.append(_to_https(site, main["match"], https_port))
+            rendered.append(_no_password(_to_https(site, main["match"], https_port), site))
+        if route.basic_auth is False:
+            main = _no_password(main, site)
         rendered.append(_merged_route(site, number, main, route))
     vhost: dict[str, Any] = {"name": site.name, "domains": list(site.spec.domains),
                              "routes": rendered}
@@ -61,7 +71,18 @@ def virtual_host(site: Site, https_port: int) -> dict[str, Any]:
     features = _features(site)
     if features:
         vhost["typed_per_filter_config"] = features
+    if htpasswd is not None:
+        vhost["metadata"] = {"filter_metadata": {"controlplane": {"htpasswd": htpasswd}}}
     return vhost
+
+
+def _no_password(route: dict[str, Any], site: Site) -> dict[str, Any]:
+    """A route of a site with basic_auth that asks for none: opted out, or the redirect
+    to HTTPS (the password is asked over HTTPS, never sent in the clear first)."""
+    if site.spec.basic_auth is None:
+        return route
+    return {**route, "typed_per_filter_config": {
+        BASIC_AUTH: {"@type": FILTER_CONFIG, "disabled": True}}}
 
 
 def _merged_route(site: Site, number: int, main: dict[str, Any], route: Route) -> dict[str, Any]:
@@ -211,6 +232,9 @@ def _features(site: Site) -> dict[str, Any]:
     if spec.compression:
         configs[COMPRESSOR] = {"@type": f"{_API}.compressor.v3.CompressorPerRoute",
                                "overrides": {}}
+    if spec.basic_auth is not None:
+        configs[BASIC_AUTH] = {"@type": f"{_API}.basic_auth.v3.BasicAuthPerRoute",
+                               "users": {"filename": spec.basic_auth.htpasswd}}
     return {name: {"@type": FILTER_CONFIG, "config": config}
             for name, config in sorted(configs.items())}
 
