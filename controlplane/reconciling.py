@@ -353,7 +353,7 @@ class Reconciler:
         changed = names != set(self._sites)
         for name in names:
             serving = selection.serving.get(name)
-            problems = [str(p) for p in selection.problems.get(name, ())]
+            problems = list(selection.problems.get(name, ()))
             state = ("invalid" if serving is None else
                      "serving-last-good" if problems else "serving")
             digest = serving.digest if serving else None

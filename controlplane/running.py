@@ -1,8 +1,16 @@
-"""The daemon loop: watch, debounce, reconcile, resync; signals and a clean stop.
+"""The daemon loop: watch, debounce, reconcile, resync; signals, reload and a clean stop.
 
 One thread does the work (this one); watchdog's observer thread only signals. Every
-wait is on an Event, so SIGTERM or SIGINT stops the loop at once: the observer thread
-is joined, no temp file is left, and the last written files stay for Envoy.
+wait is on an Event, so SIGTERM, SIGINT or SIGQUIT stops the loop at once: the observer
+thread is joined, no temp file is left, and the last written files stay for Envoy.
+SIGHUP re-reads the settings (`reload`) and runs a full pass; settings that cannot
+change in a running process are reported and keep their old values. Every signal is
+logged. With `$NOTIFY_SOCKET` (systemd) the loop reports readiness after its first
+confirmed pass, feeds the watchdog, and says when it reloads and stops.
+
+At start the files are written first, since Envoy cannot start without them; while
+Envoy's admin socket does not exist yet, passes are written unconfirmed, and the daemon
+says once that it waits: that is start-up, not a failed pass.
 """
 
 from __future__ import annotations
@@ -17,30 +25,65 @@ from types import FrameType
 
 import structlog
 
+from controlplane import liveness
 from controlplane.envoy_admin import AdminClient
 from controlplane.errors import ControlPlaneError
 from controlplane.metrics import Metrics, MetricsServer
+from controlplane.notify import Notifier
 from controlplane.reconciling import Outcome, Reconciler
 from controlplane.settings import Settings
 from controlplane.verifying import Verifier
 from controlplane.watching import Signal, Watch
-from controlplane.writing import ensure_folder, remove_stale_temps
+from controlplane.writing import ensure_folder, ensure_private_folder, remove_stale_temps
 
 log = structlog.get_logger("controlplane")
 MISSING_FOLDER_POLL_S = 1.0
+ADMIN_POLL_S = 0.1
 FREEZE_AFTER = 100
 """Sites added or changed in one pass after which the heap is frozen again (see _pass)."""
+FIXED = ("sites_dir", "out_dir", "state_dir", "listen", "listen_tls", "admin_socket",
+         "metrics", "max_connections", "stat_prefix", "route_config_name")
+"""Settings a running daemon keeps until restarted: the folders it watches and owns, the
+sockets it opened, and what the bootstrap (Envoy's own start) names."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+NOTED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 @contextlib.contextmanager
 def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     """SIGTERM and SIGINT call `stop`; the previous handlers come back on exit."""
-    def handle(signum: int, frame: FrameType | None) -> None:
-        # Not stop() here: a handler runs between two bytecodes of the main thread, which
-        # may hold the very lock that Event.set() takes. A thread takes it safely.
-        threading.Thread(target=stop, name="stop-signal").start()
+    with _handlers({s: stop for s in (signal.SIGTERM, signal.SIGINT)}):
+        yield
 
-    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+@contextlib.contextmanager
+def daemon_signals(daemon: Daemon) -> Iterator[None]:
+    """The daemon's signals: stop, reload, and the rest logged, never silent."""
+    actions: dict[signal.Signals, Callable[[], None]] = {
+        **{s: _logged(s, daemon.request_stop) for s in STOP_SIGNALS},
+        signal.SIGHUP: _logged(signal.SIGHUP, daemon.request_reload),
+        **{s: _logged(s, lambda: None, "ignored") for s in NOTED_SIGNALS}}
+    with _handlers(actions):
+        yield
+
+
+def _logged(signum: signal.Signals, then: Callable[[], None],
+            effect: str = "") -> Callable[[], None]:
+    def act() -> None:
+        log.info("signal.received", signal=signum.name, effect=effect or then.__name__)
+        then()
+    return act
+
+
+@contextlib.contextmanager
+def _handlers(actions: dict[signal.Signals, Callable[[], None]]) -> Iterator[None]:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        # Not the action here: a handler runs between two bytecodes of the main thread,
+        # which may hold the very lock that Event.set() (or logging) takes. A thread
+        # takes it safely.
+        threading.Thread(target=actions[signal.Signals(signum)], name="signal").start()
+
+    previous = {s: signal.signal(s, handle) for s in actions}
     try:
         yield
     finally:
@@ -49,55 +92,107 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+    def __init__(self, settings: Settings, stop: threading.Event | None = None,
+                 reload: Callable[[], Settings] | None = None) -> None:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.signal = Signal()
         self.passes = 0
         self.metrics = Metrics(settings.resync_s)
         self.metrics_port: int | None = None
+        self.notifier = Notifier()
+        self._reload = reload
+        self._reload_requested = threading.Event()
+        self._admin_found = threading.Event()
         self._seen_problems: dict[str, list[str]] = {}
+        self._confirmed: bool | None = None
+        self._ready = False
 
     def request_stop(self) -> None:
         """Stop soon: from a signal handler or another thread."""
         self.stop.set()
         self.signal.wake()
 
+    def request_reload(self) -> None:
+        """Re-read the settings and run a full pass soon."""
+        self._reload_requested.set()
+        self.signal.wake()
+
     def run(self) -> None:
         settings = self.settings
         ensure_folder(settings.out_dir)
+        if ensure_private_folder(settings.state):
+            log.warning("state.narrowed", folder=str(settings.state), mode="0700",
+                        detail="the state folder was readable by others")
         remove_stale_temps(settings.out_dir)
-        admin = None
+        info = liveness.record_start(settings)
         if settings.admin_socket is None:
             log.warning("envoy.admin.none", detail="applies are written in order with a"
                         f" {settings.unconfirmed_gap_s:g}s gap and not confirmed")
-        else:
-            admin = AdminClient(settings.admin_socket, settings)
-        verifier = Verifier(settings) if settings.verify_with_envoy else None
-        reconciler = Reconciler(settings, verifier=verifier, admin=admin, stop=self.stop)
         watch = Watch(settings.sites_dir, self.signal)
         server = None
         if settings.metrics is not None:
             server = MetricsServer(settings.metrics, self.metrics)
             self.metrics_port = server.port
         log.info("daemon.start", sites=str(settings.sites_dir), out=str(settings.out_dir),
-                 admin_socket=str(settings.admin_socket), metrics=str(settings.metrics))
+                 admin_socket=str(settings.admin_socket), metrics=str(settings.metrics),
+                 systemd=self.notifier.enabled)
+        waiter = self._await_admin()
         try:
-            self._loop(reconciler, watch)
+            self._loop(watch)
         finally:
+            self.notifier.stopping()
+            self.stop.set()
             watch.stop()
+            if waiter is not None:
+                waiter.join(timeout=5)
             if server is not None:
                 server.close()
             remove_stale_temps(settings.out_dir)
+            liveness.record_stop(settings, info)
             log.info("daemon.stop", passes=self.passes)
 
-    def _loop(self, reconciler: Reconciler, watch: Watch) -> None:
+    def _reconciler(self) -> Reconciler:
         settings = self.settings
+        admin = None
+        if settings.admin_socket is not None and self._admin_found.is_set():
+            admin = AdminClient(settings.admin_socket, settings)
+        verifier = Verifier(settings) if settings.verify_with_envoy else None
+        return Reconciler(settings, verifier=verifier, admin=admin, stop=self.stop)
+
+    def _await_admin(self) -> threading.Thread | None:
+        """Until Envoy's admin socket exists, passes are not confirmed (Envoy is not up:
+        it needs the files first); a thread watches for it and wakes the loop."""
+        path = self.settings.admin_socket
+        if path is None:
+            return None
+        if path.exists():
+            self._admin_found.set()
+            return None
+        log.info("envoy.admin.waiting", socket=str(path),
+                 detail="writing the files unconfirmed until Envoy's admin socket exists")
+
+        def wait() -> None:
+            while not self.stop.wait(ADMIN_POLL_S):
+                if path.exists():
+                    log.info("envoy.admin.found", socket=str(path))
+                    self._admin_found.set()
+                    self.signal.wake()
+                    return
+
+        thread = threading.Thread(target=wait, name="admin-socket")
+        thread.start()
+        return thread
+
+    def _loop(self, watch: Watch) -> None:
         watched = watch.ensure()
         self.signal.clear()  # the first pass looks at everything that ensure() signalled
+        confirmed_mode = self._admin_found.is_set()
+        reconciler = self._reconciler()
         outcome = self._pass(reconciler)
-        next_resync = time.monotonic() + settings.resync_s
+        next_resync = time.monotonic() + self.settings.resync_s
         while not self.stop.is_set():
+            settings = self.settings
             if watch.fallback_reason:
                 log.warning("watch.polling", reason=watch.fallback_reason)
                 watch.fallback_reason = None
@@ -106,15 +201,52 @@ class Daemon:
                 timeout = min(timeout, settings.retry_s)
             if not watched:
                 timeout = min(timeout, MISSING_FOLDER_POLL_S)
+            if self.notifier.watchdog_s is not None:
+                timeout = min(timeout, self.notifier.watchdog_s)
             self.signal.wait_batch(timeout, settings.debounce_quiet_s, settings.debounce_max_s,
                                    self.stop)
             if self.stop.is_set():
                 break
             self.metrics.beat()
+            if self._reload_requested.is_set() or confirmed_mode != self._admin_found.is_set():
+                self._apply_reload()
+                confirmed_mode = self._admin_found.is_set()
+                reconciler = self._reconciler()
             watched = watch.ensure()
             outcome = self._pass(reconciler)
             if time.monotonic() >= next_resync or not outcome.retry:
-                next_resync = time.monotonic() + settings.resync_s
+                next_resync = time.monotonic() + self.settings.resync_s
+
+    def _apply_reload(self) -> None:
+        """SIGHUP: the new settings, except those that need a restart (reported)."""
+        if not self._reload_requested.is_set():
+            return
+        self._reload_requested.clear()
+        self.notifier.reloading()
+        if self._reload is None:
+            log.warning("settings.reload.unavailable", detail="no settings source to re-read")
+            return
+        try:
+            fresh = self._reload()
+        except ControlPlaneError as exc:
+            log.error("settings.reload.failed", error=str(exc), detail="keeping the old settings")
+            return
+        kept = {key: getattr(self.settings, key) for key in FIXED
+                if getattr(fresh, key) != getattr(self.settings, key)}
+        changed = sorted(key for key in type(fresh).model_fields
+                         if key not in kept and getattr(fresh, key) != getattr(self.settings, key))
+        if kept:
+            log.warning("settings.reload.needs_restart", keys=sorted(kept),
+                        detail="these keep their old values until the daemon restarts")
+        self.settings = fresh.replace(**kept)
+        self._configure_logs(changed)
+        log.info("settings.reloaded", changed=changed)
+
+    def _configure_logs(self, changed: list[str]) -> None:
+        if "log_level" in changed or "log_format" in changed:
+            from controlplane import logs
+
+            logs.configure(self.settings.log_level, self.settings.log_format)
 
     def _pass(self, reconciler: Reconciler) -> Outcome:
         started = time.perf_counter()
@@ -139,14 +271,46 @@ class Daemon:
             gc.freeze()
         self._log(outcome, seconds)
         self.metrics.record(outcome, seconds, reconciler.site_states())
+        self._tell_systemd(outcome)
         return outcome
+
+    def _tell_systemd(self, outcome: Outcome) -> None:
+        """READY=1 after the first confirmed pass (or the first clean one without an
+        admin socket), then STATUS and watchdog beats."""
+        if not self.notifier.enabled:
+            return
+        waiting = self.settings.admin_socket is not None and not self._admin_found.is_set()
+        good = not outcome.errors and not waiting and (
+            outcome.confirmed is True or self.settings.admin_socket is None)
+        text = (f"{len(outcome.invalid)} invalid; last pass"
+                f" {'confirmed' if good else 'waiting for Envoy' if waiting else 'with errors'}")
+        if good and not self._ready:
+            self._ready = True
+            self.notifier.ready(text)
+        elif self._ready:
+            self.notifier.send("READY=1", f"STATUS={text}")  # also ends a RELOADING=1
+        self.notifier.watchdog()
+        if self.notifier.error:
+            log.warning("systemd.notify.failed", error=self.notifier.error)
+            self.notifier.error = None
 
     def _log(self, outcome: Outcome, seconds: float) -> None:
         for name, problems in outcome.problems.items():
             if self._seen_problems.get(name) != problems:
                 for problem in problems:
                     log.warning("site.invalid", site=name, problem=problem)
+        fresh = set(outcome.added) | set(outcome.changed)
+        for name in sorted(set(self._seen_problems) - set(outcome.problems)):
+            if name in fresh:
+                log.info("site.valid_again", site=name)
+            elif name not in outcome.removed:
+                log.info("site.problems_gone", site=name,
+                         detail="its file was removed, or is back to the version that serves")
         self._seen_problems = outcome.problems
+        if outcome.confirmed is True and self._confirmed is False:
+            log.info("envoy.confirming_again", versions=outcome.versions)
+        if outcome.confirmed is not None or self.settings.admin_socket is None:
+            self._confirmed = outcome.confirmed
         changed = outcome.added or outcome.changed or outcome.removed or outcome.written
         level = "warning" if outcome.errors or outcome.rejected else "info" if changed else "debug"
         log.log(_LEVELS[level], "pass", added=outcome.added, changed=outcome.changed,
@@ -157,3 +321,5 @@ class Daemon:
 
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30}
+
+

@@ -1,17 +1,35 @@
-"""Settings: every knob of the pipeline and the daemon, with its unit, default and reason.
+"""Settings: every knob of the pipeline and the daemon, with its unit, range and reason.
 
-The CLI builds one frozen `Settings` from defaults, then the settings file, then flags
-(flags win). Nothing below the CLI reads the environment or argv. A test pins the
-defaults, so changing one is a visible decision.
+`Settings` is a frozen pydantic model: a flat list of fields, each with a docstring
+(the README's settings table and the CLI's help are generated from them) and its
+range. The CLI (`configuring`) fills it from flags, `CONTROLPLANE_*` environment
+variables, the settings file and the defaults, in that order of precedence; nothing
+below the CLI reads the environment or argv. A test pins the defaults, so changing
+one is a visible decision.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import ipaddress
-from dataclasses import dataclass, field
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic_settings import NoDecode
 
 from controlplane.errors import SettingsError
 
@@ -35,17 +53,63 @@ class Listen:
             ipaddress.ip_address(host)
             number = int(port)
         except ValueError:
-            raise SettingsError(f"listen: {text!r} is not HOST:PORT with an IP host") from None
+            raise SettingsError(f"{text!r} is not HOST:PORT with an IP host,"
+                                " like 127.0.0.1:8080 or [::]:8080") from None
         if not sep or not 0 < number < 65536:
-            raise SettingsError(f"listen: {text!r}: port must be 1-65535")
+            raise SettingsError(f"{text!r}: the port must be 1-65535")
         return cls(host=host, port=number)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
+def _listen(value: Any) -> Listen:
+    if isinstance(value, Listen):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"write HOST:PORT as a string, like 127.0.0.1:8080 (got {value!r})")
+    try:
+        return Listen.parse(value)
+    except SettingsError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _folders(value: Any) -> Any:
+    """A list of folders; one string is one folder, or several separated by `:` as in
+    PATH (an environment variable may also hold a JSON list). Never characters."""
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [part for part in value.split(":") if part]
+    return value
+
+
+def _absolute(folders: tuple[Path, ...]) -> tuple[Path, ...]:
+    relative = [str(f) for f in folders if not f.is_absolute()]
+    if relative:
+        raise ValueError(f"folders must be absolute paths: {', '.join(relative)}")
+    return folders
+
+
+ListenAddress = Annotated[
+    Listen, NoDecode, PlainValidator(_listen), PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "format": "HOST:PORT"}),
+]
+Folders = Annotated[tuple[Path, ...], NoDecode, BeforeValidator(_folders),
+                    AfterValidator(_absolute)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "json", "console"]
+
+
+class Settings(BaseModel):
+    """One field per setting; the settings-file key, the flag and the environment
+    variable (`CONTROLPLANE_` + the key in capitals) all carry the field's name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True,
+                              validate_default=False)
+
     sites_dir: Path = Path("config/sites")
     """The folder of site files, one `NAME.yaml` per site."""
 
@@ -54,28 +118,28 @@ class Settings:
     this folder at the same absolute path (the listener names `rds.json` by path)."""
 
     state_dir: Path | None = None
-    """Last-good site versions and the status file. Default: `OUT/.controlplane`."""
+    """Last-good site versions and the status file (mode 0700). Default: `OUT/.controlplane`."""
 
-    listen: Listen = field(default_factory=lambda: Listen(host="0.0.0.0", port=8080))
+    listen: ListenAddress = Listen(host="0.0.0.0", port=8080)
     """The HTTP listener's address."""
 
-    listen_tls: Listen = field(default_factory=lambda: Listen(host="0.0.0.0", port=8443))
+    listen_tls: ListenAddress = Listen(host="0.0.0.0", port=8443)
     """The HTTPS listener's address (only opened while some site has `tls`)."""
 
-    https_redirect_port: int | None = None
+    https_redirect_port: Port | None = None
     """The port HTTP -> HTTPS redirects point to. Default: the port of `listen_tls`; set
     443 when a load balancer or a port mapping puts the HTTPS listener on 443."""
 
-    max_certificates: int = 40
+    max_certificates: Annotated[int, Field(ge=1)] = 40
     """At most this many distinct certificate files in use (sites sharing one count once).
     Envoy spends two inotify instances on each (default limit: 128 per user, shared with
     the daemon and every other watcher of Envoy's user); a site that would pass the
     limit is refused."""
 
-    metrics: Listen | None = None
+    metrics: ListenAddress | None = None
     """Where to serve /healthz, /readyz and /metrics (off by default; e.g. 127.0.0.1:9102)."""
 
-    max_connections: int = 50_000
+    max_connections: Annotated[int, Field(ge=1)] = 50_000
     """Envoy's limit on open downstream connections (the bootstrap's overload manager):
     an edge proxy without one can be exhausted by idle connections."""
 
@@ -88,94 +152,83 @@ class Settings:
     verify_with_envoy: bool = True
     """Run `envoy --mode validate` on changed sites before anything is written."""
 
-    socket_dirs: tuple[Path, ...] = (Path("/dev/shm"), Path("/run"), Path("/var/run"), Path("/tmp"))
+    socket_dirs: Folders = (Path("/dev/shm"), Path("/run"), Path("/var/run"), Path("/tmp"))
     """Upstream sockets must lie under one of these folders (empty: anywhere absolute)."""
 
-    log_dirs: tuple[Path, ...] = (Path("/var/log"), Path("/tmp"))
+    log_dirs: Folders = (Path("/var/log"), Path("/tmp"))
     """Per-site access logs must lie under one of these folders, or be /dev/stdout or
     /dev/stderr (empty: anywhere absolute). Envoy opens them with its own rights."""
 
-    max_file_bytes: int = 1024 * 1024
+    max_file_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024
     """Site files larger than this are refused unread (bytes)."""
 
-    stat_prefix: str = "ingress_http"
+    stat_prefix: Name = "ingress_http"
     """The HttpConnectionManager's stat prefix; RDS stats live under `http.<prefix>.rds.`."""
 
-    route_config_name: str = "routes"
+    route_config_name: Name = "routes"
     """The name of the one RouteConfiguration delivered through `rds.json`."""
 
-    debounce_quiet_s: float = 0.02
+    debounce_quiet_s: Annotated[float, Field(ge=0)] = 0.02
     """A pass starts once the folder has been quiet this long (seconds). Measured with
     `python -m bench.debounce_gaps` (1,000 files by cp, tar and write-then-rename): the
     largest gap inside a burst was 5.5-12 ms, loaded machine included; 20 ms keeps a
     burst together and adds at most 20 ms to a single save."""
 
-    debounce_max_s: float = 0.5
+    debounce_max_s: Annotated[float, Field(ge=0)] = 0.5
     """...but never waits longer than this after the first event of a burst (seconds).
     The same bursts spanned 0.12-1.0 s, so one becomes one to three passes."""
 
-    resync_s: float = 30.0
+    resync_s: Annotated[float, Field(gt=0)] = 30.0
     """A full rescan this often, for events inotify dropped silently (seconds)."""
 
-    confirm_timeout_s: float = 5.0
-    """How long to wait for Envoy to confirm one step before reporting a timeout."""
+    confirm_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    """How long to wait for Envoy to confirm one step before reporting a timeout (seconds)."""
 
-    unconfirmed_gap_s: float = 0.25
+    unconfirmed_gap_s: Annotated[float, Field(ge=0)] = 0.25
     """Without an admin socket: the pause between ordered steps (seconds)."""
 
-    retry_s: float = 2.0
+    retry_s: Annotated[float, Field(gt=0)] = 2.0
     """After a timeout or an output error, the next pass comes this soon (seconds)."""
+
+    log_level: LogLevel = "info"
+    """The least important log events shown: debug, info, warning or error."""
+
+    log_format: LogFormat = "auto"
+    """Log lines as `json`, as `console` text, or `auto`: console on a terminal, else JSON."""
 
     @property
     def state(self) -> Path:
         return self.state_dir if self.state_dir is not None else self.out_dir / ".controlplane"
 
     def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed, validated like the original."""
+        return type(self).model_validate({**self.__dict__, **changes})
 
 
-_PATHS = {"sites_dir", "out_dir", "state_dir", "admin_socket", "envoy"}
-_INTS = {"max_file_bytes", "max_connections", "max_certificates", "https_redirect_port"}
-_STRINGS = {"stat_prefix", "route_config_name"}
-_FLOATS = {
-    "debounce_quiet_s", "debounce_max_s", "resync_s", "confirm_timeout_s",
-    "unconfirmed_gap_s", "retry_s",
-}
-
-
-def from_mapping(values: dict[str, Any], base: Settings | None = None) -> Settings:
-    """Apply a settings file's keys (the field names above) onto `base`; unknown keys fail."""
-    known = {f.name for f in dataclasses.fields(Settings)}
-    changes: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in known:
-            raise SettingsError(f"settings: unknown key {key!r}; known: {', '.join(sorted(known))}")
-        changes[key] = _coerce(key, value)
-    return (base or Settings()).replace(**changes)
-
-
-def _coerce(key: str, value: Any) -> Any:
+def from_mapping(values: dict[str, Any], base: Settings | None = None,
+                 where: Callable[[str], str] = lambda key: f"settings: {key}") -> Settings:
+    """Apply a mapping of settings keys onto `base`, validated; every problem is one
+    line, `where(key)` naming where the key was written. Unknown keys get a hint."""
+    problems = [f"{where(key)}: {unknown_key_reason(key)}" for key in values
+                if key not in Settings.model_fields]
+    known = {k: v for k, v in values.items() if k in Settings.model_fields}
     try:
-        if value is None:
-            return None
-        if key in _PATHS:
-            return Path(str(value))
-        if key in ("listen", "metrics", "listen_tls"):
-            return Listen.parse(str(value))
-        if key in ("socket_dirs", "log_dirs"):
-            return tuple(Path(str(v)) for v in value)
-        if key in _FLOATS:
-            return float(value)
-        if key in _INTS:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"expected a whole number, got {value!r}")
-            return value
-        if key == "verify_with_envoy":
-            if not isinstance(value, bool):
-                raise TypeError("expected true or false")
-            return value
-        if key in _STRINGS:
-            return str(value)
-        raise AssertionError(f"settings: no coercion for {key}")
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"settings: {key}: {exc}") from None
+        settings = Settings.model_validate({**(base or Settings()).__dict__, **known})
+    except ValidationError as exc:
+        problems += [f"{where(str(e['loc'][0]))}: {_reason(e)}" for e in exc.errors()]
+    if problems:
+        raise SettingsError("\n".join(problems))
+    return settings
+
+
+def unknown_key_reason(key: str) -> str:
+    close = difflib.get_close_matches(key, list(Settings.model_fields), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else "see `controlplane settings --markdown`"
+    return f"unknown setting {key!r}; {hint}"
+
+
+def _reason(error: Any) -> str:
+    message = str(error["msg"])
+    if message.startswith("Value error, "):  # ours: the value is in the message already
+        return message.removeprefix("Value error, ")
+    return f"{message} (got {error['input']!r})" if "input" in error else message

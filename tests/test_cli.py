@@ -39,12 +39,12 @@ def test_settings_file_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     config = tmp_path / "settings.yaml"
     config.write_text("listne: 127.0.0.1:80\n")
     assert main(["--config", str(config), "check", str(tmp_path)]) == 2
-    assert "unknown key 'listne'" in capsys.readouterr().err
+    assert "listne: unknown setting 'listne'; did you mean 'listen'?" in capsys.readouterr().err
 
 
-def test_missing_sites_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """check on a folder that is not there says so."""
-    assert main(["check", str(tmp_path / "nope")]) == 2
+def test_missing_sites_folder_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check on a folder that is not there names it; an environment problem: exit 3."""
+    assert main(["check", str(tmp_path / "nope")]) == 3
     assert "No such file or directory" in capsys.readouterr().err
 
 

@@ -31,7 +31,7 @@ def test_settings_file_keys_apply_and_unknown_keys_fail() -> None:
     s = from_mapping({"listen": "[::]:80", "socket_dirs": ["/srv/sockets"], "resync_s": 5})
     assert (s.listen, s.socket_dirs, s.resync_s) == (Listen(host="::", port=80),
                                                      (Path("/srv/sockets"),), 5.0)
-    with pytest.raises(SettingsError, match="unknown key 'listne'"):
+    with pytest.raises(SettingsError, match="unknown setting 'listne'; did you mean 'listen'"):
         from_mapping({"listne": "1.2.3.4:80"})
 
 
