@@ -88,8 +88,9 @@ def _parser() -> argparse.ArgumentParser:
                                   formatter_class=options.Formatter)
         sub.set_defaults(command=handler)
         if sites:
-            sub.add_argument("sites_dir", nargs="?", metavar="SITES_DIR", default=argparse.SUPPRESS,
-                             help="the folder of site files (the same as --sites)")
+            sub.add_argument("sites_dir", nargs="?", metavar="SITES_DIR",
+                             default=argparse.SUPPRESS, help="the folder of site files (the"
+                             " same as --sites; default: config/sites)")
         options.settings_options(sub, top=False)
         return sub
 

@@ -66,8 +66,7 @@ def alive(info: dict[str, Any]) -> bool:
     pid = info.get("pid")
     if not isinstance(pid, int) or pid <= 0 or info.get("stopped_at"):
         return False
-    started = _process_start(pid)
-    if started is None or not Path("/proc/self/stat").exists():
+    if not Path("/proc/self/stat").exists():
         try:
             os.kill(pid, 0)  # no /proc: the pid exists (it may have been reused)
         except ProcessLookupError:
@@ -75,16 +74,20 @@ def alive(info: dict[str, Any]) -> bool:
         except PermissionError:
             return True
         return True
-    return started == info.get("process_start") and _boot_id() == info.get("boot_id")
+    started = _process_start(pid)
+    return started is not None and started == info.get("process_start") and (
+        _boot_id() == info.get("boot_id"))
 
 
 def _process_start(pid: int) -> int | None:
-    """The kernel's start time of `pid` (clock ticks since boot), None if it is gone."""
+    """The kernel's start time of `pid` (clock ticks since boot), None if it is gone or
+    a zombie (dead, not yet reaped by its parent)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(text.rpartition(")")[2].split()[19])
+    fields = text.rpartition(")")[2].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def _boot_id() -> str | None:

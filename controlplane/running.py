@@ -289,6 +289,8 @@ class Daemon:
             self.notifier.ready(text)
         elif self._ready:
             self.notifier.send("READY=1", f"STATUS={text}")  # also ends a RELOADING=1
+        else:
+            self.notifier.status(text)
         self.notifier.watchdog()
         if self.notifier.error:
             log.warning("systemd.notify.failed", error=self.notifier.error)

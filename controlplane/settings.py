@@ -209,15 +209,17 @@ def from_mapping(values: dict[str, Any], base: Settings | None = None,
                  where: Callable[[str], str] = lambda key: f"settings: {key}") -> Settings:
     """Apply a mapping of settings keys onto `base`, validated; every problem is one
     line, `where(key)` naming where the key was written. Unknown keys get a hint."""
-    problems = [f"{where(key)}: {unknown_key_reason(key)}" for key in values
+    problems = [(key, unknown_key_reason(key)) for key in values
                 if key not in Settings.model_fields]
     known = {k: v for k, v in values.items() if k in Settings.model_fields}
     try:
         settings = Settings.model_validate({**(base or Settings()).__dict__, **known})
     except ValidationError as exc:
-        problems += [f"{where(str(e['loc'][0]))}: {_reason(e)}" for e in exc.errors()]
+        problems += [(str(e["loc"][0]), _reason(e)) for e in exc.errors()]
     if problems:
-        raise SettingsError("\n".join(problems))
+        order = {key: i for i, key in enumerate(values)}  # as written: by line in a file
+        problems.sort(key=lambda p: order.get(p[0], len(order)))
+        raise SettingsError("\n".join(f"{where(key)}: {reason}" for key, reason in problems))
     return settings
 
 
