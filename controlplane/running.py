@@ -256,6 +256,13 @@ class Daemon:
             log.error("pass.failed", error=str(exc))
             self.metrics.record_failure(type(exc).__name__, str(exc))
             return Outcome(retry=True, errors=[str(exc)])
+        except OSError as exc:  # a file or folder the daemon needs: name it, and the fix
+            where = exc.filename or "a file or folder"
+            error = (f"{where}: {exc.strerror or exc}; check that it exists and that the"
+                     " daemon's user may read it (and write the out and state folders)")
+            log.error("pass.failed", error=error)
+            self.metrics.record_failure("output", error)
+            return Outcome(retry=True, errors=[error])
         except Exception as exc:  # a bug must cost one pass, not every site: retry, loudly
             log.exception("pass.crashed", error=repr(exc))
             self.metrics.record_failure("internal", repr(exc))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -198,3 +199,18 @@ def test_log_format_is_chosen(form: str, capsys: pytest.CaptureFixture[str]) -> 
     else:
         assert "test.event" in line and "key" in line and not line.startswith("{")
     logs.configure("info", "auto")
+
+
+def test_demo_names_what_a_restrictive_umask_breaks(tmp_path: Path) -> None:
+    """umask 077 and private site files are named with their fix; 022 and 0644 pass."""
+    from controlplane.demo import permission_problems
+
+    site = tmp_path / "blog.yaml"
+    site.write_text("domains: [blog.example.com]\n")
+    os.chmod(site, 0o644)
+    assert permission_problems(0o022, tmp_path) == []
+    os.chmod(site, 0o600)
+    umask_problem, file_problem = permission_problems(0o077, tmp_path)
+    assert umask_problem.startswith("umask 0077: ") and "nginx workers" in umask_problem
+    assert file_problem.startswith(f"{site}: not readable by other users")
+    assert "chmod -R o+rX config" in file_problem
