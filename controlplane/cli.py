@@ -35,7 +35,8 @@ from controlplane import (
     tls,
 )
 from controlplane.errors import ControlPlaneError, SettingsError, SiteError
-from controlplane.running import Daemon, daemon_signals
+from controlplane.running import Daemon
+from controlplane.signals import daemon_signals
 from controlplane.verifying import Verifier
 from controlplane.writing import ensure_folder, write_atomic
 
@@ -188,7 +189,7 @@ def _bootstrap(config: settings.Settings, args: argparse.Namespace) -> int:
 
 def _run(config: settings.Settings, args: argparse.Namespace) -> int:
     daemon = Daemon(config, reload=lambda: _settings(args))
-    with daemon_signals(daemon):
+    with daemon_signals(daemon.request_stop, daemon.request_reload):
         daemon.run()
     return EXIT_OK
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import yaml
 
 from controlplane import loading, reconciling, rendering, upstreams
-from controlplane.running import stop_on_signals
 from controlplane.settings import Listen, Settings
+from controlplane.signals import stop_on_signals
 from controlplane.verifying import envoy_binary
 
 SCAN_S = 0.5

@@ -72,6 +72,11 @@ class Metrics:
             self._ready = (not failed and outcome.confirmed is not False,
                            "; ".join(outcome.errors + outcome.rejected) or "ok")
 
+    def waiting(self, reason: str) -> None:
+        """Not ready, though nothing failed: Envoy is not up yet (start-up, not a fault)."""
+        with self._lock:
+            self._ready = (False, reason)
+
     def _count_errors(self, outcome: Outcome) -> None:
         if outcome.problems:
             self.errors.labels("validation").inc(len(outcome.problems))

@@ -15,13 +15,10 @@ says once that it waits: that is start-up, not a failed pass.
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from types import FrameType
+from collections.abc import Callable
 
 import structlog
 
@@ -45,52 +42,6 @@ FIXED = ("sites_dir", "out_dir", "state_dir", "listen", "listen_tls", "admin_soc
          "metrics", "max_connections", "stat_prefix", "route_config_name")
 """Settings a running daemon keeps until restarted: the folders it watches and owns, the
 sockets it opened, and what the bootstrap (Envoy's own start) names."""
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
-NOTED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """SIGTERM and SIGINT call `stop`; the previous handlers come back on exit."""
-    with _handlers({s: stop for s in (signal.SIGTERM, signal.SIGINT)}):
-        yield
-
-
-@contextlib.contextmanager
-def daemon_signals(daemon: Daemon) -> Iterator[None]:
-    """The daemon's signals: stop, reload, and the rest logged, never silent."""
-    actions: dict[signal.Signals, Callable[[], None]] = {
-        **{s: _logged(s, daemon.request_stop) for s in STOP_SIGNALS},
-        signal.SIGHUP: _logged(signal.SIGHUP, daemon.request_reload),
-        **{s: _logged(s, lambda: None, "ignored") for s in NOTED_SIGNALS}}
-    with _handlers(actions):
-        yield
-
-
-def _logged(signum: signal.Signals, then: Callable[[], None],
-            effect: str = "") -> Callable[[], None]:
-    def act() -> None:
-        log.info("signal.received", signal=signum.name, effect=effect or then.__name__)
-        then()
-    return act
-
-
-@contextlib.contextmanager
-def _handlers(actions: dict[signal.Signals, Callable[[], None]]) -> Iterator[None]:
-    def handle(signum: int, frame: FrameType | None) -> None:
-        # Not the action here: a handler runs between two bytecodes of the main thread,
-        # which may hold the very lock that Event.set() (or logging) takes. A thread
-        # takes it safely.
-        threading.Thread(target=actions[signal.Signals(signum)], name="signal").start()
-
-    previous = {s: signal.signal(s, handle) for s in actions}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 class Daemon:
     def __init__(self, settings: Settings, stop: threading.Event | None = None,
                  reload: Callable[[], Settings] | None = None) -> None:
@@ -278,15 +229,20 @@ class Daemon:
             gc.freeze()
         self._log(outcome, seconds)
         self.metrics.record(outcome, seconds, reconciler.site_states())
+        if self._awaiting_envoy():
+            self.metrics.waiting(f"waiting for Envoy's admin socket {self.settings.admin_socket}")
         self._tell_systemd(outcome)
         return outcome
+
+    def _awaiting_envoy(self) -> bool:
+        return self.settings.admin_socket is not None and not self._admin_found.is_set()
 
     def _tell_systemd(self, outcome: Outcome) -> None:
         """READY=1 after the first confirmed pass (or the first clean one without an
         admin socket), then STATUS and watchdog beats."""
         if not self.notifier.enabled:
             return
-        waiting = self.settings.admin_socket is not None and not self._admin_found.is_set()
+        waiting = self._awaiting_envoy()
         good = not outcome.errors and not waiting and (
             outcome.confirmed is True or self.settings.admin_socket is None)
         text = (f"{len(outcome.invalid)} invalid; last pass"

@@ -19,7 +19,7 @@ import pytest
 
 from controlplane import liveness, status
 from controlplane.settings import Settings
-from tests.parts import DaemonProcess, wait_for
+from tests.parts import DaemonProcess, Node, upstream_kinds, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -175,3 +175,25 @@ def test_state_folder_is_private_and_out_folder_readable_under_umask_077(
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert stat.S_IMODE((state / "daemon.json").stat().st_mode) == 0o600
     assert '"event": "state.narrowed"' in log.read_text()
+
+
+def test_recoveries_are_logged_at_info(short_tmp: Path) -> None:
+    """Envoy down during a change, then back: `envoy.confirming_again` at info once the
+    daemon's retry is confirmed; the site it carried serves."""
+    node = Node(short_tmp, upstream_kinds()[0], extra_args=("--confirm-timeout-s", "1"))
+    try:
+        sock = node.upstreams.start("r")
+        node.start()
+        wait_for(lambda: node.status().get("last_pass", {}).get("confirmed") is True, 10)
+        node.envoy.stop()
+        node.put("late", node.site("late", ["late.example.com"], sock))
+        wait_for(lambda: node.status().get("last_pass", {}).get("confirmed") is False, 15,
+                 "a pass Envoy could not confirm")
+        node.envoy.launch()
+        assert node.daemon is not None
+        events = wait_for(lambda: node.daemon.events("envoy.confirming_again"), 20,
+                          "the recovery logged")
+        assert events[0]["level"] == "info"
+        wait_for(lambda: node.serves("late.example.com", "r /"), 10, "late served")
+    finally:
+        node.close()

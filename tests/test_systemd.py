@@ -19,7 +19,7 @@ import pytest
 from controlplane.notify import Notifier
 from controlplane.settings import Settings
 from controlplane.verifying import envoy_binary
-from tests.parts import Node, upstream_kinds, wait_for
+from tests.parts import Node, free_port, get, upstream_kinds, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "deploy" / "systemd"
@@ -145,14 +145,21 @@ def test_ready_waits_for_envoy_and_waiting_is_not_a_failed_pass(
     that it waits, no pass fails and READY=1 comes only once Envoy has confirmed."""
     listener = Listener(str(short_tmp / "notify.sock"))
     monkeypatch.setenv("NOTIFY_SOCKET", str(short_tmp / "notify.sock"))
-    node = Node(short_tmp / "node", upstream_kinds()[0])
+    metrics = free_port()
+    node = Node(short_tmp / "node", upstream_kinds()[0],
+                extra_args=("--metrics", f"127.0.0.1:{metrics}"))
     try:
         node.start_daemon()
         first = listener.next_with("STATUS=0 invalid; last pass waiting for Envoy")
         assert "READY=1" not in first.splitlines()
         assert (node.out / "lds.json").exists() and not node.envoy.admin_socket.exists()
+        code, why = get(metrics, "localhost", "/readyz")
+        assert code == 503 and "waiting for Envoy's admin socket" in why
         node.envoy.launch()
         listener.next_with("READY=1")
+        wait_for(lambda: get(metrics, "localhost", "/readyz")[0] == 200, 10, "/readyz 200")
+        assert 'controlplane_passes_total{result="failed"}' not in get(
+            metrics, "localhost", "/metrics")[1]
         assert node.daemon is not None
         wait_for(lambda: node.status().get("last_pass", {}).get("confirmed") is True, 10)
         assert len(node.daemon.events("envoy.admin.waiting")) == 1
