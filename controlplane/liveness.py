@@ -6,7 +6,8 @@ not mistaken for it), its folders and its resync period; at a clean stop it adds
 `stopped_at`. `inspect` reads that and the status file and gives one verdict:
 
     OK          alive, a pass within 2 x resync + slack, every site served as written
-    SITES       alive and fresh, but some site is invalid or serving its last good version
+    SITES       alive and fresh, but some site is invalid or serving its last good version,
+                or Envoy has not confirmed the last pass
     STALE       alive, but no pass for too long (the loop hangs)
     NOT_RUNNING the pid is gone, or another process has it
     NO_STATUS   nothing here: no daemon ever wrote into this state folder
@@ -146,6 +147,9 @@ def _verdict(document: dict[str, Any], info: dict[str, Any], now: float) -> tupl
     unserved = sorted(n for n, s in document.get("sites", {}).items() if s["state"] != "serving")
     if unserved:
         return SITES, f"{alive_text}; not served as written: {', '.join(unserved)}"
+    last = document.get("last_pass", {})
+    if last.get("confirmed") is False or last.get("errors"):
+        return SITES, f"{alive_text}; the last pass is not confirmed by Envoy (see its errors)"
     return OK, alive_text
 
 

@@ -239,6 +239,12 @@ class Reconciler:
             counts[site.state] = counts.get(site.state, 0) + 1
         return counts
 
+    def carry_status(self, previous: Reconciler) -> None:
+        """Take over what `previous` reported per site (a reload or Envoy coming up
+        builds a new reconciler): a site whose state stays keeps its `changed_at`."""
+        self._sites, self._sites_json = previous._sites, previous._sites_json
+        self._status_lines = previous._status_lines
+
     def run_pass(self) -> Outcome:
         outcome = Outcome()
         clock = _Clock(outcome.durations_ms)

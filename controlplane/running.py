@@ -162,7 +162,9 @@ class Daemon:
             if self._reload_requested.is_set() or confirmed_mode != self._admin_found.is_set():
                 self._apply_reload()
                 confirmed_mode = self._admin_found.is_set()
-                reconciler = self._reconciler()
+                fresh = self._reconciler()
+                fresh.carry_status(reconciler)
+                reconciler = fresh
             watched = watch.ensure()
             outcome = self._pass(reconciler)
             if time.monotonic() >= next_resync or not outcome.retry:

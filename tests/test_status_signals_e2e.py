@@ -120,6 +120,7 @@ def test_sighup_reloads_settings_and_keeps_what_cannot_change(short_tmp: Path) -
     config = short_tmp / "controlplane.yaml"
     config.write_text("socket_dirs: /dev/shm\nlisten: 127.0.0.1:18080\n")
     (sites / "a.yaml").write_text(_site(sockets / "a.sock"))
+    (sites / "b.yaml").write_text(_site(Path("/dev/shm/b.sock")).replace("a.example", "b.example"))
     daemon = DaemonProcess(short_tmp, ["--config", str(config), str(sites), "--out", str(out),
                                        "--no-envoy"])
 
@@ -128,13 +129,15 @@ def test_sighup_reloads_settings_and_keeps_what_cannot_change(short_tmp: Path) -
 
     try:
         wait_for(lambda: state() == "invalid", 10, "a refused: its socket is outside")
-        config.write_text(f"socket_dirs: {sockets}\nlisten: 127.0.0.1:18081\n")
+        b_since = _status("--out", str(out))[2]["sites"]["b"]["changed_at"]
+        config.write_text(f"socket_dirs: /dev/shm:{sockets}\nlisten: 127.0.0.1:18081\n")
         daemon.process.send_signal(signal.SIGHUP)
         wait_for(lambda: state() == "serving", 10, "a served after the reload")
         assert [e["signal"] for e in _events(daemon, "signal.received")] == ["SIGHUP"]
         assert _events(daemon, "settings.reload.needs_restart")[0]["keys"] == ["listen"]
         assert _events(daemon, "settings.reloaded")[0]["changed"] == ["socket_dirs"]
         assert [e["site"] for e in _events(daemon, "site.valid_again")] == ["a"]
+        assert _status("--out", str(out))[2]["sites"]["b"]["changed_at"] == b_since
         listener = json.loads((out / "lds.json").read_text())["resources"][0]
         assert listener["address"]["socket_address"]["port_value"] == 18080  # kept
         config.write_text("socket_dirs: [relative]\n")
@@ -189,6 +192,8 @@ def test_recoveries_are_logged_at_info(short_tmp: Path) -> None:
         node.put("late", node.site("late", ["late.example.com"], sock))
         wait_for(lambda: node.status().get("last_pass", {}).get("confirmed") is False, 15,
                  "a pass Envoy could not confirm")
+        code, text, _ = _status("--out", str(node.out))
+        assert code == 1 and "the last pass is not confirmed by Envoy" in text
         node.envoy.launch()
         assert node.daemon is not None
         events = wait_for(lambda: node.daemon.events("envoy.confirming_again"), 20,
