@@ -186,3 +186,19 @@ def test_a_vanished_notify_socket_is_reported_not_raised(short_tmp: Path) -> Non
     notifier = Notifier({"NOTIFY_SOCKET": str(short_tmp / "gone.sock")})
     assert notifier.send("READY=1") is False
     assert notifier.error is not None and "gone.sock" in notifier.error
+
+
+def test_the_two_units_agree_on_paths() -> None:
+    """The out folder is inside the daemon's writable paths and is where Envoy's unit waits;
+    the admin socket lies in Envoy's runtime directory."""
+    daemon = (UNITS / "controlplane.service").read_text().splitlines()
+    envoy = (UNITS / "envoy.service").read_text()
+    env = dict(line.removeprefix("Environment=").split("=", 1) for line in daemon
+               if line.startswith("Environment=CONTROLPLANE_"))
+    writable = next(line.split("=", 1)[1] for line in daemon
+                    if line.startswith("ReadWritePaths="))
+    assert env["CONTROLPLANE_OUT_DIR"].startswith(writable + "/")
+    assert f"cd {env['CONTROLPLANE_OUT_DIR']} &&" in envoy
+    assert Path(env["CONTROLPLANE_ADMIN_SOCKET"]).parent == Path("/run") / next(
+        line.split("=", 1)[1] for line in envoy.splitlines()
+        if line.startswith("RuntimeDirectory="))
