@@ -24,18 +24,18 @@ import structlog
 
 from controlplane import liveness
 from controlplane.envoy_admin import AdminClient
-from controlplane.errors import ControlPlaneError
+from controlplane.errors import ControlPlaneError, OutputError
 from controlplane.metrics import Metrics, MetricsServer
 from controlplane.notify import Notifier
 from controlplane.reconciling import Outcome, Reconciler
 from controlplane.settings import Settings
+from controlplane.starting import EnvoyStart
 from controlplane.verifying import Verifier
 from controlplane.watching import Signal, Watch
 from controlplane.writing import ensure_folder, ensure_private_folder, remove_stale_temps
 
 log = structlog.get_logger("controlplane")
 MISSING_FOLDER_POLL_S = 1.0
-ADMIN_POLL_S = 0.1
 FREEZE_AFTER = 100
 """Sites added or changed in one pass after which the heap is frozen again (see _pass)."""
 FIXED = ("sites_dir", "out_dir", "state_dir", "listen", "listen_tls", "admin_socket",
@@ -54,10 +54,11 @@ class Daemon:
         self.notifier = Notifier()
         self._reload = reload
         self._reload_requested = threading.Event()
-        self._admin_found = threading.Event()
+        self._envoy = EnvoyStart(settings.admin_socket, settings, self.stop, self.signal.wake)
         self._seen_problems: dict[str, list[str]] = {}
         self._confirmed: bool | None = None
         self._ready = False
+        self._watch_error: str | None = None
 
     def request_stop(self) -> None:
         """Stop soon: from a signal handler or another thread."""
@@ -76,20 +77,19 @@ class Daemon:
             log.warning("state.narrowed", folder=str(settings.state), mode="0700",
                         detail="the state folder was readable by others")
         remove_stale_temps(settings.out_dir)
-        info = liveness.record_start(settings)
         if settings.admin_socket is None:
             log.warning("envoy.admin.none", detail="applies are written in order with a"
                         f" {settings.unconfirmed_gap_s:g}s gap and not confirmed")
         watch = Watch(settings.sites_dir, self.signal)
-        server = None
-        if settings.metrics is not None:
-            server = MetricsServer(settings.metrics, self.metrics)
-            self.metrics_port = server.port
-        log.info("daemon.start", sites=str(settings.sites_dir), out=str(settings.out_dir),
-                 admin_socket=str(settings.admin_socket), metrics=str(settings.metrics),
-                 systemd=self.notifier.enabled)
-        waiter = self._await_admin()
+        server = self._metrics_server()
+        info: dict[str, object] = {}
+        waiter = None
         try:
+            info = liveness.record_start(settings)
+            log.info("daemon.start", sites=str(settings.sites_dir), out=str(settings.out_dir),
+                     admin_socket=str(settings.admin_socket), metrics=str(settings.metrics),
+                     systemd=self.notifier.enabled)
+            waiter = self._envoy.watch()
             self._loop(watch)
         finally:
             self.notifier.stopping()
@@ -100,45 +100,48 @@ class Daemon:
             if server is not None:
                 server.close()
             remove_stale_temps(settings.out_dir)
-            liveness.record_stop(settings, info)
+            if info:
+                liveness.record_stop(settings, info)
             log.info("daemon.stop", passes=self.passes)
+
+    def _metrics_server(self) -> MetricsServer | None:
+        listen = self.settings.metrics
+        if listen is None:
+            return None
+        try:
+            server = MetricsServer(listen, self.metrics)
+        except OSError as exc:
+            raise OutputError(f"--metrics {listen}: cannot listen there: {exc.strerror or exc};"
+                              " choose a free address and port") from exc
+        self.metrics_port = server.port
+        return server
 
     def _reconciler(self) -> Reconciler:
         settings = self.settings
         admin = None
-        if settings.admin_socket is not None and self._admin_found.is_set():
+        if settings.admin_socket is not None and self._envoy.up.is_set():
             admin = AdminClient(settings.admin_socket, settings)
         verifier = Verifier(settings) if settings.verify_with_envoy else None
         return Reconciler(settings, verifier=verifier, admin=admin, stop=self.stop)
 
-    def _await_admin(self) -> threading.Thread | None:
-        """Until Envoy's admin socket exists, passes are not confirmed (Envoy is not up:
-        it needs the files first); a thread watches for it and wakes the loop."""
-        path = self.settings.admin_socket
-        if path is None:
-            return None
-        if path.exists():
-            self._admin_found.set()
-            return None
-        log.info("envoy.admin.waiting", socket=str(path),
-                 detail="writing the files unconfirmed until Envoy's admin socket exists")
-
-        def wait() -> None:
-            while not self.stop.wait(ADMIN_POLL_S):
-                if path.exists():
-                    log.info("envoy.admin.found", socket=str(path))
-                    self._admin_found.set()
-                    self.signal.wake()
-                    return
-
-        thread = threading.Thread(target=wait, name="admin-socket")
-        thread.start()
-        return thread
+    def _watch(self, watch: Watch) -> bool:
+        """(Re)start the watch; a folder that cannot be watched is polled, and said once."""
+        try:
+            watched = watch.ensure()
+        except OSError as exc:
+            error = (f"{self.settings.sites_dir}: cannot watch the folder:"
+                     f" {exc.strerror or exc}; the daemon's user must be able to read it")
+            if error != self._watch_error:
+                log.error("watch.failed", error=error, detail="rescanning every second")
+            self._watch_error = error
+            return False
+        self._watch_error = None
+        return watched
 
     def _loop(self, watch: Watch) -> None:
-        watched = watch.ensure()
+        watched = self._watch(watch)
         self.signal.clear()  # the first pass looks at everything that ensure() signalled
-        confirmed_mode = self._admin_found.is_set()
+        confirmed_mode = self._envoy.up.is_set()
         reconciler = self._reconciler()
         outcome = self._pass(reconciler)
         next_resync = time.monotonic() + self.settings.resync_s
@@ -159,13 +162,13 @@ class Daemon:
             if self.stop.is_set():
                 break
             self.metrics.beat()
-            if self._reload_requested.is_set() or confirmed_mode != self._admin_found.is_set():
+            if self._reload_requested.is_set() or confirmed_mode != self._envoy.up.is_set():
                 self._apply_reload()
-                confirmed_mode = self._admin_found.is_set()
+                confirmed_mode = self._envoy.up.is_set()
                 fresh = self._reconciler()
                 fresh.carry_status(reconciler)
                 reconciler = fresh
-            watched = watch.ensure()
+            watched = self._watch(watch)
             outcome = self._pass(reconciler)
             if time.monotonic() >= next_resync or not outcome.retry:
                 next_resync = time.monotonic() + self.settings.resync_s
@@ -237,7 +240,7 @@ class Daemon:
         return outcome
 
     def _awaiting_envoy(self) -> bool:
-        return self.settings.admin_socket is not None and not self._admin_found.is_set()
+        return self.settings.admin_socket is not None and not self._envoy.up.is_set()
 
     def _tell_systemd(self, outcome: Outcome) -> None:
         """READY=1 after the first confirmed pass (or the first clean one without an

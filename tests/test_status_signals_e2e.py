@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -202,3 +203,19 @@ def test_recoveries_are_logged_at_info(short_tmp: Path) -> None:
         wait_for(lambda: node.serves("late.example.com", "r /"), 10, "late served")
     finally:
         node.close()
+
+
+def test_a_taken_metrics_port_is_named_with_the_fix(short_tmp: Path) -> None:
+    """--metrics on a port in use: exit 3, the address, the reason and what to do."""
+    (short_tmp / "sites").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        ran = subprocess.run([sys.executable, "-m", "controlplane", "run",
+                              str(short_tmp / "sites"), "--out", str(short_tmp / "out"),
+                              "--no-envoy", "--metrics", address],
+                             capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 3
+    assert (f"controlplane: --metrics {address}: cannot listen there: Address already in use;"
+            " choose a free address and port") in ran.stderr
