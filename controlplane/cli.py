@@ -48,7 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = _settings(args)
-        logs.configure(config.log_level, config.log_format)
         result: int = args.command(config, args)
         sys.stdout.flush()
         return result
@@ -188,6 +187,7 @@ def _bootstrap(config: settings.Settings, args: argparse.Namespace) -> int:
 
 
 def _run(config: settings.Settings, args: argparse.Namespace) -> int:
+    logs.configure(config.log_level, config.log_format)  # only the daemon logs
     daemon = Daemon(config, reload=lambda: _settings(args))
     with daemon_signals(daemon.request_stop, daemon.request_reload):
         daemon.run()
