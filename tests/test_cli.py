@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -191,14 +192,19 @@ def test_completion_scripts_name_the_commands_and_options(
 @pytest.mark.parametrize("form", ["json", "console"])
 def test_log_format_is_chosen(form: str, capsys: pytest.CaptureFixture[str]) -> None:
     """--log-format json gives one JSON object a line; console gives text."""
-    logs.configure("info", form)
-    structlog.get_logger("controlplane").info("test.event", key="value")
-    line = capsys.readouterr().err.strip().splitlines()[-1]
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logs.configure("info", form)
+        structlog.get_logger("controlplane").info("test.event", key="value")
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+    finally:
+        root.handlers[:], root.level = handlers, level
+        structlog.reset_defaults()
     if form == "json":
         assert json.loads(line)["event"] == "test.event"
     else:
         assert "test.event" in line and "key" in line and not line.startswith("{")
-    logs.configure("info", "auto")
 
 
 def test_demo_names_what_a_restrictive_umask_breaks(tmp_path: Path) -> None:
