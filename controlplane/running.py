@@ -8,9 +8,9 @@ change in a running process are reported and keep their old values. Every signal
 logged. With `$NOTIFY_SOCKET` (systemd) the loop reports readiness after its first
 confirmed pass, feeds the watchdog, and says when it reloads and stops.
 
-At start the files are written first, since Envoy cannot start without them; while
-Envoy's admin socket does not exist yet, passes are written unconfirmed, and the daemon
-says once that it waits: that is start-up, not a failed pass.
+At start the files are written first, since Envoy cannot start without them; until
+Envoy is up (`starting`), passes are written unconfirmed and the daemon says once that
+it waits: that is start-up, not a failed pass. Signal handlers live in `signals`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ FIXED = ("sites_dir", "out_dir", "state_dir", "listen", "listen_tls", "admin_soc
          "metrics", "max_connections", "stat_prefix", "route_config_name")
 """Settings a running daemon keeps until restarted: the folders it watches and owns, the
 sockets it opened, and what the bootstrap (Envoy's own start) names."""
+
+
 class Daemon:
     def __init__(self, settings: Settings, stop: threading.Event | None = None,
                  reload: Callable[[], Settings] | None = None) -> None:

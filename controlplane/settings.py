@@ -104,8 +104,10 @@ LogFormat = Literal["auto", "json", "console"]
 
 
 class Settings(BaseModel):
-    """One field per setting; the settings-file key, the flag and the environment
-    variable (`CONTROLPLANE_` + the key in capitals) all carry the field's name."""
+    """One field per setting. Its name is the settings-file key; the flag is `--` and the
+    name with dashes (a few have a short alias, like `--out`); the environment variable
+    is `CONTROLPLANE_` and the name in capitals. Add a setting as one more field with a
+    docstring: its flag, help text and README row follow from it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True,
                               validate_default=False)
