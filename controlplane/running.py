@@ -8,9 +8,11 @@ change in a running process are reported and keep their old values. Every signal
 logged. With `$NOTIFY_SOCKET` (systemd) the loop reports readiness after its first
 confirmed pass, feeds the watchdog, and says when it reloads and stops.
 
-At start the files are written first, since Envoy cannot start without them; until
-Envoy is up (`starting`), passes are written unconfirmed and the daemon says once that
-it waits: that is start-up, not a failed pass. Signal handlers live in `signals`.
+At start the files are written first, since Envoy cannot start without them; then,
+until Envoy is up (`starting`), the daemon says once that it waits and writes nothing
+more (a file renamed in while Envoy starts could be neither loaded at its start nor
+confirmed); the first pass once Envoy is up is a full one. That is start-up, not a
+failed pass. Signal handlers live in `signals`.
 """
 
 from __future__ import annotations
@@ -171,6 +173,12 @@ class Daemon:
                 fresh.carry_status(reconciler)
                 reconciler = fresh
             watched = self._watch(watch)
+            if self._awaiting_envoy() and not outcome.retry:
+                # The files are written; a later write could reach an Envoy that is just
+                # starting, unconfirmed. Wait: the first pass once Envoy is up is full.
+                self.notifier.watchdog()
+                next_resync = time.monotonic() + self.settings.resync_s
+                continue
             outcome = self._pass(reconciler)
             if time.monotonic() >= next_resync or not outcome.retry:
                 next_resync = time.monotonic() + self.settings.resync_s

@@ -1,7 +1,7 @@
 """Start-up: is Envoy up yet? The daemon writes its files before Envoy can start (Envoy
-needs them); until Envoy's admin socket exists and Envoy answers LIVE on it, passes are
-written unconfirmed, and the daemon says once that it waits. A thread watches for the
-socket and wakes the loop when Envoy is up.
+needs them), unconfirmed; then, until Envoy's admin socket exists and Envoy answers LIVE
+on it, it waits and says so once. A thread watches for the socket and wakes the loop
+when Envoy is up.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class EnvoyStart:
             self.up.set()
             return None
         log.info("envoy.admin.waiting", socket=str(self._path),
-                 detail="writing the files unconfirmed until Envoy's admin socket exists")
+                 detail="the files are written; waiting for Envoy to start on them")
         thread = threading.Thread(target=self._wait, args=(self._path,), name="envoy-start")
         thread.start()
         return thread

@@ -202,3 +202,34 @@ def test_the_two_units_agree_on_paths() -> None:
     assert Path(env["CONTROLPLANE_ADMIN_SOCKET"]).parent == Path("/run") / next(
         line.split("=", 1)[1] for line in envoy.splitlines()
         if line.startswith("RuntimeDirectory="))
+
+
+def test_waiting_for_envoy_writes_once_and_does_not_spin(
+        short_tmp: Path, notify_env: tuple[Listener, dict[str, str]]) -> None:
+    """An admin socket that never appears: the files are written once, the wait is said
+    once, a site added meanwhile waits (nothing rewritten), and the loop idles: its
+    watchdog beats, one a loop round, keep their pace."""
+    listener, env = notify_env
+    sites, out = short_tmp / "sites", short_tmp / "out"
+    sites.mkdir()
+    log = short_tmp / "daemon.log"
+    with open(log, "ab") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "controlplane", "run", str(sites), "--out", str(out),
+             "--no-envoy", "--admin-socket", str(short_tmp / "never.sock"), "--resync-s", "0.2"],
+            env={**env, "WATCHDOG_USEC": "400000"}, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        listener.next_with("STATUS=0 invalid; last pass waiting for Envoy")
+        first = (out / "cds.json").read_bytes()
+        (sites / "a.yaml").write_text("domains: [a.example.com]\nupstream: {socket: /tmp/a.sock}\n")
+        started = time.monotonic()
+        for _ in range(5):
+            listener.next_with("WATCHDOG=1")
+        assert time.monotonic() - started > 0.5  # a spinning loop beats at once
+        assert (out / "cds.json").read_bytes() == first
+        events = log.read_text()
+        assert events.count('"event": "envoy.admin.waiting"') == 1
+        assert events.count('"event": "pass"') == 1 and '"pass.failed"' not in events
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
