@@ -46,7 +46,8 @@ def record_start(settings: Settings) -> dict[str, Any]:
             "process_start": _process_start(os.getpid()), "boot_id": _boot_id(),
             "version": __version__, "sites_dir": str(settings.sites_dir.absolute()),
             "out_dir": str(settings.out_dir.absolute()),
-            "state_dir": str(settings.state.absolute()), "resync_s": settings.resync_s}
+            "state_dir": str(settings.state.absolute()), "resync_s": settings.resync_s,
+            "admin_socket": None if settings.admin_socket is None else str(settings.admin_socket)}
     _write(settings.state, info)
     return info
 
@@ -150,6 +151,9 @@ def _verdict(document: dict[str, Any], info: dict[str, Any], now: float) -> tupl
     last = document.get("last_pass", {})
     if last.get("confirmed") is False or last.get("errors"):
         return SITES, f"{alive_text}; the last pass is not confirmed by Envoy (see its errors)"
+    if last.get("confirmed") is None and info.get("admin_socket"):
+        return SITES, (f"{alive_text}; waiting for Envoy to start (nothing LIVE on its admin"
+                       f" socket {info['admin_socket']} yet)")
     return OK, alive_text
 
 

@@ -219,4 +219,3 @@ def test_a_taken_metrics_port_is_named_with_the_fix(short_tmp: Path) -> None:
     assert ran.returncode == 3
     assert (f"controlplane: --metrics {address}: cannot listen there: Address already in use;"
             " choose a free address and port") in ran.stderr
-

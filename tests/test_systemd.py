@@ -226,6 +226,9 @@ def test_waiting_for_envoy_writes_once_and_does_not_spin(
         for _ in range(5):
             listener.next_with("WATCHDOG=1")
         assert time.monotonic() - started > 0.5  # a spinning loop beats at once
+        told = subprocess.run([sys.executable, "-m", "controlplane", "status", "--out", str(out)],
+                              capture_output=True, text=True, timeout=30)
+        assert told.returncode == 1 and "waiting for Envoy to start" in told.stdout
         assert (out / "cds.json").read_bytes() == first
         events = log.read_text()
         assert events.count('"event": "envoy.admin.waiting"') == 1
