@@ -8,7 +8,8 @@ not mistaken for it), its folders and its resync period; at a clean stop it adds
     OK          alive, a pass within 2 x resync + slack, every site served as written
     SITES       alive and fresh, but some site is invalid or serving its last good version,
                 or Envoy has not confirmed the last pass
-    STALE       alive, but no pass for too long (the loop hangs)
+    STALE       alive, but no pass for too long, or its /healthz (when it serves one)
+                says the loop is wedged
     NOT_RUNNING the pid is gone, or another process has it
     NO_STATUS   nothing here: no daemon ever wrote into this state folder
 """
@@ -16,6 +17,7 @@ not mistaken for it), its folders and its resync period; at a clean stop it adds
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import time
@@ -30,6 +32,7 @@ from controlplane.writing import STATE_MODE, ensure_folder, write_atomic
 DAEMON_FILE = "daemon.json"
 STALE_SLACK_S = 30.0
 """Besides two resync periods: how late a pass may be (a large first pass, a slow Envoy)."""
+HEALTH_TIMEOUT_S = 2.0
 OK, SITES, STALE, NOT_RUNNING, NO_STATUS = "ok", "sites", "stale", "not running", "no status"
 
 
@@ -47,7 +50,8 @@ def record_start(settings: Settings) -> dict[str, Any]:
             "version": __version__, "sites_dir": str(settings.sites_dir.absolute()),
             "out_dir": str(settings.out_dir.absolute()),
             "state_dir": str(settings.state.absolute()), "resync_s": settings.resync_s,
-            "admin_socket": None if settings.admin_socket is None else str(settings.admin_socket)}
+            "admin_socket": None if settings.admin_socket is None else str(settings.admin_socket),
+            "metrics": None if settings.metrics is None else str(settings.metrics)}
     _write(settings.state, info)
     return info
 
@@ -139,6 +143,11 @@ def _verdict(document: dict[str, Any], info: dict[str, Any], now: float) -> tupl
     up = status.parse_time(info.get("started_at")) or now
     alive_text = f"daemon: running, pid {pid}, up since {info.get('started_at')}"
     alive_text += f" ({status.ago(now - up).removesuffix(' ago')})"
+    health = _health(info.get("metrics"))
+    if health is not None:
+        alive_text += f"; /healthz: {health}"
+        if not health.startswith("200"):
+            return STALE, f"{alive_text}; STALE: its loop is wedged"
     at = status.parse_time(document.get("last_pass", {}).get("at"))
     limit = 2 * float(info.get("resync_s", 30.0)) + STALE_SLACK_S
     if at is None or now - at > limit:
@@ -155,6 +164,25 @@ def _verdict(document: dict[str, Any], info: dict[str, Any], now: float) -> tupl
         return SITES, (f"{alive_text}; waiting for Envoy to start (nothing LIVE on its admin"
                        f" socket {info['admin_socket']} yet)")
     return OK, alive_text
+
+
+def _health(metrics: Any) -> str | None:
+    """`/healthz` of the daemon's metrics endpoint, when it has one: "200 loop seen 1.0s
+    ago", "503 ...", or why it did not answer."""
+    if not isinstance(metrics, str):
+        return None
+    host, _, port = metrics.rpartition(":")
+    host = host.strip("[]")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    connection = http.client.HTTPConnection(host, int(port), timeout=HEALTH_TIMEOUT_S)
+    try:
+        connection.request("GET", "/healthz")
+        response = connection.getresponse()
+        return f"{response.status} {response.read().decode(errors='replace').strip()}"
+    except (OSError, http.client.HTTPException) as exc:
+        return f"no answer ({exc})"
+    finally:
+        connection.close()
 
 
 def _no_status(settings: Settings, exc: Exception) -> Report:

@@ -20,7 +20,7 @@ import pytest
 
 from controlplane import liveness, status
 from controlplane.settings import Settings
-from tests.parts import DaemonProcess, Node, upstream_kinds, wait_for
+from tests.parts import DaemonProcess, Node, free_port, upstream_kinds, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -42,13 +42,15 @@ def test_status_of_a_live_then_killed_daemon(short_tmp: Path) -> None:
     running", exit 3, although the status file still says Envoy confirmed."""
     sites, out = short_tmp / "sites", short_tmp / "out"
     sites.mkdir()
-    daemon = DaemonProcess(short_tmp, [str(sites), "--out", str(out), "--no-envoy"])
+    daemon = DaemonProcess(short_tmp, [str(sites), "--out", str(out), "--no-envoy",
+                                       "--metrics", f"127.0.0.1:{free_port()}"])
     try:
         wait_for(lambda: (out / ".controlplane" / "status.json").exists(), 10, "a status")
         code, text, document = _status("--out", str(out))
         pid = daemon.process.pid
         assert (code, document["verdict"], document["daemon"]["pid"]) == (0, "ok", pid)
         assert text.startswith(f"daemon: running, pid {pid}, up since ")
+        assert "; /healthz: 200 loop seen " in text.splitlines()[0]
         (sites / "bad.yaml").write_text("domains: [bad.example.com]\nupstrem: {}\n")
         wait_for(lambda: "bad" in _status("--out", str(out))[2].get("sites", {}), 10, "bad")
         code, text, document = _status("--out", str(out))
