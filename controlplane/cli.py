@@ -1,27 +1,37 @@
-"""The command line: argv -> Settings -> one subcommand. The only place that maps errors
-to exit codes: 0 fine, 1 invalid sites (like `nginx -t`), 2 usage or settings, 3 the output
-folder is owned by another controlplane process.
+"""controlplane: a file-based control plane for Envoy.
 
-Flags win over the settings file (`--config`), which wins over the defaults.
+Exit codes:
+  0  fine
+  1  some site is invalid (check, render), or not served as written (status)
+  2  usage: a bad flag, environment variable or settings file
+  3  environment: the Envoy binary cannot run, a folder is missing or unreadable,
+     the daemon is not running or its status is stale (status), another daemon owns
+     the out folder (run, render), no live Envoy to compare with (diff)
+`diff` follows diff(1): 0 the same, 1 different.
+A closed stdout (`controlplane status --json | head -1`) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
+import shtab
 import yaml
 
 from controlplane import (
+    configuring,
     diffing,
     explaining,
+    liveness,
     loading,
     logs,
     model,
+    options,
     reconciling,
     rendering,
     settings,
@@ -29,8 +39,9 @@ from controlplane import (
     tls,
 )
 from controlplane.envoy_admin import AdminClient
-from controlplane.errors import ControlPlaneError, EnvoyUnavailable, FolderBusy, SettingsError
-from controlplane.running import Daemon, stop_on_signals
+from controlplane.errors import ControlPlaneError, EnvoyUnavailable, SettingsError, SiteError
+from controlplane.running import Daemon
+from controlplane.signals import daemon_signals
 from controlplane.verifying import Verifier
 from controlplane.writing import ensure_folder, hold_lock, write_atomic
 
@@ -38,126 +49,96 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_ENVIRONMENT = 0, 1, 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
         config = _settings(args)
         result: int = args.command(config, args)
+        sys.stdout.flush()
         return result
+    except BrokenPipeError:
+        # The reader went away (`| head`): say nothing, and keep the interpreter's own
+        # flush at exit from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except SettingsError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except FolderBusy as exc:
-        print(f"controlplane: {exc}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
-    except ControlPlaneError as exc:
+    except SiteError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except ControlPlaneError as exc:
+        print(f"controlplane: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except OSError as exc:
+        print(f"controlplane: {_os_error(exc)}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+
+
+def _os_error(exc: OSError) -> str:
+    where = exc.filename or "a file or socket"
+    return (f"{where}: {exc.strerror or exc}; check that it exists and that this user"
+            " may read (and, for the out and state folders, write) it")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="controlplane", description=__doc__)
-    parser.add_argument("--config", type=Path, help="settings file (YAML); flags win")
+    parser = argparse.ArgumentParser(prog="controlplane", description=__doc__,
+                                     formatter_class=options.Formatter)
+    parser.add_argument("--version", action="version", version=options.version())
+    options.settings_options(parser, top=True)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Any, help: str, *flags: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+    def command(name: str, handler: Any, help: str, sites: bool = False) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help,
+                                  formatter_class=options.Formatter)
         sub.set_defaults(command=handler)
-        for flag in flags:
-            _FLAGS[flag](sub)
+        if sites:
+            sub.add_argument("sites_dir", nargs="?", metavar="SITES_DIR",
+                             default=argparse.SUPPRESS, help="the folder of site files (the"
+                             " same as --sites; default: config/sites)")
+        options.settings_options(sub, top=False)
         return sub
 
-    command("check", _check, "validate a sites folder; exit 1 on any problem",
-            "sites", "out", "listen", "listen-tls", "admin-socket", "envoy", "no-envoy", "state",
-            "client-ip")
-    render_cmd = command("render", _render, "validate, then write cds/lds/rds.json once",
-                         "sites", "out", "listen", "listen-tls", "admin-socket", "envoy",
-                         "no-envoy", "state", "client-ip")
-    render_cmd.add_argument("--pretty", action="store_true",
-                            help="indented JSON, keys sorted, so a plain diff reads well")
-    command("bootstrap", _bootstrap, "print an Envoy bootstrap reading the files in --out",
-            "out", "admin-socket", "max-heap-bytes", "stats-listen")
-    command("run", _run, "the daemon: watch the folder, apply changes, confirm with Envoy",
-            "sites", "out", "listen", "listen-tls", "admin-socket", "envoy", "no-envoy", "state",
-            "metrics", "client-ip")
-    explain_cmd = command("explain", _explain, "which site, route and upstream serve a URL"
-                          " (offline, from the files the daemon would apply)",
-                          "sites", "listen", "listen-tls", "admin-socket", "no-envoy", "client-ip")
-    explain_cmd.add_argument("url", metavar="URL", help="e.g. http://blog.example.com/a?b=1")
-    explain_cmd.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
-                             help="a request header (repeat for more)")
+    check = command("check", _check, "validate a sites folder; exit 1 on any problem", True)
+    check.add_argument("--json", action="store_true",
+                       help="one JSON document on stdout: every problem and warning")
+    render = command("render", _render, "validate, then write cds/lds/rds.json once", True)
+    render.add_argument("--pretty", action="store_true",
+                        help="indented JSON, keys sorted, so a plain diff reads well")
+    command("bootstrap", _bootstrap, "print an Envoy bootstrap reading the files in --out")
+    command("run", _run, "the daemon: watch the folder, apply changes, confirm with Envoy", True)
+    explain = command("explain", _explain, "which site, route and upstream serve a URL"
+                      " (offline, from the files the daemon would apply)", True)
+    explain.add_argument("url", metavar="URL", help="e.g. http://blog.example.com/a?b=1")
+    explain.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                         help="a request header (repeat for more)")
     command("diff", _diff, "compare what SITES_DIR would render with what the live Envoy"
-            " holds; exit 0 same, 1 different, 3 trouble", "sites", "out", "listen",
-            "listen-tls", "admin-socket", "envoy", "no-envoy", "client-ip")
-    status_cmd = command("status", _status, "print the daemon's status file", "out", "state")
-    status_cmd.add_argument("--json", action="store_true", help="print the raw JSON")
+            " holds (--admin-socket); exit 0 same, 1 different, 3 no Envoy", True)
+    status_cmd = command("status", _status, "is the daemon alive, and what does each site serve")
+    status_cmd.add_argument("--json", action="store_true", help="print it as JSON")
     schema_cmd = command("schema", _schema, "print the JSON Schema of a site file")
     schema_cmd.add_argument("--markdown", action="store_true",
                             help="print the site file reference as a Markdown table")
+    settings_cmd = command("settings", _settings_cmd,
+                           "print the settings in effect (after flags, environment, file)")
+    settings_cmd.add_argument("--markdown", action="store_true",
+                              help="print the settings reference as a Markdown table")
+    completion = command("completion", _completion, "print a shell completion script")
+    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell")
     return parser
 
 
-_FLAGS: dict[str, Callable[[argparse.ArgumentParser], object]] = {
-    "sites": lambda p: p.add_argument("sites_dir", type=Path, nargs="?", metavar="SITES_DIR"),
-    "out": lambda p: p.add_argument("--out", dest="out_dir", type=Path, metavar="DIR"),
-    "listen": lambda p: p.add_argument("--listen", metavar="HOST:PORT"),
-    "listen-tls": lambda p: p.add_argument("--listen-tls", metavar="HOST:PORT",
-                                           help="the HTTPS listener (default 0.0.0.0:8443)"),
-    "admin-socket": lambda p: p.add_argument("--admin-socket", type=Path, metavar="PATH"),
-    "envoy": lambda p: p.add_argument("--envoy", type=Path, metavar="PATH"),
-    "no-envoy": lambda p: p.add_argument(
-        "--no-envoy", dest="verify_with_envoy", action="store_false", default=None,
-        help="skip `envoy --mode validate` (schema and type checks still run)"),
-    "max-heap-bytes": lambda p: p.add_argument(
-        "--max-heap-bytes", type=int, metavar="BYTES",
-        help="Envoy's heap for the overload manager; set it below Envoy's memory limit"),
-    "client-ip": lambda p: _client_ip_flags(p),
-    "stats-listen": lambda p: p.add_argument(
-        "--stats-listen", metavar="HOST:PORT",
-        help="serve Envoy's /stats/prometheus and /ready (nothing else of admin) here"),
-    "state": lambda p: p.add_argument("--state", dest="state_dir", type=Path, metavar="DIR"),
-    "metrics": lambda p: p.add_argument(
-        "--metrics", metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics here"),
-}
-
-
-def _client_ip_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trusted-proxies", action="append", metavar="CIDR[,CIDR...]",
-                        help="balancers whose X-Forwarded-For is believed (repeatable)")
-    parser.add_argument("--xff-trusted-hops", type=int, metavar="N",
-                        help="believe N hops of X-Forwarded-For from anyone (default 0)")
-    parser.add_argument("--proxy-protocol", action="store_true", default=None,
-                        help="listeners expect the PROXY protocol from a balancer")
-
-
 def _settings(args: argparse.Namespace) -> settings.Settings:
-    config = settings.Settings()
-    if args.config is not None:
-        try:
-            values = yaml.safe_load(args.config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise SettingsError(f"{args.config}: {exc}") from None
-        if not isinstance(values, dict):
-            raise SettingsError(f"{args.config}: a settings file is a mapping of keys")
-        config = settings.from_mapping(values, config)
-    flags = {k: v for k, v in vars(args).items()
-             if k in {f for f in settings.Settings.__dataclass_fields__} and v is not None}
-    if "trusted_proxies" in flags:
-        try:
-            flags["trusted_proxies"] = settings.cidrs(
-                [c for given in flags["trusted_proxies"] for c in given.split(",") if c])
-        except ValueError as exc:
-            raise SettingsError(f"--trusted-proxies: {exc}") from None
-    for key in ("listen", "metrics", "listen_tls", "stats_listen"):
-        if key in flags:
-            flags[key] = settings.Listen.parse(flags[key])
-    return config.replace(**flags)
+    return configuring.load(getattr(args, "config", None), options.flags_given(args),
+                            options.flag_names(), lambda hint: print(f"warning: {hint}",
+                                                                     file=sys.stderr))
 
 
 def _select(config: settings.Settings) -> reconciling.Selection:
     try:
         entries, ignored = loading.scan_all(config.sites_dir)
     except OSError as exc:
-        raise SettingsError(f"{config.sites_dir}: {exc.strerror}") from None
+        raise OSError(exc.errno, exc.strerror, str(config.sites_dir)) from None
     duplicates = reconciling.duplicate_names(entries)
     checked = {}
     for entry in entries:
@@ -172,23 +153,30 @@ def _select(config: settings.Settings) -> reconciling.Selection:
     return selection
 
 
-def _report(selection: reconciling.Selection) -> int:
+def _report(selection: reconciling.Selection, as_json: bool = False) -> int:
     problems = [p for name in sorted(selection.problems) for p in selection.problems[name]]
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    for name in sorted(selection.warnings):
-        for warning in selection.warnings[name]:
-            print(f"warning: {warning}", file=sys.stderr)
-    for ignored in selection.ignored:
-        print(f"warning: {ignored}", file=sys.stderr)
+    warnings = [w for name in sorted(selection.warnings) for w in selection.warnings[name]]
+    warnings_listed = [*warnings, *selection.ignored]
     total = len(selection.serving) + len(selection.problems)
-    print(f"{total} sites: {len(selection.serving)} valid, {len(selection.problems)} invalid",
-          file=sys.stderr)
+    if as_json:
+        listed = ([status.problem_dict(p, "error") for p in problems]
+                  + [status.problem_dict(w, "warning") for w in warnings_listed])
+        print(json.dumps({"sites": total, "valid": len(selection.serving),
+                          "invalid": len(selection.problems), "problems": listed}, indent=2))
+    else:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        for ignored in selection.ignored:
+            print(f"warning: {ignored}", file=sys.stderr)
+        print(f"{total} sites: {len(selection.serving)} valid, {len(selection.problems)}"
+              " invalid", file=sys.stderr)
     return EXIT_INVALID if problems else EXIT_OK
 
 
 def _check(config: settings.Settings, args: argparse.Namespace) -> int:
-    return _report(_select(config))
+    return _report(_select(config), args.json)
 
 
 def _render(config: settings.Settings, args: argparse.Namespace) -> int:
@@ -226,9 +214,9 @@ def _bootstrap(config: settings.Settings, args: argparse.Namespace) -> int:
 
 
 def _run(config: settings.Settings, args: argparse.Namespace) -> int:
-    logs.configure()
-    daemon = Daemon(config)
-    with stop_on_signals(daemon.request_stop):
+    logs.configure(config.log_level, config.log_format)  # only the daemon logs
+    daemon = Daemon(config, reload=lambda: _settings(args))
+    with daemon_signals(daemon.request_stop, daemon.request_reload):
         daemon.run()
     return EXIT_OK
 
@@ -265,12 +253,13 @@ def _diff(config: settings.Settings, args: argparse.Namespace) -> int:
 
 
 def _status(config: settings.Settings, args: argparse.Namespace) -> int:
-    try:
-        document = status.read_status(config.state)
-    except (OSError, ValueError) as exc:
-        raise SettingsError(f"no status in {config.state}: {exc}") from None
-    print(json.dumps(document, indent=2) if args.json else status.table(document))
-    return EXIT_OK
+    report = liveness.inspect(config)
+    if args.json:
+        print(json.dumps(report.document, indent=2, sort_keys=True))
+    else:
+        print(report.text)
+    return {liveness.OK: EXIT_OK, liveness.SITES: EXIT_INVALID}.get(report.verdict,
+                                                                     EXIT_ENVIRONMENT)
 
 
 def _schema(config: settings.Settings, args: argparse.Namespace) -> int:
@@ -278,4 +267,17 @@ def _schema(config: settings.Settings, args: argparse.Namespace) -> int:
         sys.stdout.write(model.reference())
     else:
         print(json.dumps(model.schema(), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _settings_cmd(config: settings.Settings, args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(options.reference())
+    else:
+        sys.stdout.write(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return EXIT_OK
+
+
+def _completion(config: settings.Settings, args: argparse.Namespace) -> int:
+    print(shtab.complete(_parser(), shell=args.shell))
     return EXIT_OK

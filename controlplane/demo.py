@@ -24,8 +24,8 @@ from pathlib import Path
 import yaml
 
 from controlplane import loading, reconciling, rendering, upstreams
-from controlplane.running import stop_on_signals
 from controlplane.settings import Listen, Settings
+from controlplane.signals import stop_on_signals
 from controlplane.verifying import envoy_binary
 
 SCAN_S = 0.5
@@ -47,10 +47,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--for", dest="seconds", type=float, default=None,
                         help="stop by itself after this many seconds")
     args = parser.parse_args(argv)
+    for problem in permission_problems(_current_umask(), args.sites):
+        _say(f"warning: {problem}")
+    os.umask(0o022)  # what the demo creates (sockets folder, nginx files) must be readable
     demo = Demo(args.sites, args.work.absolute(), args.sockets, Listen.parse(args.listen))
     with stop_on_signals(demo.stop.set):
         demo.run(args.seconds)
     return 0
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def permission_problems(umask: int, sites: Path) -> list[str]:
+    """What a restrictive umask (077) breaks: the files made under it are private, and
+    nginx workers, Envoy and the compose and k3s containers run as other users."""
+    problems = []
+    if umask & 0o005:
+        problems.append(
+            f"umask {umask:04o}: files and folders made now are not readable by other users;"
+            " nginx workers (and, under compose or k3s, every container: uid 101) cannot"
+            " read the site or nginx configuration or enter the sockets folder. The demo"
+            " uses 022 for what it creates; for the checkout run `umask 022` before"
+            " cloning, or `chmod -R o+rX config envoy`")
+    with contextlib.suppress(OSError):
+        private = sorted(str(p) for p in sites.glob("*.y*ml") if not p.stat().st_mode & 0o004)
+        if private:
+            problems.append(f"{', '.join(private)}: not readable by other users (a checkout"
+                            " made under umask 077?); compose and k3s mount these for uid"
+                            " 101: `chmod -R o+rX config`")
+    return problems
 
 
 class Demo:

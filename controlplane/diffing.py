@@ -19,8 +19,10 @@ from google.protobuf import json_format
 
 from controlplane import rendering
 
-Resources = dict[str, str]
-"""`KIND/NAME` -> the resource's canonical text (`cluster/blog`, `virtual_host/blog`)."""
+Resources = dict[str, Any]
+"""`KIND/NAME` -> the resource in canonical form (`Cluster/blog`, `virtual_host/blog`)."""
+REDACTED = "[redacted]"
+"""What `/config_dump` shows for inline secrets (a basic_auth filter's users)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +74,7 @@ def live(dump: Mapping[str, Any]) -> Resources:
 
 def compare(folder: Resources, envoy: Resources) -> Difference:
     """What changes from the live Envoy to the folder."""
+    folder = {key: _redact(value, envoy.get(key)) for key, value in folder.items()}
     lines: list[str] = []
     for key in sorted(set(folder) | set(envoy)):
         if folder.get(key) != envoy.get(key):
@@ -87,7 +90,7 @@ def compare(folder: Resources, envoy: Resources) -> Difference:
                       diff="".join(lines))
 
 
-def _split(resource: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+def _split(resource: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
     """A resource as `(KIND/NAME, canonical text)`; a route configuration as its virtual
     hosts plus the rest of it."""
     type_url = str(resource.get("@type", ""))
@@ -99,24 +102,37 @@ def _split(resource: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     yield f"{kind}/{body.get('name', '')}", _canonical(body, type_url)
 
 
-def _canonical(body: Mapping[str, Any], kind: str) -> str:
+def _canonical(body: Mapping[str, Any], kind: str) -> Any:
     message = rendering.message_type(kind)()
     json_format.ParseDict(dict(body), message, ignore_unknown_fields=False)
-    printed = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return json.dumps(printed, indent=2, sort_keys=True) + "\n"
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
-def _lines(text: str | None) -> list[str]:
-    return [] if text is None else text.splitlines(keepends=True)
+def _redact(ours: Any, theirs: Any) -> Any:
+    """Our value, with what Envoy's dump shows as `[redacted]` redacted the same way (a
+    secret cannot be compared, and is not printed)."""
+    if theirs == REDACTED and isinstance(ours, str):
+        return REDACTED
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        return {k: _redact(v, theirs.get(k)) for k, v in ours.items()}
+    if isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
+        return [_redact(a, b) for a, b in zip(ours, theirs, strict=True)]
+    return ours
 
 
-def _sites(resources: Resources) -> dict[str, tuple[str, ...]]:
+def _lines(resource: Any) -> list[str]:
+    if resource is None:
+        return []
+    return (json.dumps(resource, indent=2, sort_keys=True) + "\n").splitlines(keepends=True)
+
+
+def _sites(resources: Resources) -> dict[str, list[Any]]:
     """Each site's share, by its virtual host and its clusters (`SITE`, `SITE/UPSTREAM`)."""
-    sites = {key.partition("/")[2]: [text] for key, text in resources.items()
+    sites = {key.partition("/")[2]: [value] for key, value in resources.items()
              if key.startswith("virtual_host/")}
-    for key, text in sorted(resources.items()):
+    for key, value in sorted(resources.items()):
         kind, _, name = key.partition("/")
         owner = name.partition("/")[0]
         if kind == "Cluster" and owner in sites:
-            sites[owner].append(text)
-    return {name: tuple(texts) for name, texts in sites.items()}
+            sites[owner].append(value)
+    return sites

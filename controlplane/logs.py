@@ -1,5 +1,6 @@
-"""Logging, configured once at the entry point: structlog events with key-values,
-JSON when not on a terminal, readable on one; stdlib logs (watchdog's) go the same way."""
+"""Logging, configured once at the entry point (and again on SIGHUP): structlog events
+with key-values, as JSON or console text (`auto`: console on a terminal, else JSON);
+stdlib logs (watchdog's) go the same way."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import sys
 import structlog
 
 
-def configure(level: str = "info") -> None:
+def configure(level: str = "info", form: str = "auto") -> None:
+    console = sys.stderr.isatty() if form == "auto" else form == "console"
     renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer() if sys.stderr.isatty()
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if console
         else structlog.processors.JSONRenderer(sort_keys=True)
     )
     shared: list[structlog.types.Processor] = [

@@ -76,6 +76,11 @@ class Metrics:
             reasons = "; ".join(clip_all([str(e) for e in outcome.errors + outcome.rejected]))
             self._ready = (not failed and outcome.confirmed is not False, reasons or "ok")
 
+    def waiting(self, reason: str) -> None:
+        """Not ready, though nothing failed: Envoy is not up yet (start-up, not a fault)."""
+        with self._lock:
+            self._ready = (False, reason)
+
     def _count_errors(self, outcome: Outcome) -> None:
         """One count per error, under the kind its class carries."""
         if outcome.problems:

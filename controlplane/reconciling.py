@@ -372,6 +372,12 @@ class Reconciler:
             counts[site.state] = counts.get(site.state, 0) + 1
         return counts
 
+    def carry_status(self, previous: Reconciler) -> None:
+        """Take over what `previous` reported per site (a reload or Envoy coming up
+        builds a new reconciler): a site whose state stays keeps its `changed_at`."""
+        self._sites, self._sites_json = previous._sites, previous._sites_json
+        self._status_lines = previous._status_lines
+
     def envoy_runs_ours(self) -> bool:
         """Envoy answers and runs the versions last written (True without an admin
         socket, or when there is nothing confirmed to compare)."""
@@ -483,7 +489,7 @@ class Reconciler:
         outcome.confirmed = None if self._admin is None else report.confirmed
         outcome.retry = bool(report.unconfirmed or report.rejected or report.errors)
         self._envoy_ok = not any(isinstance(e, EnvoyUnavailable) for e in outcome.errors)
-        if report.confirmed:
+        if report.confirmed and self._admin is not None:  # not merely written
             self._confirmed = {name: item.digest for name, item in serving.items()}
         binds = [e for e in report.rejected if isinstance(e, EnvoyCannotBind)]
         if binds:
@@ -530,8 +536,9 @@ class Reconciler:
         changed = names != set(self._sites)
         for name in names:
             serving = selection.serving.get(name)
-            problems = status.clip_all([*map(str, selection.problems.get(name, ())),
-                                        *self._blocked.get(name, ())])
+            blocked = [Problem(serving.source if serving else name, "", cause)
+                       for cause in self._blocked.get(name, ())]
+            problems = status.clip_problems([*selection.problems.get(name, ()), *blocked])
             state = self._state(name, serving, problems)
             digest = serving.digest if serving else None
             previous = self._sites.get(name)
@@ -556,15 +563,15 @@ class Reconciler:
         except OutputError as exc:
             outcome.errors.append(exc)
 
-    def _state(self, name: str, serving: Checked | None, problems: list[str]) -> str:
+    def _state(self, name: str, serving: Checked | None, problems: list[Problem]) -> str:
         """What the status says of one site. `serving` only when Envoy confirmed that it
         runs this very version (or, without an admin socket, once written); `pending`
         while the version is written but not confirmed: Envoy down, slow, rejecting an
         update or unable to bind a listener, or the output folder not writable."""
         if serving is None:
             return "invalid"
-        confirmed = self._admin is None or (self._envoy_ok and
-                                            self._confirmed.get(name) == serving.digest)
+        unasked = self._admin is None and self._settings.admin_socket is None
+        confirmed = unasked or (self._envoy_ok and self._confirmed.get(name) == serving.digest)
         if not confirmed or name in self._blocked:
             return "pending"
         return "serving-last-good" if problems else "serving"

@@ -1,21 +1,26 @@
 """The status file and the last-good store: what the daemon knows, kept on disk.
 
 `STATE/status.json` says, per site, whether its file is valid, which version serves,
-its problems (file, field, reason) and when it last changed; and, for the last pass,
-what was applied and whether Envoy confirmed it. `STATE/sites/NAME.yaml` holds the last
+its problems (objects with file, line, field, reason) and when it last changed (ISO
+8601, UTC); and, for the last pass, when it ran, what was applied and whether Envoy
+confirmed it. `STATE/sites/NAME.yaml` holds the last
 good bytes of each serving site (mode 0600), so a restart with a broken file still
-serves that site's last good version. `controlplane status` prints the file as a table.
+serves that site's last good version. `controlplane status` prints the file as a table
+(`liveness` adds whether the daemon that wrote it is alive).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from controlplane.errors import Problem
 from controlplane.writing import STATE_MODE, ensure_folder, sync_folder, write_atomic
 
 STATUS_FILE = "status.json"
@@ -40,6 +45,14 @@ def clip_all(texts: list[str], limit: int = MAX_ENTRIES) -> list[str]:
     return [*kept, f"and {len(texts) - limit} more"] if len(texts) > limit else kept
 
 
+def clip_problems(problems: list[Problem], limit: int = MAX_ENTRIES) -> list[Problem]:
+    """At most `limit` problems, each reason clipped, then one saying how many more."""
+    kept = [dataclasses.replace(p, reason=clip(p.reason)) for p in problems[:limit]]
+    if len(problems) > limit:
+        kept.append(Problem(problems[0].file, "", f"and {len(problems) - limit} more"))
+    return kept
+
+
 @dataclass(slots=True, kw_only=True)
 class SiteStatus:
     state: str
@@ -50,7 +63,7 @@ class SiteStatus:
     file: str
     serving: str | None = None
     """Content hash of the version Envoy serves (or was given)."""
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     changed_at: float = 0.0
 
 
@@ -87,13 +100,40 @@ def sites_json(sites: dict[str, SiteStatus],
 
 def _site_dict(site: SiteStatus) -> dict[str, Any]:
     return {"state": site.state, "file": site.file, "serving": site.serving,
-            "problems": site.problems, "changed_at": site.changed_at}
+            "problems": [problem_dict(p) for p in site.problems],
+            "changed_at": iso_time(site.changed_at)}
+
+
+def problem_dict(problem: Problem, severity: str | None = None) -> dict[str, Any]:
+    """A problem for JSON readers: where, which field, why, and the one-line message."""
+    found: dict[str, Any] = {"file": problem.file, "line": problem.line, "field": problem.field,
+                             "reason": problem.reason, "message": str(problem)}
+    if severity is not None:
+        found["severity"] = severity
+    return found
+
+
+def iso_time(seconds: float) -> str:
+    """A Unix time as ISO 8601 in UTC, to the millisecond: 2026-05-04T12:00:00.000Z."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: Any) -> float | None:
+    """The Unix time of an ISO 8601 string (or a number, as older files held)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    try:
+        return datetime.fromisoformat(str(text)).timestamp()
+    except ValueError:
+        return None
 
 
 def write_status(state_dir: Path, sites: str, last_pass: PassStatus) -> None:
     """The status file from the serialised `sites` part and this pass."""
     ensure_folder(state_dir, 0o700)
-    data = (f'{{"last_pass": {json.dumps(asdict(last_pass), sort_keys=True)},\n'
+    document = {**asdict(last_pass), "at": iso_time(last_pass.at)}
+    data = (f'{{"last_pass": {json.dumps(document, sort_keys=True)},\n'
             f'"sites": {sites}}}\n').encode()
     write_atomic(state_dir / STATUS_FILE, data, STATE_MODE)
 
@@ -130,20 +170,43 @@ def load_last_good(state_dir: Path) -> dict[str, bytes]:
     return found
 
 
-def table(document: dict[str, Any]) -> str:
-    """The status file as a table for people: one line per site, then the last pass."""
-    rows = [("SITE", "STATE", "SERVING", "PROBLEMS")]
+def table(document: dict[str, Any], now: float) -> str:
+    """The status file as a table for people: one line per site with its state and since
+    when, then the last pass."""
+    rows = [("SITE", "STATE", "SINCE", "SERVING", "PROBLEMS")]
     for name, site in document.get("sites", {}).items():
-        problems = "; ".join(site["problems"]) or "-"
-        rows.append((name, site["state"], site["serving"] or "-", problems))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+        problems = "; ".join(_message(p) for p in site["problems"]) or "-"
+        rows.append((name, site["state"], _when(site.get("changed_at"), now),
+                     site["serving"] or "-", problems))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
              for r in rows]
     last = document.get("last_pass") or {}
     if last:
         confirmed = {True: "confirmed by Envoy", False: "NOT confirmed by Envoy",
                      None: "not confirmed (no admin socket)"}[last["confirmed"]]
         lines.append("")
-        lines.append(f"last pass: {confirmed}; versions {last['versions']}")
+        lines.append(f"last pass: {_when(last.get('at'), now)}, {confirmed};"
+                     f" versions {last['versions']}")
         lines.extend(f"  error: {e}" for e in last["errors"])
     return "\n".join(lines)
+
+
+def _message(problem: Any) -> str:
+    return str(problem["message"]) if isinstance(problem, dict) else str(problem)
+
+
+def _when(at: Any, now: float) -> str:
+    seconds = parse_time(at)
+    if seconds is None:
+        return "-"
+    return f"{iso_time(seconds)[:19]}Z ({ago(now - seconds)})"
+
+
+def ago(seconds: float) -> str:
+    """3s ago, 5m ago, 2h ago, 3d ago."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"

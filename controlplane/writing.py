@@ -85,11 +85,34 @@ def _describe(exc: OSError) -> str:
 
 
 def ensure_folder(path: Path, mode: int = 0o755) -> None:
-    """Create the folder if missing; never replace an existing one."""
+    """Create the folder if missing, with exactly `mode` (the umask does not narrow it:
+    Envoy, another user, reads the out folder); never replace an existing one."""
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=mode)
+        path.mkdir(parents=True, mode=mode)
+    except FileExistsError:
+        if not path.is_dir():
+            raise OutputError(f"{path}: exists and is not a folder; remove it or choose"
+                              " another path") from None
+        return
     except OSError as exc:
-        raise OutputError(f"{path}: cannot create the folder: {exc.strerror}") from exc
+        raise OutputError(f"{path}: cannot create the folder: {_describe(exc)}; create it"
+                          " or give a path this user may write") from exc
+    with contextlib.suppress(OSError):
+        os.chmod(path, mode)
+
+
+def ensure_private_folder(path: Path) -> bool:
+    """A folder only this user may enter (0700), made so if it was wider; True when an
+    existing folder had to be narrowed."""
+    ensure_folder(path, 0o700)
+    try:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o700)
+            return True
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot make the folder private (0700): {_describe(exc)};"
+                          " it must belong to the user the daemon runs as") from exc
+    return False
 
 
 def remove_stale_temps(folder: Path) -> None:

@@ -301,7 +301,9 @@ class Node:
             where += ["--state", self.extra_args[self.extra_args.index("--state") + 1]]
         out = subprocess.run([sys.executable, "-m", "controlplane", "status", "--json", *where],
                              capture_output=True, text=True)
-        return json.loads(out.stdout) if out.returncode == 0 else {}
+        # status exits non-zero while a site is not served as written; the JSON is there
+        document: dict[str, Any] = json.loads(out.stdout) if out.stdout.strip() else {}
+        return document
 
     def close(self) -> None:
         try:

@@ -1,13 +1,24 @@
-"""The command line: exit codes, the shipped bootstrap, the schema."""
+"""The command line: exit codes, options before and after the subcommand, help text,
+`check --json`, closed pipes, completion, the shipped bootstrap, the schema."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import structlog
+import yaml
 
-from controlplane.cli import main
+from controlplane import __version__, logs, status
+from controlplane.cli import _parser, main
+from controlplane.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,12 +52,12 @@ def test_settings_file_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     config = tmp_path / "settings.yaml"
     config.write_text("listne: 127.0.0.1:80\n")
     assert main(["--config", str(config), "check", str(tmp_path)]) == 2
-    assert "unknown key 'listne'" in capsys.readouterr().err
+    assert "listne: unknown setting 'listne'; did you mean 'listen'?" in capsys.readouterr().err
 
 
-def test_missing_sites_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """check on a folder that is not there says so."""
-    assert main(["check", str(tmp_path / "nope")]) == 2
+def test_missing_sites_folder_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check on a folder that is not there names it; an environment problem: exit 3."""
+    assert main(["check", str(tmp_path / "nope")]) == 3
     assert "No such file or directory" in capsys.readouterr().err
 
 
@@ -68,3 +79,161 @@ def test_render_pretty_writes_indented_files_with_the_same_content(tmp_path: Pat
         indented = (out / name).read_text()
         assert text.count("\n") == 1 and indented.count("\n") > 10
         assert indented == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+
+
+def test_readme_settings_table_is_generated_from_the_model(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's settings table is exactly `controlplane settings --markdown`."""
+    assert main(["settings", "--markdown"]) == 0
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- settings:start -->\n") + len("<!-- settings:start -->\n")
+    assert readme[start:readme.index("<!-- settings:end -->")] == capsys.readouterr().out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--version` prints the package version and exits 0."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"controlplane {__version__}"
+
+
+def test_every_option_has_help_with_its_default() -> None:
+    """Each option of each subcommand explains itself; settings show their default."""
+    parser = _parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subcommands.choices.items():
+        for action in sub._actions:
+            assert action.help, (name, action.dest)
+            if action.dest in Settings.model_fields and action.option_strings != ["--no-envoy"]:
+                assert "default" in action.help.lower(), (name, action.dest, action.help)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_options_go_before_or_after_the_subcommand(tmp_path: Path, where: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`controlplane --resync-s 7 settings` and `controlplane settings --resync-s 7` agree."""
+    flags = ["--resync-s", "7", "--out", str(tmp_path)]
+    assert main([*flags, "settings"] if where == "before" else ["settings", *flags]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["resync_s"], printed["out_dir"]) == (7.0, str(tmp_path))
+
+
+def test_environment_sets_what_flags_do_not(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """CONTROLPLANE_* variables set settings; a flag wins over them."""
+    monkeypatch.setenv("CONTROLPLANE_RESYNC_S", "9")
+    monkeypatch.setenv("CONTROLPLANE_RETRY_S", "4")
+    assert main(["settings", "--retry-s", "3"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["resync_s"], printed["retry_s"]) == (9.0, 3.0)
+
+
+def test_bad_setting_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A flag out of range is a usage error naming the flag."""
+    assert main(["check", "--resync-s", "-1"]) == 2
+    assert "--resync-s: Input should be greater than 0 (got '-1')" in capsys.readouterr().err
+
+
+def test_missing_envoy_binary_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An Envoy binary that cannot run is an environment problem: exit 3, named."""
+    shutil.copy(REPO / "config" / "sites" / "blog.yaml", tmp_path / "blog.yaml")
+    missing = tmp_path / "no-envoy-here"
+    assert main(["check", str(tmp_path), "--envoy", str(missing)]) == 3
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_sites_path_that_is_a_file_exits_3(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """An OSError names its path and what to do."""
+    path = tmp_path / "file"
+    path.write_text("")
+    assert main(["check", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert f"{path}: Not a directory; check that it exists" in err
+
+
+def test_check_json_lists_problems_and_warnings(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`check --json`: one document, each problem an object; the exit code of plain check."""
+    (tmp_path / "good.yaml").write_text("domains: [good.example.com]\n"
+                                        "upstream: {socket: /tmp/good.sock}\n")
+    (tmp_path / "bad.yaml").write_text("domains: [bad.example.com]\nupstream:\n  sockt: /x\n")
+    assert main(["check", str(tmp_path), "--json", "--no-envoy"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert (document["sites"], document["valid"], document["invalid"]) == (2, 1, 1)
+    warnings = [p for p in document["problems"] if p["severity"] == "warning"]
+    assert [w["field"] for w in warnings] == ["upstream.socket"]  # /tmp: anyone may write
+    assert "writable by every user" in warnings[0]["reason"]
+    assert [p for p in document["problems"] if p["severity"] == "error"] == [{
+        "file": str(tmp_path / "bad.yaml"), "line": 3, "field": "upstream.sockt",
+        "reason": "unknown key; did you mean 'socket'?", "severity": "error",
+        "message": f"{tmp_path / 'bad.yaml'}:3: upstream.sockt: unknown key;"
+                   " did you mean 'socket'?"}]
+    assert main(["check", str(tmp_path), "--no-envoy"]) == 1
+
+
+def test_a_closed_pipe_ends_quietly(short_tmp: Path) -> None:
+    """`controlplane status --json | head -1`: no traceback when the reader goes away."""
+    state = short_tmp / "state"
+    sites = {f"site{i}": status.SiteStatus(state="serving", file=f"site{i}.yaml", serving="d")
+             for i in range(3000)}  # far more than a pipe's buffer
+    status.write_status(state, status.sites_json(sites), status.PassStatus(
+        at=1.0, added=[], changed=[], removed=[], invalid=[], written=[], confirmed=True,
+        errors=[], versions={}))
+    reader = subprocess.Popen([sys.executable, "-m", "controlplane", "status", "--json",
+                               "--state", str(state)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == b"{"
+        reader.stdout.close()
+        _, errors = reader.communicate(timeout=30)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert errors == b"" and reader.returncode == 0
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_scripts_name_the_commands_and_options(
+        shell: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`completion bash|zsh` prints a script that knows the subcommands and options."""
+    assert main(["completion", shell]) == 0
+    script = capsys.readouterr().out
+    assert "--resync-s" in script and "status" in script and "completion" in script
+    if shell == "bash":
+        subprocess.run(["bash", "-n"], input=script.encode(), check=True)
+
+
+@pytest.mark.parametrize("form", ["json", "console"])
+def test_log_format_is_chosen(form: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--log-format json gives one JSON object a line; console gives text."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logs.configure("info", form)
+        structlog.get_logger("controlplane").info("test.event", key="value")
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+    finally:
+        root.handlers[:], root.level = handlers, level
+        structlog.reset_defaults()
+    if form == "json":
+        assert json.loads(line)["event"] == "test.event"
+    else:
+        assert "test.event" in line and "key" in line and not line.startswith("{")
+
+
+def test_demo_names_what_a_restrictive_umask_breaks(tmp_path: Path) -> None:
+    """umask 077 and private site files are named with their fix; 022 and 0644 pass."""
+    from controlplane.demo import permission_problems
+
+    site = tmp_path / "blog.yaml"
+    site.write_text("domains: [blog.example.com]\n")
+    os.chmod(site, 0o644)
+    assert permission_problems(0o022, tmp_path) == []
+    os.chmod(site, 0o600)
+    umask_problem, file_problem = permission_problems(0o077, tmp_path)
+    assert umask_problem.startswith("umask 0077: ") and "nginx workers" in umask_problem
+    assert file_problem.startswith(f"{site}: not readable by other users")
+    assert "chmod -R o+rX config" in file_problem

@@ -135,11 +135,11 @@ def test_a_taken_port_is_named_and_blames_no_site(node: Node, short_tmp: Path) -
         node.start()
         wait_for(lambda: _states(node) == {"plain": "serving"}, 10, "plain serving")
         _tls_site(node, "sec", short_tmp / "certs" / "sec")
-        wait_for(lambda: any("cannot bind" in p for p in _site(node, "sec").get(
+        wait_for(lambda: any("cannot bind" in p["message"] for p in _site(node, "sec").get(
             "problems", [])), 15, "the bind failure in sec's problems")
         site = _site(node, "sec")
         assert site["state"] == "pending", site
-        assert any(f"127.0.0.1:{port}" in p and "Address already in use" in p
+        assert any(f"127.0.0.1:{port}" in p["message"] and "Address already in use" in p["message"]
                    for p in site["problems"])
         assert any(f"127.0.0.1:{port}" in e for e in _status(node)["last_pass"]["errors"])
         assert _site(node, "plain")["state"] == "serving"
@@ -166,7 +166,8 @@ def test_http_port_taken_when_envoy_starts_then_freed(node: Node) -> None:
         sock = node.upstreams.start("h")
         node.put("h", node.site("h", ["h.example.com"], sock))
         node.start()
-        wait_for(lambda: any(f"127.0.0.1:{node.port}" in p and "cannot bind" in p
+        wait_for(lambda: any(f"127.0.0.1:{node.port}" in p["message"]
+                             and "cannot bind" in p["message"]
                              for p in _site(node, "h").get("problems", [])), 15,
                  "the taken HTTP port in h's problems")
         assert _site(node, "h")["state"] == "pending"

@@ -62,8 +62,9 @@ def test_site_lifecycle_add_edit_break_fix_delete(node: Node, load: Load) -> Non
     node.put("blog", "domains: [blog.example.com]\nupstream:\n  sockt: /tmp/x.sock\n")
     wait_for(lambda: node.status()["sites"]["blog"]["state"] == "serving-last-good", 5)
     problems = node.status()["sites"]["blog"]["problems"]
-    assert problems == [f"{node.sites}/blog.yaml:3: upstream.sockt: unknown key;"
-                        " did you mean 'socket'?"]
+    assert [p["message"] for p in problems] == [
+        f"{node.sites}/blog.yaml:3: upstream.sockt: unknown key; did you mean 'socket'?"]
+    assert (problems[0]["line"], problems[0]["field"]) == (3, "upstream.sockt")
     assert node.serves("blog.example.com", "blog2 /")
 
     node.put("blog", node.site("blog", ["blog.example.com", "www.blog.example.com"], one))
@@ -141,7 +142,7 @@ def test_junk_and_special_files_do_not_disturb(node: Node, load: Load) -> None:
     sock = node.upstreams.start("after")
     node.put("after", node.site("after", ["after.example.com"], sock))
     _served_within(node, "after.example.com", "after /", SERVED_WITHIN_S)
-    assert "not a regular file" in node.status()["sites"]["pipe"]["problems"][0]
+    assert "not a regular file" in node.status()["sites"]["pipe"]["problems"][0]["message"]
     assert {"notes", "hidden"}.isdisjoint(node.status()["sites"])
     for name in ("pipe.yaml", "notes.txt", ".hidden.yaml", "after.yaml"):
         os.unlink(node.sites / name)

@@ -119,7 +119,8 @@ def test_envoy_rejection_is_undone_and_the_site_held_back(short_tmp: Path) -> No
             wait_for(lambda: node.status().get("sites", {}).get("rx", {}).get("state") ==
                      "invalid", 10, "rx held back")
             problems = node.status()["sites"]["rx"]["problems"]
-            assert "Envoy rejected" in problems[0] and "rds.json" in problems[0]
+            message = problems[0]["message"]
+            assert "Envoy rejected" in message and "rds.json" in message
             assert node.status_code("rx.example.com") == 404
             assert node.envoy.rejections() == {
                 "http.ingress_http.rds.routes.update_rejected": 1}

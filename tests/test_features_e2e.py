@@ -391,9 +391,9 @@ def _overrides(node: Node) -> None:
                          ("connect_timeout: 0s", "ConnectTimeout")):
         node.put("feat", good.replace("per_connection_buffer_limit_bytes: 12345", wrong))
         wait_for(lambda named=named: any(
-            named in p for p in node.status().get("sites", {}).get("feat", {}).get(
+            named in p["message"] for p in node.status().get("sites", {}).get("feat", {}).get(
                 "problems", [])), 20, f"the problem naming {named}")
         problems = node.status()["sites"]["feat"]["problems"]
-        assert all(str(site) in p for p in problems), problems
+        assert all(str(site) in p["message"] for p in problems), problems
         assert node.status()["sites"]["feat"]["state"] == "serving-last-good"
         assert node.status_code("feat.test") in (200, 429)

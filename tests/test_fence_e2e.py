@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _problems(node: Node, name: str) -> list[str]:
-    return list(node.status().get("sites", {}).get(name, {}).get("problems", []))
+    return [p["message"] for p in node.status().get("sites", {}).get(name, {}).get("problems", [])]
 
 
 def _refused(node: Node, name: str, field: str) -> list[str]:

@@ -22,7 +22,8 @@ def _reaches_admin(node: Node, host: str) -> bool:
 
 
 def _problems(node: Node, name: str) -> str:
-    return " ".join(node.status().get("sites", {}).get(name, {}).get("problems", []))
+    found = node.status().get("sites", {}).get(name, {}).get("problems", [])
+    return " ".join(p["message"] for p in found)
 
 
 def test_a_socket_symlinked_to_envoys_admin_socket_never_reaches_it(short_tmp: Path) -> None:

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 from controlplane import status
+from controlplane.errors import Problem
 
 
 def _pass() -> status.PassStatus:
@@ -18,14 +19,18 @@ def _pass() -> status.PassStatus:
 def test_status_file_round_trips_and_prints_as_a_table(tmp_path: Path) -> None:
     """What the daemon writes, `controlplane status` reads and prints per site."""
     sites = {"a": status.SiteStatus(state="serving", file="a.yaml", serving="d1"),
-             "b": status.SiteStatus(state="invalid", file="b.yaml", problems=["b.yaml: x"])}
+             "b": status.SiteStatus(state="invalid", file="b.yaml",
+                                    problems=[Problem("b.yaml", "x", "bad", line=2)])}
     status.write_status(tmp_path, status.sites_json(sites), _pass())
     document = status.read_status(tmp_path)
-    assert document["sites"]["b"]["problems"] == ["b.yaml: x"]
+    assert document["sites"]["b"]["problems"] == [
+        {"file": "b.yaml", "line": 2, "field": "x", "reason": "bad", "message": "b.yaml:2: x: bad"}]
+    assert document["last_pass"]["at"] == "1970-01-01T00:00:01.000Z"
     assert document["last_pass"]["versions"] == {"cds": "v1"}
     assert stat.S_IMODE((tmp_path / status.STATUS_FILE).stat().st_mode) == 0o600
-    table = status.table(document)
-    assert "a     serving" in table and "b.yaml: x" in table and "confirmed by Envoy" in table
+    table = status.table(document, now=61.0)
+    assert "a     serving" in table and "b.yaml:2: x: bad" in table
+    assert "last pass: 1970-01-01T00:00:01Z (1m ago), confirmed by Envoy" in table
 
 
 def test_cached_lines_follow_every_change() -> None:

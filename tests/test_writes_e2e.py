@@ -95,7 +95,8 @@ def test_a_backup_copy_does_not_freeze_the_original(short_tmp: Path) -> None:
         wait_for(lambda: "blog-old" in _status(out).get("sites", {}), 10, "the copy seen")
         copy = _status(out)["sites"]["blog-old"]
         assert copy["state"] == "invalid"
-        assert any("also claimed by" in p and "blog.yaml" in p for p in copy["problems"])
+        assert any("also claimed by" in p["message"] and "blog.yaml" in p["message"]
+                   for p in copy["problems"])
         assert _status(out)["sites"]["blog"]["problems"] == []
         _put(sites, "blog", _site(["blog.example.com"], "routes:\n  - {prefix: /edited}\n"))
         wait_for(lambda: "/edited" in _rds(out), 10, "the original's edit applied")

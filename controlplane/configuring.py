@@ -1,0 +1,91 @@
+"""Where the settings come from, for the CLI: flags, then `CONTROLPLANE_*` environment
+variables, then the settings file (`--config`), then the defaults; the first that sets a
+key wins. The environment is read through pydantic-settings; the file keeps each key's
+line, so a bad value is reported as `FILE:LINE: key: reason`. `load` runs at start and
+again on SIGHUP, so a reload sees the same flags and environment with the new file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from controlplane.errors import SettingsError
+from controlplane.settings import Settings, from_mapping
+
+ENV_PREFIX = "CONTROLPLANE_"
+
+
+class _Environment(Settings, BaseSettings):
+    """The same fields, read from the environment (only used as pydantic-settings' shape)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore",
+                                      env_ignore_empty=True, frozen=True)
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def load(config_file: Path | None, flags: Mapping[str, Any], flag_names: Mapping[str, str],
+         warn: Callable[[str], None] = lambda _: None) -> Settings:
+    """Settings from the four sources; every problem at once, one line each."""
+    file_values, lines = read_file(config_file) if config_file is not None else ({}, {})
+    env_values = dict(EnvSettingsSource(_Environment, env_prefix=ENV_PREFIX,
+                                        env_ignore_empty=True)())
+    for hint in unknown_environment(os.environ):
+        warn(hint)
+    merged = {**file_values, **env_values, **flags}
+
+    def where(key: str) -> str:
+        if key in flags:
+            return flag_names.get(key, "--" + key.replace("_", "-"))
+        if key in env_values:
+            return f"${env_name(key)}"
+        return f"{config_file}:{lines[key]}: {key}" if key in lines else f"settings: {key}"
+
+    return from_mapping(merged, where=where)
+
+
+def read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """A settings file's keys and values, and the line of each key."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read the settings file: {exc.strerror}; give"
+                            " --config an existing, readable YAML file") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        values = yaml.safe_load(text) if node is not None else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise SettingsError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(values, dict) or not isinstance(node, (yaml.MappingNode, type(None))):
+        raise SettingsError(f"{path}: a settings file is a mapping of keys, like"
+                            " `listen: 0.0.0.0:8080`")
+    lines: dict[str, int] = {}
+    for key_node, _ in node.value if node is not None else ():
+        key = str(key_node.value)
+        if key in lines:
+            raise SettingsError(f"{path}:{key_node.start_mark.line + 1}: {key}: set twice"
+                                f" (first on line {lines[key]}); keep one")
+        lines[key] = key_node.start_mark.line + 1
+    return {str(k): v for k, v in values.items()}, lines
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """Hints for `CONTROLPLANE_*` variables close to, but not, a setting's name."""
+    known = [env_name(key) for key in Settings.model_fields]
+    hints = []
+    for name in sorted(n for n in environ if n.startswith(ENV_PREFIX) and n not in known):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if close:
+            hints.append(f"${name} is not a setting; did you mean ${close[0]}?")
+    return hints
