@@ -8,14 +8,16 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +316,21 @@ class Node:
                 self.envoy.stop()
             finally:
                 self.upstreams.close()
+
+
+@contextlib.contextmanager
+def temporary_node(prefix: str, settings: str | None = None, **options: Any) -> Iterator[Node]:
+    """A Node in a short temp folder of its own (for a module's fixture); `settings` is the
+    text of a settings file that the daemon and the bootstrap both read. On exit every
+    process it started is stopped and the folder removed, also on failure."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    config = None
+    if settings is not None:
+        config = folder / "controlplane.yaml"
+        config.write_text(settings)
+    node = Node(folder, options.pop("kind", upstream_kinds()[0]), config=config, **options)
+    try:
+        yield node
+    finally:
+        node.close()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -8,8 +8,6 @@ import base64
 import hashlib
 import http.client
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 
 from controlplane.reconciling import check_content
 from controlplane.settings import Settings
-from tests.parts import Node, upstream_kinds, wait_for
+from tests.parts import Node, temporary_node, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,12 +33,10 @@ def _publish(path: Path, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[tuple[Node, Path]]:
-    folder = Path(tempfile.mkdtemp(prefix="cp-ba-", dir="/tmp"))
-    users = folder / "auth" / "users.htpasswd"
-    users.parent.mkdir()
-    users.write_text(_entry("alice", "secret") + "\n")
-    running = Node(folder, upstream_kinds()[0])
-    try:
+    with temporary_node("cp-ba-") as running:
+        users = running.folder / "auth" / "users.htpasswd"
+        users.parent.mkdir()
+        users.write_text(_entry("alice", "secret") + "\n")
         sock = running.upstreams.start("app")
         running.put("staff", running.site("staff", ["staff.example"], sock, (
             f"basic_auth: {{htpasswd: {users}}}\n"
@@ -48,9 +44,6 @@ def node() -> Iterator[tuple[Node, Path]]:
         running.start()
         wait_for(lambda: _ask(running, "/health") == 200, 20, "staff.example/health")
         yield running, users
-    finally:
-        running.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _ask(node: Node, path: str, user: str | None = None, password: str = "") -> int:

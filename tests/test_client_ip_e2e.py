@@ -6,15 +6,13 @@ other loopback addresses (127.0.0.2 is the balancer, 127.0.0.3 a stranger)."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.parts import Node, upstream_kinds, wait_for
+from tests.parts import Node, temporary_node, wait_for
 
 pytestmark = pytest.mark.e2e
 BALANCER, STRANGER, CLIENT = "127.0.0.2", "127.0.0.3", "203.0.113.7"
@@ -23,20 +21,13 @@ BALANCER, STRANGER, CLIENT = "127.0.0.2", "127.0.0.3", "203.0.113.7"
 @contextlib.contextmanager
 def _node(settings: str) -> Iterator[Node]:
     """A node with two sites on these settings: `guarded` allows only CLIENT."""
-    folder = Path(tempfile.mkdtemp(prefix="cp-ip-", dir="/tmp"))
-    config = folder / "controlplane.yaml"
-    config.write_text(settings)
-    running = Node(folder, upstream_kinds()[0], config=config)
-    try:
+    with temporary_node("cp-ip-", settings) as running:
         sock = running.upstreams.start("app")
         running.put("guarded", running.site("guarded", ["guarded.example"], sock,
                                             f"access: {{allow: [{CLIENT}/32]}}\n"))
         running.put("open", running.site("open", ["open.example"], sock))
         running.start()
         yield running
-    finally:
-        running.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _ask(node: Node, host: str, source: str, headers: dict[str, str] | None = None,
@@ -48,7 +39,7 @@ def _ask(node: Node, host: str, source: str, headers: dict[str, str] | None = No
                                   source_address=(source, 0)) as client:
         client.sendall(preface + ("\r\n".join(lines) + "\r\n\r\n").encode())
         answer = b""
-        with contextlib.suppress(ConnectionResetError):  # a refusal: no answer
+        with contextlib.suppress(ConnectionResetError, TimeoutError):  # no answer
             while chunk := client.recv(65536):
                 answer += chunk
     if not answer:
@@ -116,7 +107,7 @@ def test_the_proxy_protocol_gives_the_client_address() -> None:
         wait_for(lambda n=node: _ask(n, "open.example", BALANCER, preface=preface)[0] == 200,
                  20, "open.example over the PROXY protocol")
         assert _ask(node, "guarded.example", BALANCER, preface=preface)[0] == 200
-        assert _ask(node, "guarded.example", BALANCER)[0] == 0
+        assert _ask(node, "guarded.example", BALANCER)[0] in (0, 400)  # refused, not served
         assert _ask(node, "open.example", BALANCER, preface=preface)[1]["x-seen-real-ip"] == (
             CLIENT)
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.parts import Node, upstream_kinds, wait_for
+from tests.parts import Node, temporary_node, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -21,9 +20,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     """Two sites served and confirmed."""
-    folder = Path(tempfile.mkdtemp(prefix="cp-diff-", dir="/tmp"))
-    running = Node(folder, upstream_kinds()[0])
-    try:
+    with temporary_node("cp-diff-") as running:
         for name in ("blog", "shop"):
             running.put(name, running.site(name, [f"{name}.example"],
                                            running.upstreams.start(name)))
@@ -31,9 +28,6 @@ def node() -> Iterator[Node]:
         for name in ("blog", "shop"):
             wait_for(lambda n=name: running.serves(f"{n}.example", f"{n} /"), 20, name)
         yield running
-    finally:
-        running.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _diff(node: Node, sites: Path, admin: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -5,16 +5,13 @@ paths with escaped slashes are handled as documented, and the other sites keep s
 from __future__ import annotations
 
 import http.client
-import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.parts import Node, upstream_kinds, wait_for
+from tests.parts import Node, temporary_node, wait_for
 
 pytestmark = pytest.mark.e2e
 HEADERS_TIMEOUT_S = 1.0
@@ -24,21 +21,14 @@ LISTENER_CAP = 4
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     """One node for the module: two sites, the edge limits made small enough to test."""
-    folder = Path(tempfile.mkdtemp(prefix="cp-edge-", dir="/tmp"))
-    config = folder / "controlplane.yaml"
-    config.write_text(f"request_headers_timeout_s: {HEADERS_TIMEOUT_S}\n"
-                      f"listener_max_connections: {LISTENER_CAP}\n")
-    running = Node(folder, upstream_kinds()[0], config=config)
-    try:
+    with temporary_node("cp-edge-", (f"request_headers_timeout_s: {HEADERS_TIMEOUT_S}\n"
+                                     f"listener_max_connections: {LISTENER_CAP}\n")) as running:
         for name in ("slow", "fast"):
             sock = running.upstreams.start(name)
             running.put(name, running.site(name, [f"{name}.example"], sock))
         running.start()
         wait_for(lambda: running.serves("fast.example", "fast /"), 20, "fast.example")
         yield running
-    finally:
-        running.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _open_partial(port: int) -> socket.socket:

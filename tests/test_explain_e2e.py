@@ -8,11 +8,10 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.parts import Node, upstream_kinds, wait_for
+from tests.parts import Node, temporary_node, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -47,21 +46,14 @@ REQUESTS = [
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """A wildcard site, and a site with header, path, redirect and catch-all routes."""
-    import shutil
-    import tempfile
 
-    folder = Path(tempfile.mkdtemp(prefix="cp-explain-", dir="/tmp"))
-    running = Node(folder, upstream_kinds()[0])
-    try:
+    with temporary_node("cp-explain-") as running:
         sockets = {name: running.upstreams.start(name) for name in ("api", "web", "any")}
         running.put("shop", SHOP.format(api=sockets["api"], web=sockets["web"]))
         running.put("any", running.site("any", ["*"], sockets["any"]))
         running.start()
         wait_for(lambda: running.serves("shop.example", "web /"), 20, "shop.example")
         yield running
-    finally:
-        running.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _explain(node: Node, url: str, headers: list[str]) -> tuple[int, str]:

@@ -5,14 +5,11 @@ default `by: site` the site's one bucket is shared by all."""
 from __future__ import annotations
 
 import http.client
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.parts import Node, upstream_kinds, wait_for
+from tests.parts import Node, temporary_node, wait_for
 
 pytestmark = pytest.mark.e2e
 FIRST, SECOND = "127.0.0.2", "127.0.0.3"
@@ -21,9 +18,7 @@ FIRST, SECOND = "127.0.0.2", "127.0.0.3"
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     """Two sites of 2 requests a minute: one bucket per client, and one for the site."""
-    folder = Path(tempfile.mkdtemp(prefix="cp-rl-", dir="/tmp"))
-    running = Node(folder, upstream_kinds()[0])
-    try:
+    with temporary_node("cp-rl-") as running:
         sock = running.upstreams.start("app")
         running.put("each", running.site("each", ["each.example"], sock,
                                          "rate_limit: {requests: 2, per: 60s, by: client}\n"))
@@ -33,9 +28,6 @@ def node() -> Iterator[Node]:
         running.start()
         wait_for(lambda: _status(running, "probe.example", FIRST) == 200, 20, "probe.example")
         yield running
-    finally:
-        running.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _status(node: Node, host: str, source: str) -> int:

@@ -5,15 +5,13 @@ reached through it, however the request is spelled."""
 from __future__ import annotations
 
 import http.client
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.parts import Node, free_port, upstream_kinds, wait_for
+from tests.parts import Node, free_port, temporary_node, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -21,20 +19,13 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def node() -> Iterator[tuple[Node, int]]:
     """One site, and Envoy's bootstrap with the stats listener on a loopback port."""
-    folder = Path(tempfile.mkdtemp(prefix="cp-stats-", dir="/tmp"))
     port = free_port()
-    config = folder / "controlplane.yaml"
-    config.write_text(f"stats_listen: 127.0.0.1:{port}\n")
-    running = Node(folder, upstream_kinds()[0], config=config)
-    try:
+    with temporary_node("cp-stats-", f"stats_listen: 127.0.0.1:{port}\n") as running:
         running.put("blog", running.site("blog", ["blog.example"],
                                          running.upstreams.start("blog")))
         running.start()
         wait_for(lambda: running.serves("blog.example", "blog /"), 20, "blog.example")
         yield running, port
-    finally:
-        running.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _raw(port: int, request: bytes) -> tuple[int, bytes]:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import http.client
 import shutil
 import subprocess
-import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.parts import Node, free_port, upstream_kinds, wait_for
+from tests.parts import Node, free_port, temporary_node, wait_for
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -24,19 +23,14 @@ HOSTILE_KEY = "<script>document.title='PWNED'</script><img src=x onerror=alert(1
 @pytest.fixture(scope="module")
 def node() -> Iterator[tuple[Node, int]]:
     """A serving site and a broken one whose problem carries markup."""
-    folder = Path(tempfile.mkdtemp(prefix="cp-page-", dir="/tmp"))
     port = free_port()
-    running = Node(folder, upstream_kinds()[0], extra_args=("--metrics", f"127.0.0.1:{port}"))
-    try:
+    with temporary_node("cp-page-", extra_args=("--metrics", f"127.0.0.1:{port}")) as running:
         running.put("good", running.site("good", ["good.example"],
                                          running.upstreams.start("good")))
         running.put("evil", f'domains: [evil.example]\n"{HOSTILE_KEY}": 1\n')
         running.start()
         wait_for(lambda: "evil" in _get(port, "/") and "good" in _get(port, "/"), 20, "page")
         yield running, port
-    finally:
-        running.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _get(port: int, path: str) -> str:
