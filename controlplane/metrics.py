@@ -13,6 +13,7 @@ joined on stop.
 from __future__ import annotations
 
 import json
+import platform
 import socket
 import threading
 import time
@@ -20,16 +21,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from controlplane import statuspage
+from controlplane import __version__, statuspage
 from controlplane.reconciling import Outcome
 from controlplane.settings import Listen
 from controlplane.status import STATUS_FILE, clip_all
 
 HEALTH_SLACK_S = 30.0
 SITE_STATES = ("serving", "serving-last-good", "pending", "invalid")
+
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series
 
 
 class Metrics:
@@ -54,6 +66,14 @@ class Metrics:
         self.last_success = Gauge("controlplane_last_success_timestamp_seconds",
                                   "When a pass last applied everything (Unix time).",
                                   registry=self.registry)
+        self.last_apply_success = Gauge(
+            "controlplane_last_apply_success",
+            "1 when the last pass applied everything (confirmed by Envoy), else 0.",
+            registry=self.registry)
+        build = Gauge("controlplane_build_info", "The running version, as a label; always 1.",
+                      ["version", "python"], registry=self.registry)
+        build.labels(__version__, platform.python_version()).set(1)
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _resident_...
 
     def beat(self) -> None:
         """The loop is alive (called every time it comes round)."""
@@ -70,14 +90,17 @@ class Metrics:
         self._count_errors(outcome)
         if outcome.written:
             self.apply_seconds.observe(seconds)
-        if not failed and outcome.confirmed is not False:
+        succeeded = not failed and outcome.confirmed is not False
+        if succeeded:
             self.last_success.set(time.time())
+        self.last_apply_success.set(1 if succeeded else 0)
         with self._lock:
             reasons = "; ".join(clip_all([str(e) for e in outcome.errors + outcome.rejected]))
             self._ready = (not failed and outcome.confirmed is not False, reasons or "ok")
 
     def waiting(self, reason: str) -> None:
         """Not ready, though nothing failed: Envoy is not up yet (start-up, not a fault)."""
+        self.last_apply_success.set(0)
         with self._lock:
             self._ready = (False, reason)
 

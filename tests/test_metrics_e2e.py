@@ -36,12 +36,16 @@ def test_health_readiness_and_metrics_follow_envoy(short_tmp: Path) -> None:
         assert 'controlplane_sites{state="serving"} 1.0' in text
         assert "controlplane_passes_total" in text
         assert "controlplane_last_success_timestamp_seconds" in text
+        assert "controlplane_last_apply_success 1.0" in text
+        assert 'controlplane_build_info{python="' in text and 'version="0.1.0"' in text
+        assert "process_resident_memory_bytes" in text and "_created" not in text
 
         node.envoy.stop()
         node.put("m", node.site("m", ["m2.example.com"], sock))
         wait_for(lambda: _fetch(port, "/readyz")[0] == 503, 15, "not ready without Envoy")
         assert _fetch(port, "/healthz")[0] == 200  # alive, just not confirmed
         assert 'controlplane_errors_total{kind="envoy_refused"}' in _fetch(port, "/metrics")[1]
+        assert "controlplane_last_apply_success 0.0" in _fetch(port, "/metrics")[1]
 
         node.envoy.launch()
         wait_for(lambda: _fetch(port, "/readyz")[0] == 200, 15, "ready again")
