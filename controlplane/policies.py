@@ -12,7 +12,7 @@ import ipaddress
 import posixpath
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from controlplane.kinds import Duration, Format, PositiveDuration, Strict, Text
 
@@ -98,14 +98,35 @@ class Access(Strict):
         return self
 
 
+LogKey = Annotated[Text, Field(min_length=1, max_length=128)]
+LogValue = Annotated[Format, Field(max_length=1024)]
+def _form(value: object) -> str:
+    return "json" if isinstance(value, dict) else "text"
+
+
+JsonFormat = Annotated[
+    dict[LogKey, Annotated[
+        Annotated[LogValue, Tag("text")]
+        | Annotated[dict[LogKey, LogValue], Field(min_length=1, max_length=64), Tag("json")],
+        Discriminator(_form)]],
+    Field(min_length=1, max_length=64)]
+"""A JSON access-log line: keys to formats, one level of nesting (Envoy's json_format)."""
+LogFormat = Annotated[
+    Annotated[Annotated[Format, Field(min_length=1, max_length=4096)], Tag("text")]
+    | Annotated[JsonFormat, Tag("json")],
+    Discriminator(_form)]
+"""One line of text, or one JSON object: only the errors of the form given are told."""
+
+
 class AccessLog(Strict):
     """An access log file for this site's requests."""
 
     path: AbsolutePath = Field(description="Log file (Envoy appends to it); under one of"
                                " the allowed log folders (setting `log_dirs`).")
-    format: Annotated[Format, Field(min_length=1, max_length=4096)] | None = Field(
+    format: LogFormat | None = Field(
         None, description="Envoy format string with the allowed commands (README 'Strings"
-        " and formats'); default: Envoy's default line.")
+        " and formats'), or a mapping for one JSON object a line (Envoy's json_format: each"
+        " value such a format, or a mapping of them); default: Envoy's default line.")
 
     @field_validator("path")
     @classmethod

@@ -97,15 +97,25 @@ def locate(problems: Iterable[Problem], document: Document) -> list[Problem]:
 
 def _document_path(loc: Iterable[str | int], data: Any) -> tuple[str | int, ...]:
     """Pydantic's loc mapped back onto the document: drop the index that the model adds
-    when a single endpoint mapping stands where a list is accepted."""
+    when a single endpoint mapping stands where a list is accepted, and the tag of a
+    union's member (`str`, `dict[...]`) that stands between a key and what is in it."""
     path: list[str | int] = []
     node = data
     for part in loc:
         if isinstance(part, int) and isinstance(node, Mapping):
             continue
+        if isinstance(part, str) and _is_tag(part) and not (
+                isinstance(node, Mapping) and part in node):
+            continue
         path.append(part)
         node = _child(node, part)
     return tuple(path)
+
+
+def _is_tag(part: str) -> bool:
+    """A name pydantic gives a union's member in a location, never a key a user wrote."""
+    return part in ("str", "int", "bool", "float", "text", "json") or any(
+        c in part for c in "[(")
 
 
 def _child(node: Any, part: str | int) -> Any:

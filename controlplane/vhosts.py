@@ -17,7 +17,7 @@ from controlplane.formats import literal
 from controlplane.kinds import HeaderEdits, duration_ms, envoy_duration
 from controlplane.model import Site
 from controlplane.overrides import confine
-from controlplane.policies import Access, Cors, RateLimit
+from controlplane.policies import Access, AccessLog, Cors, RateLimit
 from controlplane.routes import HeaderMatch, QueryMatch, Redirect, Route
 
 _API = "type.googleapis.com/envoy.extensions.filters.http"
@@ -330,6 +330,12 @@ def access_log(site: Site) -> dict[str, Any] | None:
         "filter": {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel",
                                         "typed_config": {"@type": CEL_FILTER,
                                                          "expression": expression}}},
-        "typed_config": {"@type": FILE_LOG, "path": log.path, "log_format": {
-            "text_format_source": {"inline_string": (log.format or DEFAULT_LOG_FORMAT) + "\n"}}},
+        "typed_config": {"@type": FILE_LOG, "path": log.path, "log_format": _log_format(log)},
     }
+
+
+def _log_format(log: AccessLog) -> dict[str, Any]:
+    """A line of text (Envoy's default, or the site's format), or one JSON object."""
+    if isinstance(log.format, dict):
+        return {"json_format": log.format}
+    return {"text_format_source": {"inline_string": (log.format or DEFAULT_LOG_FORMAT) + "\n"}}
