@@ -61,6 +61,9 @@ CONTROL_SOCKET_FOLDERS = (
 user's session: D-Bus, systemd, podman, agents). Nothing under them may be an upstream."""
 
 KERNEL_FOLDERS = ("/proc", "/sys")
+PROCESS_LINKS = ("/proc", "/dev/fd")
+"""Spellings whose meaning depends on the process that opens them (`/proc/self/cwd`,
+`/dev/fd/3`): the daemon would resolve its own, Envoy reaches its own."""
 Kind = Literal["socket", "read", "write", "address"]
 
 
@@ -93,6 +96,8 @@ class Fence:
     forbidden: dict[tuple[int, int], str] = field(default_factory=dict)
     """Identity (device, inode) -> what it is: the admin socket and control sockets."""
     forbidden_paths: dict[str, str] = field(default_factory=dict)
+    exclusive_upstreams: bool = False
+    """Each upstream belongs to one site (setting `exclusive_upstreams`)."""
     own_ports: dict[int, str] = field(default_factory=dict)
     """Loopback ports of Envoy's own listeners and the daemon's metrics: a TCP upstream
     there would loop requests back or publish the daemon's endpoints."""
@@ -105,8 +110,10 @@ class Fence:
     @classmethod
     def now(cls, *, socket_dirs: Iterable[Path | str], log_dirs: Iterable[Path | str],
             admin_socket: Path | None, private: Iterable[tuple[Path, str]],
-            own_ports: dict[int, str] | None = None) -> Fence:
-        fence = cls(socket_dirs=tuple(dict.fromkeys(_real(d) for d in socket_dirs)),
+            own_ports: dict[int, str] | None = None,
+            exclusive_upstreams: bool = False) -> Fence:
+        fence = cls(exclusive_upstreams=exclusive_upstreams,
+                    socket_dirs=tuple(dict.fromkeys(_real(d) for d in socket_dirs)),
                     log_dirs=tuple(dict.fromkeys(_real(d) for d in log_dirs)),
                     private=tuple((_real(p), what) for p, what in private),
                     own_ports=dict(own_ports or {}))
@@ -122,6 +129,16 @@ class Fence:
         return fence
 
     def judge(self, use: Use) -> Verdict:
+        verdict = self._judge(use)
+        if verdict.problem is None and use.kind in ("socket", "write") and (
+                use.path not in STANDARD_STREAMS) and _under(posixpath.normpath(use.path),
+                                                             PROCESS_LINKS):
+            return Verdict(problem=f"{use.path!r} goes through {_through(use.path)}, which"
+                           " leads elsewhere for Envoy than for this check; name the file"
+                           " itself")
+        return verdict
+
+    def _judge(self, use: Use) -> Verdict:
         if use.kind == "socket":
             return self._socket(use.path)
         if use.kind == "address":
@@ -273,6 +290,10 @@ def read_bounded(path: str, limit: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _through(path: str) -> str:
+    return next(f for f in PROCESS_LINKS if _under(posixpath.normpath(path), (f,)))
 
 
 def _real(path: Path | str) -> str:

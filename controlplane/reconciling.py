@@ -97,6 +97,7 @@ def fence_of(settings: Settings) -> paths.Fence:
         admin_socket=settings.admin_socket,
         private=[(settings.sites_dir, "sites folder"), (settings.out_dir, "out folder"),
                  (settings.state, "state folder")],
+        exclusive_upstreams=settings.exclusive_upstreams,
         own_ports={port: what for port, what in (
             (settings.metrics.port if settings.metrics else 0, "the daemon's metrics port"),
             (settings.listen_tls.port, "Envoy's own HTTPS listener"),
@@ -166,6 +167,8 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
     _settle(result, last_good, _conflicts, lambda name, serving: _holds_domains(
         name, serving, last_good))
     _settle(result, last_good, _name_conflicts)
+    if fence is not None and fence.exclusive_upstreams:
+        _settle(result, last_good, lambda serving: _upstream_conflicts(serving, fence))
     if max_certificates is not None:
         _settle(result, last_good, lambda serving: tls.certificate_overflow(
             {n: (c.source, c.resources.tls.secret_name) for n, c in serving.items()
@@ -235,6 +238,14 @@ def _name_conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
     return validating.name_conflicts({
         n: validating.NameClaim(source=c.source, names=claims.names(c.resources))
         for n, c in serving.items() if c.resources is not None})
+
+
+def _upstream_conflicts(serving: dict[str, Checked],
+                        fence: paths.Fence) -> dict[str, list[Problem]]:
+    return validating.name_conflicts({
+        n: validating.NameClaim(source=c.source, names=claims.upstreams(c.uses, fence))
+        for n, c in serving.items()}, "an upstream belongs to one site (another would reach"
+        " it past that site's access list and routes): give each site its own")
 
 
 def _conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:

@@ -100,6 +100,11 @@ class Settings:
     klipper-lb, cloud balancers), which gives the client's address; a connection
     without it is refused."""
 
+    exclusive_upstreams: bool = False
+    """Each upstream (a socket by what it resolves to, a TCP address; every loopback
+    address as one) belongs to one site: another site naming it is refused, since it
+    would reach that upstream past the holder's access list, rate limit and routes."""
+
     listener_max_connections: int = 10_000
     """Open connections per listener (`http`, `https`), Envoy's runtime
     `envoy.resource_limits.listener.NAME.connection_limit`: a flood on one port cannot
@@ -279,7 +284,7 @@ def _coerce(key: str, value: Any) -> Any:
             return tuple(Path(str(v)) for v in value)
         if key == "trusted_proxies":
             return cidrs([value] if isinstance(value, str) else value)
-        if key == "proxy_protocol":
+        if key in ("proxy_protocol", "exclusive_upstreams"):
             if not isinstance(value, bool):
                 raise TypeError("expected true or false")
             return value

@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from controlplane.cli import main
-from controlplane.reconciling import Checked, Reconciler, check_content, select
+from controlplane.reconciling import Checked, Reconciler, check_content, fence_of, select
 from controlplane.settings import Settings
 
 SETTINGS = Settings()
@@ -35,6 +35,24 @@ def test_a_stats_prefix_equal_to_another_sites_name_is_refused_naming_both_files
            " sites/blog.yaml" in str(fresh.problems["copy"][0])
     established = select({"blog": blog, "copy": copy}, {"blog": blog}, None)
     assert set(established.serving) == {"blog"} and "copy" in established.problems
+
+
+def test_an_upstream_of_one_site_is_refused_to_another_in_any_spelling() -> None:
+    """With `exclusive_upstreams`, another loopback address for the same port names the
+    same upstream: the established site keeps it, the newcomer is refused naming the
+    holder; a site may list one upstream twice. Without it, sites share upstreams."""
+    owner = _site("owner", "domains: [owner.example]\nupstream: {address: '127.0.0.1:8000'}\n"
+                  "access: {allow: [10.0.0.0/8]}\n")
+    thief = _site("thief", "domains: [thief.example]\nupstreams: {a: {address: '[::1]:8000'},"
+                  " b: {address: '[::1]:8000'}}\nroutes: [{prefix: /, upstream: a}]\n")
+    fence = fence_of(SETTINGS.replace(exclusive_upstreams=True))
+    chosen = select({"owner": owner, "thief": thief}, {"owner": owner}, None, fence=fence)
+    assert set(chosen.serving) == {"owner"}
+    assert "the upstream address 'loopback:8000' is also used by sites/owner.yaml" in str(
+        chosen.problems["thief"][0])
+    assert select({"thief": thief}, {}, None, fence=fence).problems == {}
+    shared = select({"owner": owner, "thief": thief}, {}, None, fence=fence_of(SETTINGS))
+    assert set(shared.serving) == {"owner", "thief"}, "shared upstreams are the default"
 
 
 def test_sites_sharing_a_certificate_share_its_secret_without_a_conflict(tmp_path: Path) -> None:

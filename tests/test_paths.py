@@ -307,3 +307,18 @@ def test_a_cached_site_file_gets_its_paths_judged_again_at_every_pass(
     assert outcome.removed == ["a"] and "is Envoy's admin socket" in outcome.problems["a"][0]
     os.unlink(root / "sockets" / "a.sock")
     assert reconciler.run_pass().added == ["a"]
+
+
+def test_paths_through_proc_are_refused_though_they_resolve_inside(root: Path) -> None:
+    """`/proc/self/root/...` and `/proc/self/cwd/...` resolve inside the allowed folders
+    for the daemon, but `self` is Envoy when Envoy opens them: refused, socket and log."""
+    fence = _fence(root)
+    via_root = f"/proc/self/root{root}"
+    assert "goes through /proc" in str(_socket(fence, f"{via_root}/sockets/a.sock"))
+    assert "goes through /proc" in str(_log(fence, f"{via_root}/logs/a.log"))
+    os.chdir(root)
+    try:
+        assert "goes through /proc" in str(_log(fence, "/proc/self/cwd/logs/b.log"))
+    finally:
+        os.chdir(Path(__file__).parent.parent)
+    assert _socket(fence, root / "sockets" / "a.sock") is None
