@@ -100,6 +100,8 @@ def fence_of(settings: Settings) -> paths.Fence:
         exclusive_upstreams=settings.exclusive_upstreams,
         own_ports={port: what for port, what in (
             (settings.metrics.port if settings.metrics else 0, "the daemon's metrics port"),
+            (settings.stats_listen.port if settings.stats_listen else 0,
+             "Envoy's stats listener (it passes on the admin interface's stats)"),
             (settings.listen_tls.port, "Envoy's own HTTPS listener"),
             (settings.listen.port, "Envoy's own HTTP listener")) if port})
 

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from controlplane.cli import main
 from controlplane.reconciling import Checked, Reconciler, check_content, fence_of, select
-from controlplane.settings import Settings
+from controlplane.settings import Settings, from_mapping
 
 SETTINGS = Settings()
 
@@ -53,6 +53,14 @@ def test_an_upstream_of_one_site_is_refused_to_another_in_any_spelling() -> None
     assert select({"thief": thief}, {}, None, fence=fence).problems == {}
     shared = select({"owner": owner, "thief": thief}, {}, None, fence=fence_of(SETTINGS))
     assert set(shared.serving) == {"owner", "thief"}, "shared upstreams are the default"
+
+
+def test_a_tcp_upstream_on_envoys_stats_listener_is_refused() -> None:
+    """The stats listener passes on Envoy's admin stats: no site may publish it."""
+    settings = from_mapping({"stats_listen": "127.0.0.1:9901"})
+    site = _site("peek", "domains: [peek.example]\nupstream: {address: '127.0.0.1:9901'}\n")
+    chosen = select({"peek": site}, {}, None, fence=fence_of(settings))
+    assert "is Envoy's stats listener" in str(chosen.problems["peek"][0])
 
 
 def test_sites_sharing_a_certificate_share_its_secret_without_a_conflict(tmp_path: Path) -> None:
