@@ -35,7 +35,8 @@ STANDARD_STREAMS = ("/dev/stdout", "/dev/stderr")
 CONTROL_SOCKET_NAMES = frozenset({
     "docker.sock", "containerd.sock", "containerd.sock.ttrpc", "podman.sock", "crio.sock",
     "cri-dockerd.sock", "dockershim.sock", "kubelet.sock", "snapd.socket",
-    "snapd-snap.socket", "system_bus_socket", "systemd-journal-socket",
+    "snapd-snap.socket", "system_bus_socket", "systemd-journal-socket", "buildkitd.sock",
+    "cilium.sock", "tailscaled.sock",
 })
 """Socket file names of container runtimes, the kubelet, snapd and D-Bus, wherever they
 lie: an upstream on one would hand the node to anyone who can reach the site."""
@@ -56,9 +57,13 @@ CONTROL_SOCKET_PATHS = (
 CONTROL_SOCKET_FOLDERS = (
     "/run/systemd", "/run/dbus", "/run/containerd", "/run/docker", "/run/crio", "/run/podman",
     "/run/k3s", "/run/containers", "/run/libvirt", "/run/udev", "/run/user", "/var/lib/kubelet",
+    "/run/buildkit", "/run/cilium", "/run/tailscale", "/run/spire", "/run/secrets", "/run/cups",
+    "/run/lxd", "/run/incus", "/run/k0s", "/run/rke2", "/run/redis",
 )
 """Folders that hold only control sockets (of the system, the runtimes and each logged-in
-user's session: D-Bus, systemd, podman, agents). Nothing under them may be an upstream."""
+user's session: D-Bus, systemd, podman, agents; BuildKit, Cilium's agent, Tailscale's
+local API, SPIRE and Istio's workload identity, CUPS, LXD, Redis). Nothing under them
+may be an upstream."""
 
 KERNEL_FOLDERS = ("/proc", "/sys")
 PROCESS_LINKS = ("/proc", "/dev/fd")

@@ -322,3 +322,16 @@ def test_paths_through_proc_are_refused_though_they_resolve_inside(root: Path) -
     finally:
         os.chdir(Path(__file__).parent.parent)
     assert _socket(fence, root / "sockets" / "a.sock") is None
+
+
+@pytest.mark.parametrize("path", [
+    "/run/buildkit/buildkitd.sock", "/var/run/cilium/cilium.sock",
+    "/run/tailscale/tailscaled.sock", "/run/spire/sockets/agent.sock",
+    "/var/run/secrets/workload-spiffe-uds/socket", "/run/cups/cups.sock",
+])
+def test_more_control_sockets_in_run_are_refused(path: str) -> None:
+    """BuildKit runs builds as root, Cilium's agent and Tailscale's local API answer HTTP
+    on their sockets, SPIRE and Istio hand out workload identities: never an upstream."""
+    fence = Fence.now(socket_dirs=["/run", "/var/run", "/tmp"], log_dirs=["/tmp"],
+                      admin_socket=None, private=[])
+    assert "control socket" in str(_socket(fence, path))
