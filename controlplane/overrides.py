@@ -57,6 +57,9 @@ MAX_TABLE_ENTRIES = {
 """The largest hash tables the hatch may ask for (Envoy's defaults: a ring of 1,024 and
 a Maglev table of 65,537): Envoy builds one per cluster, in memory every site shares
 (four clusters with rings of 8,388,608 took Envoy from 68 MB to 856 MB)."""
+MAX_MIRRORS = 2
+"""Mirror policies per route or virtual host: each sends a copy of every request (200 on
+one route made Envoy send about 90 upstream requests for each client request)."""
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -161,18 +164,7 @@ def values(message: Message, own: frozenset[str]) -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
 
     def check(path: Path, descriptor: Descriptor, item: Message) -> None:
-        for name in _BUFFER_LIMITS:
-            fd = descriptor.fields_by_name.get(name)
-            if fd is not None and item.HasField(name) and _bytes(item, name) > MAX_BUFFER_BYTES:
-                found.append(((*path, Field(name, fd.json_name)),
-                              f"{_bytes(item, name)} is over {MAX_BUFFER_BYTES} bytes, Envoy's"
-                              " default; a site may lower its buffers, not raise them"))
-        for (kind, name), cap in MAX_TABLE_ENTRIES.items():
-            if kind == descriptor.full_name and item.HasField(name) and _bytes(item, name) > cap:
-                fd = descriptor.fields_by_name[name]
-                found.append(((*path, Field(name, fd.json_name)),
-                              f"{_bytes(item, name)} is over {cap}: Envoy builds a table that"
-                              " large for each cluster, in memory every site shares"))
+        found.extend(_limits(path, descriptor, item))
         for named in _clusters_named(descriptor.full_name, item):
             if named not in own:
                 name = _CLUSTER_FIELD[descriptor.full_name]
@@ -192,6 +184,29 @@ def values(message: Message, own: frozenset[str]) -> list[tuple[Path, str]]:
                 found.append(((*path, Field(fd.name, fd.json_name)), bad))
 
     visit(message, check)
+    return found
+
+
+def _limits(path: Path, descriptor: Descriptor, item: Message) -> list[tuple[Path, str]]:
+    """Values past what one site may take of Envoy's shared memory and traffic."""
+    found: list[tuple[Path, str]] = []
+    for name in _BUFFER_LIMITS:
+        fd = descriptor.fields_by_name.get(name)
+        if fd is not None and item.HasField(name) and _bytes(item, name) > MAX_BUFFER_BYTES:
+            found.append(((*path, Field(name, fd.json_name)),
+                          f"{_bytes(item, name)} is over {MAX_BUFFER_BYTES} bytes, Envoy's"
+                          " default; a site may lower its buffers, not raise them"))
+    for (kind, name), cap in MAX_TABLE_ENTRIES.items():
+        if kind == descriptor.full_name and item.HasField(name) and _bytes(item, name) > cap:
+            fd = descriptor.fields_by_name[name]
+            found.append(((*path, Field(name, fd.json_name)),
+                          f"{_bytes(item, name)} is over {cap}: Envoy builds a table that"
+                          " large for each cluster, in memory every site shares"))
+    mirrors = descriptor.fields_by_name.get("request_mirror_policies")
+    if mirrors is not None and len(getattr(item, mirrors.name)) > MAX_MIRRORS:
+        found.append(((*path, Field(mirrors.name, mirrors.json_name)),
+                      f"{len(getattr(item, mirrors.name))} mirror policies; at most"
+                      f" {MAX_MIRRORS}: each copies every request (Envoy as an amplifier)"))
     return found
 
 

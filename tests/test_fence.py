@@ -112,6 +112,8 @@ def _route(envoy: str) -> str:
      "envoy.virtual_host.per_request_buffer_limit_bytes: 2000000 is over 1048576 bytes"),
     (SITE + "envoy: {cluster: {lb_policy: RING_HASH, ringHashLbConfig: {minimumRingSize:"
      " 8388608}}}\n", "envoy.cluster.ringHashLbConfig.minimumRingSize: 8388608 is over 65536"),
+    (_route("{route: {requestMirrorPolicies: [{cluster: site}, {cluster: site}, {cluster:"
+            " site}]}}"), "routes[1].envoy.route.requestMirrorPolicies: 3 mirror policies"),
     (SITE + "envoy: {cluster: {lb_policy: MAGLEV, maglev_lb_config: {table_size: 5000011}}}\n",
      "envoy.cluster.maglev_lb_config.table_size: 5000011 is over 65537"),
     (SITE + "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
