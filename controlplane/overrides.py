@@ -53,10 +53,13 @@ MAX_TABLE_ENTRIES = {
     ("envoy.config.cluster.v3.Cluster.RingHashLbConfig", "minimum_ring_size"): 65536,
     ("envoy.config.cluster.v3.Cluster.RingHashLbConfig", "maximum_ring_size"): 65536,
     ("envoy.config.cluster.v3.Cluster.MaglevLbConfig", "table_size"): 65537,
+    ("envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+     "max_dynamic_descriptors"): 1000,
 }
-"""The largest hash tables the hatch may ask for (Envoy's defaults: a ring of 1,024 and
-a Maglev table of 65,537): Envoy builds one per cluster, in memory every site shares
-(four clusters with rings of 8,388,608 took Envoy from 68 MB to 856 MB)."""
+"""The largest tables the hatch may ask for (Envoy's defaults: a ring of 1,024, a Maglev
+table of 65,537, a few rate-limit buckets made from request values): Envoy keeps one per
+cluster or filter, in memory every site shares (four rings of 8,388,608 took Envoy from
+68 MB to 856 MB; unbounded buckets grew it 1 MB per 1,000 distinct client headers)."""
 MAX_MIRRORS = 2
 """Mirror policies per route or virtual host: each sends a copy of every request (200 on
 one route made Envoy send about 90 upstream requests for each client request)."""
@@ -200,8 +203,8 @@ def _limits(path: Path, descriptor: Descriptor, item: Message) -> list[tuple[Pat
         if kind == descriptor.full_name and item.HasField(name) and _bytes(item, name) > cap:
             fd = descriptor.fields_by_name[name]
             found.append(((*path, Field(name, fd.json_name)),
-                          f"{_bytes(item, name)} is over {cap}: Envoy builds a table that"
-                          " large for each cluster, in memory every site shares"))
+                          f"{_bytes(item, name)} is over {cap}: Envoy keeps a table that"
+                          " large, in memory every site shares"))
     mirrors = descriptor.fields_by_name.get("request_mirror_policies")
     if mirrors is not None and len(getattr(item, mirrors.name)) > MAX_MIRRORS:
         found.append(((*path, Field(mirrors.name, mirrors.json_name)),

@@ -114,6 +114,10 @@ def _route(envoy: str) -> str:
      " 8388608}}}\n", "envoy.cluster.ringHashLbConfig.minimumRingSize: 8388608 is over 65536"),
     (_route("{route: {requestMirrorPolicies: [{cluster: site}, {cluster: site}, {cluster:"
             " site}]}}"), "routes[1].envoy.route.requestMirrorPolicies: 3 mirror policies"),
+    (SITE + "envoy: {virtual_host: {typed_per_filter_config: {envoy.filters.http.local_ratelimit: {"
+     "'@type': type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit,"
+     " stat_prefix: x, maxDynamicDescriptors: 4294967295}}}}\n",
+     "local_ratelimit.maxDynamicDescriptors: 4294967295 is over 1000"),
     (SITE + "envoy: {cluster: {lb_policy: MAGLEV, maglev_lb_config: {table_size: 5000011}}}\n",
      "envoy.cluster.maglev_lb_config.table_size: 5000011 is over 65537"),
     (SITE + "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
