@@ -169,6 +169,8 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
     _settle(result, last_good, _conflicts, lambda name, serving: _holds_domains(
         name, serving, last_good))
     _settle(result, last_good, _name_conflicts)
+    if fence is not None:
+        _settle(result, last_good, lambda serving: _file_conflicts(serving, fence))
     if fence is not None and fence.exclusive_upstreams:
         _settle(result, last_good, lambda serving: _upstream_conflicts(serving, fence))
     if max_certificates is not None:
@@ -240,6 +242,13 @@ def _name_conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
     return validating.name_conflicts({
         n: validating.NameClaim(source=c.source, names=claims.names(c.resources))
         for n, c in serving.items() if c.resources is not None})
+
+
+def _file_conflicts(serving: dict[str, Checked],
+                    fence: paths.Fence) -> dict[str, list[Problem]]:
+    found = claims.written_files({n: (c.source, c.uses) for n, c in serving.items()}, fence)
+    return {n: [Problem(serving[n].source, f, reason) for f, reason in items]
+            for n, items in found.items()}
 
 
 def _upstream_conflicts(serving: dict[str, Checked],

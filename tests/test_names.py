@@ -74,6 +74,21 @@ def test_sites_sharing_a_certificate_share_its_secret_without_a_conflict(tmp_pat
     assert set(select({"a": a, "b": b}, {}, None).serving) == {"a", "b"}
 
 
+def test_an_access_log_on_another_sites_certificate_is_refused(tmp_path: Path) -> None:
+    """Envoy would append log lines (a format can write any line a client sends) to the
+    other site's certificate: the writer is refused, the certificate's site serves."""
+    from tests.test_features_e2e import make_certificate
+
+    make_certificate(tmp_path / "c.pem", tmp_path / "c.key", ["a.example"])
+    a = _site("a", "domains: [a.example]\nupstream: {socket: /tmp/a.sock}\n"
+              f"tls: {{cert: {tmp_path}/c.pem, key: {tmp_path}/c.key}}\n")
+    b = _site("b", "domains: [b.example]\nupstream: {socket: /tmp/b.sock}\naccess_log:"
+              f" {{path: {tmp_path}/c.pem, format: '%REQ(X-LINE)%'}}\n")
+    chosen = select({"a": a, "b": b}, {"a": a}, None, fence=fence_of(SETTINGS))
+    assert set(chosen.serving) == {"a"}
+    assert f"'{tmp_path}/c.pem' is the tls.cert of sites/a.yaml" in str(chosen.problems["b"])
+
+
 def test_named_upstreams_under_equal_prefixes_collide() -> None:
     """`prefix.upstream` stats names of two sites with one prefix are refused."""
     body = ("upstreams: {api: {socket: /tmp/a.sock}}\nroutes: [{prefix: /, upstream: api}]\n"
