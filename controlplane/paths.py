@@ -65,6 +65,9 @@ user's session: D-Bus, systemd, podman, agents; BuildKit, Cilium's agent, Tailsc
 local API, SPIRE and Istio's workload identity, CUPS, LXD, Redis). Nothing under them
 may be an upstream."""
 
+METADATA_ADDRESSES = frozenset({"fd00:ec2::254", "100.100.100.200", "192.0.0.192"})
+"""Cloud metadata services outside the link-local block: AWS's IPv6 endpoint, Alibaba
+Cloud's, Oracle Cloud's (169.254.169.254 is refused as link-local)."""
 KERNEL_FOLDERS = ("/proc", "/sys")
 PROCESS_LINKS = ("/proc", "/dev/fd")
 """Spellings whose meaning depends on the process that opens them (`/proc/self/cwd`,
@@ -172,6 +175,9 @@ class Fence:
         169.254.169.254), unspecified or multicast, nor one of our own loopback ports."""
         host, _, port = address.rpartition(":")
         ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        if str(ip) in METADATA_ADDRESSES:
+            return Verdict(problem=f"{address!r} is a cloud metadata service (it hands out"
+                           " the node's credentials); a site may not expose it")
         if ip.is_link_local:
             return Verdict(problem=f"{address!r} is link-local (cloud metadata services"
                            " answer at 169.254.169.254); a site may not expose it")

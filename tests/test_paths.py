@@ -335,3 +335,12 @@ def test_more_control_sockets_in_run_are_refused(path: str) -> None:
     fence = Fence.now(socket_dirs=["/run", "/var/run", "/tmp"], log_dirs=["/tmp"],
                       admin_socket=None, private=[])
     assert "control socket" in str(_socket(fence, path))
+
+
+@pytest.mark.parametrize("address", ["[fd00:ec2::254]:80", "100.100.100.200:80",
+                                     "192.0.0.192:80", "169.254.169.254:80"])
+def test_cloud_metadata_services_are_refused_as_tcp_upstreams(address: str) -> None:
+    """Metadata services hand out the node's credentials, in and out of link-local."""
+    fence = Fence.now(socket_dirs=["/tmp"], log_dirs=["/tmp"], admin_socket=None, private=[])
+    problem = fence.judge(Use(field="upstream.address", kind="address", path=address)).problem
+    assert "metadata" in str(problem)
