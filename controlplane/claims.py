@@ -1,11 +1,14 @@
 """What one site's rendered resources claim, judged across sites or against the
 filesystem each pass: the Unix sockets they name (wherever in a cluster, as the `envoy:`
-hatch could put one), and every name they give Envoy (which must be unique across sites).
+hatch could put one), every name they give Envoy (which must be unique across sites),
+and the upstreams they reach (each belongs to one site).
 """
 
 from __future__ import annotations
 
-from controlplane.paths import Use
+import ipaddress
+
+from controlplane.paths import Fence, Use
 from controlplane.rendering import SiteResources
 
 
@@ -49,3 +52,40 @@ def names(resources: SiteResources) -> tuple[tuple[str, str, str, str], ...]:
         names.append(("HTTPS filter chain", resources.name, "", ""))
         names.append(("TLS secret", resources.tls.secret_name, "tls", resources.tls.secret_json))
     return tuple(names)
+
+
+def upstreams(uses: tuple[Use, ...], fence: Fence) -> tuple[tuple[str, str, str, str], ...]:
+    """(kind, target, field, "") of every upstream a site connects to: a socket by what it
+    resolves to now (aliases and symlinks to one socket are one), a TCP address in
+    canonical form (every loopback address as one). With `exclusive_upstreams` each
+    belongs to one site: another naming it would reach it past that site's access list,
+    rate limit and routes."""
+    found = []
+    for use in uses:
+        if use.kind == "socket":
+            found.append(("upstream socket", fence.resolve(use.path)[0], use.field, ""))
+        elif use.kind == "address":
+            host, _, port = use.path.rpartition(":")
+            ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+            # Any loopback address reaches a server listening on all of them.
+            shown = "loopback" if ip.is_loopback else str(ip)
+            found.append(("upstream address", f"{shown}:{int(port)}", use.field, ""))
+    return tuple(found)
+
+
+def written_files(serving: dict[str, tuple[str, tuple[Use, ...]]], fence: Fence) -> dict[
+        str, list[tuple[str, str]]]:
+    """Site -> (field, reason) for each file it makes Envoy append to that some site
+    (itself included) has Envoy read, a certificate or a key: log lines would corrupt it."""
+    read = {fence.resolve(u.path)[0]: (source, u.field) for source, uses in serving.values()
+            for u in uses if u.kind == "read"}
+    found: dict[str, list[tuple[str, str]]] = {}
+    for name, (_, uses) in serving.items():
+        for use in uses:
+            target = fence.resolve(use.path)[0] if use.kind == "write" else None
+            if target in read:
+                source, field = read[target]
+                found.setdefault(name, []).append((use.field, (
+                    f"{use.path!r} is the {field} of {source}; Envoy would append log lines"
+                    " to it: name a log file")))
+    return found

@@ -49,6 +49,20 @@ MAX_BUFFER_BYTES = 1024 * 1024
 memory is shared by every site, so no site may raise its buffers past it."""
 _BUFFER_LIMITS = ("per_connection_buffer_limit_bytes", "per_request_buffer_limit_bytes",
                   "request_body_buffer_limit")
+MAX_TABLE_ENTRIES = {
+    ("envoy.config.cluster.v3.Cluster.RingHashLbConfig", "minimum_ring_size"): 65536,
+    ("envoy.config.cluster.v3.Cluster.RingHashLbConfig", "maximum_ring_size"): 65536,
+    ("envoy.config.cluster.v3.Cluster.MaglevLbConfig", "table_size"): 65537,
+    ("envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+     "max_dynamic_descriptors"): 1000,
+}
+"""The largest tables the hatch may ask for (Envoy's defaults: a ring of 1,024, a Maglev
+table of 65,537, a few rate-limit buckets made from request values): Envoy keeps one per
+cluster or filter, in memory every site shares (four rings of 8,388,608 took Envoy from
+68 MB to 856 MB; unbounded buckets grew it 1 MB per 1,000 distinct client headers)."""
+MAX_MIRRORS = 2
+"""Mirror policies per route or virtual host: each sends a copy of every request (200 on
+one route made Envoy send about 90 upstream requests for each client request)."""
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -153,12 +167,7 @@ def values(message: Message, own: frozenset[str]) -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
 
     def check(path: Path, descriptor: Descriptor, item: Message) -> None:
-        for name in _BUFFER_LIMITS:
-            fd = descriptor.fields_by_name.get(name)
-            if fd is not None and item.HasField(name) and _bytes(item, name) > MAX_BUFFER_BYTES:
-                found.append(((*path, Field(name, fd.json_name)),
-                              f"{_bytes(item, name)} is over {MAX_BUFFER_BYTES} bytes, Envoy's"
-                              " default; a site may lower its buffers, not raise them"))
+        found.extend(_limits(path, descriptor, item))
         for named in _clusters_named(descriptor.full_name, item):
             if named not in own:
                 name = _CLUSTER_FIELD[descriptor.full_name]
@@ -178,6 +187,29 @@ def values(message: Message, own: frozenset[str]) -> list[tuple[Path, str]]:
                 found.append(((*path, Field(fd.name, fd.json_name)), bad))
 
     visit(message, check)
+    return found
+
+
+def _limits(path: Path, descriptor: Descriptor, item: Message) -> list[tuple[Path, str]]:
+    """Values past what one site may take of Envoy's shared memory and traffic."""
+    found: list[tuple[Path, str]] = []
+    for name in _BUFFER_LIMITS:
+        fd = descriptor.fields_by_name.get(name)
+        if fd is not None and item.HasField(name) and _bytes(item, name) > MAX_BUFFER_BYTES:
+            found.append(((*path, Field(name, fd.json_name)),
+                          f"{_bytes(item, name)} is over {MAX_BUFFER_BYTES} bytes, Envoy's"
+                          " default; a site may lower its buffers, not raise them"))
+    for (kind, name), cap in MAX_TABLE_ENTRIES.items():
+        if kind == descriptor.full_name and item.HasField(name) and _bytes(item, name) > cap:
+            fd = descriptor.fields_by_name[name]
+            found.append(((*path, Field(name, fd.json_name)),
+                          f"{_bytes(item, name)} is over {cap}: Envoy keeps a table that"
+                          " large, in memory every site shares"))
+    mirrors = descriptor.fields_by_name.get("request_mirror_policies")
+    if mirrors is not None and len(getattr(item, mirrors.name)) > MAX_MIRRORS:
+        found.append(((*path, Field(mirrors.name, mirrors.json_name)),
+                      f"{len(getattr(item, mirrors.name))} mirror policies; at most"
+                      f" {MAX_MIRRORS}: each copies every request (Envoy as an amplifier)"))
     return found
 
 

@@ -35,7 +35,8 @@ STANDARD_STREAMS = ("/dev/stdout", "/dev/stderr")
 CONTROL_SOCKET_NAMES = frozenset({
     "docker.sock", "containerd.sock", "containerd.sock.ttrpc", "podman.sock", "crio.sock",
     "cri-dockerd.sock", "dockershim.sock", "kubelet.sock", "snapd.socket",
-    "snapd-snap.socket", "system_bus_socket", "systemd-journal-socket",
+    "snapd-snap.socket", "system_bus_socket", "systemd-journal-socket", "buildkitd.sock",
+    "cilium.sock", "tailscaled.sock",
 })
 """Socket file names of container runtimes, the kubelet, snapd and D-Bus, wherever they
 lie: an upstream on one would hand the node to anyone who can reach the site."""
@@ -56,11 +57,21 @@ CONTROL_SOCKET_PATHS = (
 CONTROL_SOCKET_FOLDERS = (
     "/run/systemd", "/run/dbus", "/run/containerd", "/run/docker", "/run/crio", "/run/podman",
     "/run/k3s", "/run/containers", "/run/libvirt", "/run/udev", "/run/user", "/var/lib/kubelet",
+    "/run/buildkit", "/run/cilium", "/run/tailscale", "/run/spire", "/run/secrets", "/run/cups",
+    "/run/lxd", "/run/incus", "/run/k0s", "/run/rke2", "/run/redis",
 )
 """Folders that hold only control sockets (of the system, the runtimes and each logged-in
-user's session: D-Bus, systemd, podman, agents). Nothing under them may be an upstream."""
+user's session: D-Bus, systemd, podman, agents; BuildKit, Cilium's agent, Tailscale's
+local API, SPIRE and Istio's workload identity, CUPS, LXD, Redis). Nothing under them
+may be an upstream."""
 
+METADATA_ADDRESSES = frozenset({"fd00:ec2::254", "100.100.100.200", "192.0.0.192"})
+"""Cloud metadata services outside the link-local block: AWS's IPv6 endpoint, Alibaba
+Cloud's, Oracle Cloud's (169.254.169.254 is refused as link-local)."""
 KERNEL_FOLDERS = ("/proc", "/sys")
+PROCESS_LINKS = ("/proc", "/dev/fd")
+"""Spellings whose meaning depends on the process that opens them (`/proc/self/cwd`,
+`/dev/fd/3`): the daemon would resolve its own, Envoy reaches its own."""
 Kind = Literal["socket", "read", "write", "address"]
 
 
@@ -93,6 +104,8 @@ class Fence:
     forbidden: dict[tuple[int, int], str] = field(default_factory=dict)
     """Identity (device, inode) -> what it is: the admin socket and control sockets."""
     forbidden_paths: dict[str, str] = field(default_factory=dict)
+    exclusive_upstreams: bool = False
+    """Each upstream belongs to one site (setting `exclusive_upstreams`)."""
     own_ports: dict[int, str] = field(default_factory=dict)
     """Loopback ports of Envoy's own listeners and the daemon's metrics: a TCP upstream
     there would loop requests back or publish the daemon's endpoints."""
@@ -105,8 +118,10 @@ class Fence:
     @classmethod
     def now(cls, *, socket_dirs: Iterable[Path | str], log_dirs: Iterable[Path | str],
             admin_socket: Path | None, private: Iterable[tuple[Path, str]],
-            own_ports: dict[int, str] | None = None) -> Fence:
-        fence = cls(socket_dirs=tuple(dict.fromkeys(_real(d) for d in socket_dirs)),
+            own_ports: dict[int, str] | None = None,
+            exclusive_upstreams: bool = False) -> Fence:
+        fence = cls(exclusive_upstreams=exclusive_upstreams,
+                    socket_dirs=tuple(dict.fromkeys(_real(d) for d in socket_dirs)),
                     log_dirs=tuple(dict.fromkeys(_real(d) for d in log_dirs)),
                     private=tuple((_real(p), what) for p, what in private),
                     own_ports=dict(own_ports or {}))
@@ -122,6 +137,16 @@ class Fence:
         return fence
 
     def judge(self, use: Use) -> Verdict:
+        verdict = self._judge(use)
+        if verdict.problem is None and use.kind in ("socket", "write") and (
+                use.path not in STANDARD_STREAMS) and _under(posixpath.normpath(use.path),
+                                                             PROCESS_LINKS):
+            return Verdict(problem=f"{use.path!r} goes through {_through(use.path)}, which"
+                           " leads elsewhere for Envoy than for this check; name the file"
+                           " itself")
+        return verdict
+
+    def _judge(self, use: Use) -> Verdict:
         if use.kind == "socket":
             return self._socket(use.path)
         if use.kind == "address":
@@ -150,6 +175,9 @@ class Fence:
         169.254.169.254), unspecified or multicast, nor one of our own loopback ports."""
         host, _, port = address.rpartition(":")
         ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        if str(ip) in METADATA_ADDRESSES:
+            return Verdict(problem=f"{address!r} is a cloud metadata service (it hands out"
+                           " the node's credentials); a site may not expose it")
         if ip.is_link_local:
             return Verdict(problem=f"{address!r} is link-local (cloud metadata services"
                            " answer at 169.254.169.254); a site may not expose it")
@@ -273,6 +301,10 @@ def read_bounded(path: str, limit: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _through(path: str) -> str:
+    return next(f for f in PROCESS_LINKS if _under(posixpath.normpath(path), (f,)))
 
 
 def _real(path: Path | str) -> str:

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
-from controlplane.kinds import Duration, Format, PositiveDuration, Strict, Text
+from controlplane.kinds import Duration, Format, PositiveDuration, Strict, Text, duration_ms
 
 
 def absolute_path(path: str) -> str:
@@ -145,8 +145,11 @@ class HealthCheck(Strict):
 
     path: Text = Field("/", description="Path to GET.")
     host: Text | None = Field(None, description="Host header (default: the site's first domain).")
-    interval: PositiveDuration = Field("10s", description="Time between checks.")
-    timeout: PositiveDuration = Field("2s", description="Time to wait for an answer.")
+    interval: PositiveDuration = Field("10s", description="Time between checks (at least"
+                                       " 1s: Envoy's health checks share its two cores"
+                                       " with every site).")
+    timeout: PositiveDuration = Field("2s", description="Time to wait for an answer (at"
+                                      " least 100ms).")
     healthy: Annotated[int, Field(ge=1, le=100)] = Field(
         2, description="Passes before an endpoint is healthy again.")
     unhealthy: Annotated[int, Field(ge=1, le=100)] = Field(
@@ -156,6 +159,11 @@ class HealthCheck(Strict):
     def _path(self) -> HealthCheck:
         if not self.path.startswith("/"):
             raise ValueError(f"path: {self.path!r} must start with '/'")
+        if duration_ms(self.interval) < 1000:
+            raise ValueError(f"interval: {self.interval!r} is under 1s; checks that often"
+                             " cost every site Envoy's time: write 1s or more")
+        if duration_ms(self.timeout) < 100:
+            raise ValueError(f"timeout: {self.timeout!r} is under 100ms: write 100ms or more")
         return self
 
 

@@ -114,8 +114,11 @@ def fence_of(settings: Settings) -> paths.Fence:
         admin_socket=settings.admin_socket,
         private=[(settings.sites_dir, "sites folder"), (settings.out_dir, "out folder"),
                  (settings.state, "state folder")],
+        exclusive_upstreams=settings.exclusive_upstreams,
         own_ports={port: what for port, what in (
             (settings.metrics.port if settings.metrics else 0, "the daemon's metrics port"),
+            (settings.stats_listen.port if settings.stats_listen else 0,
+             "Envoy's stats listener (it passes on the admin interface's stats)"),
             (settings.listen_tls.port, "Envoy's own HTTPS listener"),
             (settings.listen.port, "Envoy's own HTTP listener")) if port})
 
@@ -183,6 +186,10 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
     _settle(result, last_good, _conflicts, lambda name, serving: _holds_domains(
         name, serving, last_good))
     _settle(result, last_good, _name_conflicts)
+    if fence is not None:
+        _settle(result, last_good, lambda serving: _file_conflicts(serving, fence))
+    if fence is not None and fence.exclusive_upstreams:
+        _settle(result, last_good, lambda serving: _upstream_conflicts(serving, fence))
     if max_certificates is not None:
         _settle(result, last_good, lambda serving: tls.certificate_overflow(
             {n: (c.source, c.resources.tls.secret_name) for n, c in serving.items()
@@ -252,6 +259,21 @@ def _name_conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
     return validating.name_conflicts({
         n: validating.NameClaim(source=c.source, names=claims.names(c.resources))
         for n, c in serving.items() if c.resources is not None})
+
+
+def _file_conflicts(serving: dict[str, Checked],
+                    fence: paths.Fence) -> dict[str, list[Problem]]:
+    found = claims.written_files({n: (c.source, c.uses) for n, c in serving.items()}, fence)
+    return {n: [Problem(serving[n].source, f, reason) for f, reason in items]
+            for n, items in found.items()}
+
+
+def _upstream_conflicts(serving: dict[str, Checked],
+                        fence: paths.Fence) -> dict[str, list[Problem]]:
+    return validating.name_conflicts({
+        n: validating.NameClaim(source=c.source, names=claims.upstreams(c.uses, fence))
+        for n, c in serving.items()}, "an upstream belongs to one site (another would reach"
+        " it past that site's access list and routes): give each site its own")
 
 
 def _conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:

@@ -183,6 +183,12 @@ class Settings(BaseModel):
     klipper-lb, cloud balancers), which gives the client's address; a connection
     without it is refused."""
 
+    exclusive_upstreams: bool = True
+    """Each upstream (a socket by what it resolves to, a TCP address; every loopback
+    address as one) belongs to one site: another site naming it is refused, since it
+    would reach that upstream past the holder's access list, rate limit and routes.
+    `false` lets sites share upstreams (sites you all trust)."""
+
     listener_max_connections: Annotated[int, Field(ge=1)] = 10_000
     """Open connections per listener (`http`, `https`, `stats`), Envoy's runtime
     `envoy.resource_limits.listener.NAME.connection_limit`: a flood on one port cannot

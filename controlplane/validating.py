@@ -214,7 +214,8 @@ class NameClaim:
     names: tuple[tuple[str, str, str, str], ...]
 
 
-def name_conflicts(claims: Mapping[str, NameClaim]) -> dict[str, list[Problem]]:
+def name_conflicts(claims: Mapping[str, NameClaim], rule: str = "generated names must be"
+                   " unique across sites") -> dict[str, list[Problem]]:
     """A generated name (a cluster, a stats prefix, a secret...) used by two sites makes
     both invalid, each told the other's file; a name with the same non-empty content in
     each (a shared certificate's secret) is shared, not a conflict. One problem per pair."""
@@ -235,5 +236,5 @@ def name_conflicts(claims: Mapping[str, NameClaim]) -> dict[str, list[Problem]]:
                 told.add((site, other))
                 problems[site].append(Problem(
                     claims[site].source, field, f"the {kind} {name!r} is also used by"
-                    f" {claims[other].source}; generated names must be unique across sites"))
+                    f" {claims[other].source}; {rule}"))
     return dict(problems)

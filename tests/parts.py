@@ -249,12 +249,17 @@ class Load:
         return sum(self.statuses.values())
 
 
+SHARED = ("--no-exclusive-upstreams",)
+"""The flag for tests whose sites share one upstream (not the default)."""
+
+
 class Node:
     """The whole topology on this machine: upstreams on sockets, the daemon on a sites
     folder, and Envoy on the bootstrap; what a user runs, as local processes."""
 
     def __init__(self, folder: Path, kind: str, extra_args: tuple[str, ...] = (),
-                 tell_admin: bool = True, config: Path | None = None) -> None:
+                 tell_admin: bool = True, config: Path | None = None,
+                 shared_upstreams: bool = False) -> None:
         self.folder = folder
         self.sites = folder / "sites"
         self.out = folder / "out"
@@ -265,7 +270,9 @@ class Node:
         """A settings file that the daemon and the bootstrap both read (a test may set it
         later, for the daemon alone)."""
         self.envoy = Envoy(folder / "envoy", self.out, config=config)
-        self.extra_args = extra_args
+        self.extra_args = (*extra_args, *SHARED) if shared_upstreams else extra_args
+        """`shared_upstreams`: the test's sites share one upstream, which sites may do only
+        with `exclusive_upstreams: false` (the default keeps each upstream to one site)."""
         self.tell_admin = tell_admin
         self.daemon: DaemonProcess | None = None
 

@@ -21,7 +21,7 @@ BALANCER, STRANGER, CLIENT = "127.0.0.2", "127.0.0.3", "203.0.113.7"
 @contextlib.contextmanager
 def _node(settings: str) -> Iterator[Node]:
     """A node with two sites on these settings: `guarded` allows only CLIENT."""
-    with temporary_node("cp-ip-", settings) as running:
+    with temporary_node("cp-ip-", settings, shared_upstreams=True) as running:
         sock = running.upstreams.start("app")
         running.put("guarded", running.site("guarded", ["guarded.example"], sock,
                                             f"access: {{allow: [{CLIENT}/32]}}\n"))

@@ -29,7 +29,8 @@ def node(short_tmp: Path) -> Iterator[Node]:
     tls_port, metrics_port = free_port(), free_port()
     started = Node(short_tmp, upstream_kinds()[0],
                    extra_args=("--listen-tls", f"127.0.0.1:{tls_port}",
-                               "--metrics", f"127.0.0.1:{metrics_port}"))
+                               "--metrics", f"127.0.0.1:{metrics_port}"),
+                   shared_upstreams=True)
     started.tls_port = tls_port  # type: ignore[attr-defined]
     started.metrics_port = metrics_port  # type: ignore[attr-defined]
     started.config = short_tmp / "settings.yaml"

@@ -21,7 +21,7 @@ SERVED_WITHIN_S = 1.0
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     folder = Path(tempfile.mkdtemp(prefix="cp-", dir="/tmp"))
-    running = Node(folder, upstream_kinds()[0])
+    running = Node(folder, upstream_kinds()[0], shared_upstreams=True)
     try:
         stable = running.upstreams.start("stable")
         running.put("stable", running.site("stable", ["stable.example.com"], stable))

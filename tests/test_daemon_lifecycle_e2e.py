@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 def test_without_admin_socket_it_warns_once_and_still_applies(short_tmp: Path) -> None:
     """No --admin-socket: one warning at start, changes still reach Envoy in order."""
-    node = Node(short_tmp, upstream_kinds()[0], tell_admin=False)
+    node = Node(short_tmp, upstream_kinds()[0], tell_admin=False, shared_upstreams=True)
     try:
         sock = node.upstreams.start("plain")
         node.start()
@@ -36,7 +36,7 @@ def test_without_admin_socket_it_warns_once_and_still_applies(short_tmp: Path) -
 
 def test_first_pass_writes_complete_files_for_an_empty_folder(short_tmp: Path) -> None:
     """Envoy can start on an empty folder's files: they exist and Envoy accepts them."""
-    node = Node(short_tmp, upstream_kinds()[0])
+    node = Node(short_tmp, upstream_kinds()[0], shared_upstreams=True)
     try:
         node.start()
         wait_for(lambda: node.status().get("last_pass", {}).get("confirmed") is True, 10)
@@ -106,7 +106,7 @@ def test_envoy_rejection_is_undone_and_the_site_held_back(short_tmp: Path) -> No
     """A live Envoy stricter than the validating one rejects a route file: the last good
     file comes back under a new version, the site carrying the change is held back with
     the reason in its status, other sites keep serving, and a fixed file goes through."""
-    node = Node(short_tmp, upstream_kinds()[0])
+    node = Node(short_tmp, upstream_kinds()[0], shared_upstreams=True)
     node.envoy.runtime = {"re2.max_program_size.error_level": 10}
     try:
         sock = node.upstreams.start("r")

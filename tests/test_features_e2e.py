@@ -233,7 +233,7 @@ def node(short_tmp: Path) -> Iterator[Node]:
 
     tls_port = free_port()
     started = Node(short_tmp, upstreams.STANDIN,
-                   extra_args=("--listen-tls", f"127.0.0.1:{tls_port}"))
+                   extra_args=("--listen-tls", f"127.0.0.1:{tls_port}"), shared_upstreams=True)
     started.tls_port = tls_port  # type: ignore[attr-defined]
     try:
         yield started

@@ -110,6 +110,16 @@ def _route(envoy: str) -> str:
      "envoy.cluster.perConnectionBufferLimitBytes: 4294967295 is over 1048576 bytes"),
     (SITE + "envoy: {virtual_host: {per_request_buffer_limit_bytes: 2000000}}\n",
      "envoy.virtual_host.per_request_buffer_limit_bytes: 2000000 is over 1048576 bytes"),
+    (SITE + "envoy: {cluster: {lb_policy: RING_HASH, ringHashLbConfig: {minimumRingSize:"
+     " 8388608}}}\n", "envoy.cluster.ringHashLbConfig.minimumRingSize: 8388608 is over 65536"),
+    (_route("{route: {requestMirrorPolicies: [{cluster: site}, {cluster: site}, {cluster:"
+            " site}]}}"), "routes[1].envoy.route.requestMirrorPolicies: 3 mirror policies"),
+    (SITE + "envoy: {virtual_host: {typed_per_filter_config: {envoy.filters.http.local_ratelimit: {"
+     "'@type': type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit,"
+     " stat_prefix: x, maxDynamicDescriptors: 4294967295}}}}\n",
+     "local_ratelimit.maxDynamicDescriptors: 4294967295 is over 1000"),
+    (SITE + "envoy: {cluster: {lb_policy: MAGLEV, maglev_lb_config: {table_size: 5000011}}}\n",
+     "envoy.cluster.maglev_lb_config.table_size: 5000011 is over 65537"),
     (SITE + "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
      "{body_format: {text_format: '%ENVIRONMENT(HOME)%'}}}}]\n",
      "routes[1].envoy.direct_response.body_format: not on the escape hatch's allow-list"),
@@ -136,6 +146,8 @@ def test_fence_judges_the_parsed_message_in_any_spelling(text: str, expected: st
     " routes: [{match: {prefix: /}, route: {cluster: site/b}}]}}\n",
     SITE + "envoy: {virtual_host: {typedPerFilterConfig: {envoy.filters.http.cors: {'@type': "
     + FILTER + ", config: {'@type': " + CORS + ", allowOriginStringMatch: [{exact: x}]}}}}}\n",
+    SITE + "envoy: {cluster: {lb_policy: RING_HASH, ring_hash_lb_config: {minimum_ring_size:"
+    " 4096}}}\n",
     SITE + "routes: [{prefix: /, respond: {status: 200}, envoy: {direct_response: "
     "{body: {inline_string: \"User-agent: *\\nDisallow: /\\n\"}}}}]\n",
 ])

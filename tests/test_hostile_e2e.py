@@ -25,7 +25,7 @@ def _remove(path: Path) -> None:
 
 def test_daemon_survives_the_corpus_and_keeps_last_good_versions(short_tmp: Path) -> None:
     """Good versions first, then every hostile entry at once over them."""
-    node = Node(short_tmp, upstream_kinds()[0])
+    node = Node(short_tmp, upstream_kinds()[0], shared_upstreams=True)
     try:
         sock = node.upstreams.start("h")
         names = [c.name for c in CASES if c.keeps_name] + ["stable", "claimed"]

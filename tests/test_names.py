@@ -11,8 +11,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from controlplane.cli import main
-from controlplane.reconciling import Checked, Reconciler, check_content, select
-from controlplane.settings import Settings
+from controlplane.reconciling import Checked, Reconciler, check_content, fence_of, select
+from controlplane.settings import Settings, from_mapping
 
 SETTINGS = Settings()
 
@@ -37,6 +37,35 @@ def test_a_stats_prefix_equal_to_another_sites_name_is_refused_naming_both_files
     assert set(established.serving) == {"blog"} and "copy" in established.problems
 
 
+def test_an_upstream_of_one_site_is_refused_to_another_in_any_spelling() -> None:
+    """With `exclusive_upstreams` (the default), another loopback address for the same port
+    names the same upstream: the established site keeps it, the newcomer is refused naming
+    the holder; a site may list one upstream twice. Set false, sites share upstreams."""
+    owner = _site("owner", "domains: [owner.example]\nupstream: {address: '127.0.0.1:8000'}\n"
+                  "access: {allow: [10.0.0.0/8]}\n")
+    thief = _site("thief", "domains: [thief.example]\nupstreams: {a: {address: '[::1]:8000'},"
+                  " b: {address: '[::1]:8000'}}\nroutes: [{prefix: /, upstream: a}]\n")
+    fence = fence_of(SETTINGS.replace(exclusive_upstreams=True))
+    chosen = select({"owner": owner, "thief": thief}, {"owner": owner}, None, fence=fence)
+    assert set(chosen.serving) == {"owner"}
+    assert "the upstream address 'loopback:8000' is also used by sites/owner.yaml" in str(
+        chosen.problems["thief"][0])
+    assert select({"thief": thief}, {}, None, fence=fence).problems == {}
+    shared = select({"owner": owner, "thief": thief}, {}, None,
+                    fence=fence_of(SETTINGS.replace(exclusive_upstreams=False)))
+    assert set(shared.serving) == {"owner", "thief"}, "exclusive_upstreams: false shares"
+    assert "thief" not in select({"owner": owner, "thief": thief}, {"owner": owner}, None,
+                                 fence=fence_of(SETTINGS)).serving, "exclusive by default"
+
+
+def test_a_tcp_upstream_on_envoys_stats_listener_is_refused() -> None:
+    """The stats listener passes on Envoy's admin stats: no site may publish it."""
+    settings = from_mapping({"stats_listen": "127.0.0.1:9901"})
+    site = _site("peek", "domains: [peek.example]\nupstream: {address: '127.0.0.1:9901'}\n")
+    chosen = select({"peek": site}, {}, None, fence=fence_of(settings))
+    assert "is Envoy's stats listener" in str(chosen.problems["peek"][0])
+
+
 def test_sites_sharing_a_certificate_share_its_secret_without_a_conflict(tmp_path: Path) -> None:
     """The same certificate and key files give one secret: shared, not a collision."""
     from tests.test_features_e2e import make_certificate
@@ -46,6 +75,21 @@ def test_sites_sharing_a_certificate_share_its_secret_without_a_conflict(tmp_pat
     a = _site("a", "domains: [a.example]\nupstream: {socket: /tmp/a.sock}\n" + tls)
     b = _site("b", "domains: [b.example]\nupstream: {socket: /tmp/b.sock}\n" + tls)
     assert set(select({"a": a, "b": b}, {}, None).serving) == {"a", "b"}
+
+
+def test_an_access_log_on_another_sites_certificate_is_refused(tmp_path: Path) -> None:
+    """Envoy would append log lines (a format can write any line a client sends) to the
+    other site's certificate: the writer is refused, the certificate's site serves."""
+    from tests.test_features_e2e import make_certificate
+
+    make_certificate(tmp_path / "c.pem", tmp_path / "c.key", ["a.example"])
+    a = _site("a", "domains: [a.example]\nupstream: {socket: /tmp/a.sock}\n"
+              f"tls: {{cert: {tmp_path}/c.pem, key: {tmp_path}/c.key}}\n")
+    b = _site("b", "domains: [b.example]\nupstream: {socket: /tmp/b.sock}\naccess_log:"
+              f" {{path: {tmp_path}/c.pem, format: '%REQ(X-LINE)%'}}\n")
+    chosen = select({"a": a, "b": b}, {"a": a}, None, fence=fence_of(SETTINGS))
+    assert set(chosen.serving) == {"a"}
+    assert f"'{tmp_path}/c.pem' is the tls.cert of sites/a.yaml" in str(chosen.problems["b"])
 
 
 def test_named_upstreams_under_equal_prefixes_collide() -> None:

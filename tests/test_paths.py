@@ -307,3 +307,40 @@ def test_a_cached_site_file_gets_its_paths_judged_again_at_every_pass(
     assert outcome.removed == ["a"] and "is Envoy's admin socket" in outcome.problems["a"][0]
     os.unlink(root / "sockets" / "a.sock")
     assert reconciler.run_pass().added == ["a"]
+
+
+def test_paths_through_proc_are_refused_though_they_resolve_inside(root: Path) -> None:
+    """`/proc/self/root/...` and `/proc/self/cwd/...` resolve inside the allowed folders
+    for the daemon, but `self` is Envoy when Envoy opens them: refused, socket and log."""
+    fence = _fence(root)
+    via_root = f"/proc/self/root{root}"
+    assert "goes through /proc" in str(_socket(fence, f"{via_root}/sockets/a.sock"))
+    assert "goes through /proc" in str(_log(fence, f"{via_root}/logs/a.log"))
+    os.chdir(root)
+    try:
+        assert "goes through /proc" in str(_log(fence, "/proc/self/cwd/logs/b.log"))
+    finally:
+        os.chdir(Path(__file__).parent.parent)
+    assert _socket(fence, root / "sockets" / "a.sock") is None
+
+
+@pytest.mark.parametrize("path", [
+    "/run/buildkit/buildkitd.sock", "/var/run/cilium/cilium.sock",
+    "/run/tailscale/tailscaled.sock", "/run/spire/sockets/agent.sock",
+    "/var/run/secrets/workload-spiffe-uds/socket", "/run/cups/cups.sock",
+])
+def test_more_control_sockets_in_run_are_refused(path: str) -> None:
+    """BuildKit runs builds as root, Cilium's agent and Tailscale's local API answer HTTP
+    on their sockets, SPIRE and Istio hand out workload identities: never an upstream."""
+    fence = Fence.now(socket_dirs=["/run", "/var/run", "/tmp"], log_dirs=["/tmp"],
+                      admin_socket=None, private=[])
+    assert "control socket" in str(_socket(fence, path))
+
+
+@pytest.mark.parametrize("address", ["[fd00:ec2::254]:80", "100.100.100.200:80",
+                                     "192.0.0.192:80", "169.254.169.254:80"])
+def test_cloud_metadata_services_are_refused_as_tcp_upstreams(address: str) -> None:
+    """Metadata services hand out the node's credentials, in and out of link-local."""
+    fence = Fence.now(socket_dirs=["/tmp"], log_dirs=["/tmp"], admin_socket=None, private=[])
+    problem = fence.judge(Use(field="upstream.address", kind="address", path=address)).problem
+    assert "metadata" in str(problem)

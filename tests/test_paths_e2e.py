@@ -29,7 +29,7 @@ def _problems(node: Node, name: str) -> str:
 def test_a_socket_symlinked_to_envoys_admin_socket_never_reaches_it(short_tmp: Path) -> None:
     """A link in an allowed folder to the admin socket is refused; the admin interface
     is not answered on the site's domain, and the good site serves."""
-    node = Node(short_tmp, upstream_kinds()[0])
+    node = Node(short_tmp, upstream_kinds()[0], shared_upstreams=True)
     try:
         good = node.upstreams.start("good")
         os.symlink(node.envoy.admin_socket, node.upstreams.folder / "evil.sock")
@@ -53,7 +53,7 @@ def test_a_symlink_planted_after_acceptance_takes_the_site_out_at_once(
     the watched socket folder starts a pass that re-resolves the path and stops serving
     the site (its last good version names the same path), long before the 30 s resync.
     Restoring the real socket brings it back."""
-    node = Node(short_tmp, upstream_kinds()[0])
+    node = Node(short_tmp, upstream_kinds()[0], shared_upstreams=True)
     try:
         late = node.upstreams.start("late")
         node.put("late", node.site("late", ["late.example.com"], late))
@@ -79,7 +79,7 @@ def test_access_logs_leading_into_the_sites_folder_are_refused_and_never_written
     """A log that is a symlink to a site file, and one under a folder linked to the sites
     folder, are refused with their resolved paths; after traffic, the site file is intact
     and no file appeared in the sites folder, while an honest log is written."""
-    node = Node(short_tmp, upstream_kinds()[0])
+    node = Node(short_tmp, upstream_kinds()[0], shared_upstreams=True)
     logs = short_tmp / "logs"
     logs.mkdir()
     try:
@@ -113,7 +113,7 @@ def test_access_logs_leading_into_the_sites_folder_are_refused_and_never_written
 def test_a_fifo_certificate_never_blocks_and_a_later_site_is_served(short_tmp: Path) -> None:
     """A TLS site whose certificate and key are FIFOs is refused at once; a site added
     after it is served promptly, and `check` returns too."""
-    node = Node(short_tmp, upstream_kinds()[0])
+    node = Node(short_tmp, upstream_kinds()[0], shared_upstreams=True)
     try:
         sock = node.upstreams.start("up")
         os.mkfifo(short_tmp / "cert.pem")

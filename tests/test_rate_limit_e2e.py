@@ -18,7 +18,7 @@ FIRST, SECOND = "127.0.0.2", "127.0.0.3"
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     """Two sites of 2 requests a minute: one bucket per client, and one for the site."""
-    with temporary_node("cp-rl-") as running:
+    with temporary_node("cp-rl-", shared_upstreams=True) as running:
         sock = running.upstreams.start("app")
         running.put("each", running.site("each", ["each.example"], sock,
                                          "rate_limit: {requests: 2, per: 60s, by: client}\n"))

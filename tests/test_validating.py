@@ -161,3 +161,15 @@ def test_a_new_tls_site_cannot_push_an_established_one_past_the_certificate_limi
     secrets = {"a": ("a.yaml", "tls-a"), "z": ("z.yaml", "tls-z")}
     assert set(certificate_overflow(secrets, 1, {"z"})) == {"a"}
     assert set(certificate_overflow(secrets, 1)) == {"z"}
+
+
+@pytest.mark.parametrize(("check", "expected"), [
+    ("{interval: 1ms}", "health_check.interval: '1ms' is under 1s"),
+    ("{interval: 5s, timeout: 1ms}", "health_check.timeout: '1ms' is under 100ms"),
+])
+def test_health_checks_cannot_flood_envoy(check: str, expected: str) -> None:
+    """Checks every millisecond over many endpoints would take Envoy's cores from every
+    site: the interval is at least 1s and the timeout at least 100ms."""
+    text = (f"domains: [h.example.com]\nupstream: {{endpoints: [{{socket: /dev/shm/h.sock}}],"
+            f" health_check: {check}}}\n")
+    assert any(expected in p for p in _problems(text, "h"))

@@ -42,7 +42,7 @@ def _daemon(tmp: Path, settings: str = "") -> tuple[Path, Path, DaemonProcess]:
     sites, out = tmp / "sites", tmp / "out"
     sites.mkdir()
     config = tmp / "settings.yaml"
-    config.write_text(settings or "{}\n")
+    config.write_text((settings or "") + "exclusive_upstreams: false\n")  # one socket for all
     return sites, out, DaemonProcess(tmp, [str(sites), "--out", str(out), "--no-envoy"],
                                      config=config)
 
