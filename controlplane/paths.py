@@ -15,8 +15,9 @@ here is cached across passes (see "Security model" in the README).
   FIFO, a device or a file with other hard links. `/dev/stdout` and `/dev/stderr` are
   taken as written: Envoy writes those to its own standard streams without opening them.
 - `read` (a certificate or key Envoy reads): a regular file, not a kernel file.
-- `address` (a TCP upstream): not link-local (cloud metadata), nor Envoy's own listener
-  or the daemon's metrics port on loopback.
+- `address` (a TCP upstream): not link-local (cloud metadata), not a well-known port of
+  the node's control plane (the kubelet, etcd, the API server, Docker's API), nor Envoy's
+  own listener or the daemon's metrics port on loopback.
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ user's session: D-Bus, systemd, podman, agents; BuildKit, Cilium's agent, Tailsc
 local API, SPIRE and Istio's workload identity, CUPS, LXD, Redis). Nothing under them
 may be an upstream."""
 
+CONTROL_PORTS = {
+    2375: "Docker's API", 2376: "Docker's API over TLS", 2379: "etcd", 2380: "etcd's peers",
+    4194: "cAdvisor", 6443: "the Kubernetes API server", 9345: "the k3s/rke2 supervisor",
+    10010: "containerd's streaming server", 10248: "the kubelet's health port",
+    10249: "kube-proxy's metrics", 10250: "the kubelet's API", 10255: "the kubelet's"
+    " read-only API", 10256: "kube-proxy's health port", 10257: "the controller manager",
+    10259: "the scheduler",
+}
+"""Well-known ports of the node's control plane: a TCP upstream on one of them, at any
+address, would publish that service on a site's domain (on a node's host network, or
+from the pod network, they answer)."""
 METADATA_ADDRESSES = frozenset({"fd00:ec2::254", "100.100.100.200", "192.0.0.192"})
 """Cloud metadata services outside the link-local block: AWS's IPv6 endpoint, Alibaba
 Cloud's, Oracle Cloud's (169.254.169.254 is refused as link-local)."""
@@ -186,6 +198,10 @@ class Fence:
         what = self.own_ports.get(int(port)) if ip.is_loopback else None
         if what is not None:
             return Verdict(problem=f"{address!r} is {what}; a site may not route to it")
+        control = CONTROL_PORTS.get(int(port))
+        if control is not None:
+            return Verdict(problem=f"{address!r}: port {port} is {control}'s; a site may not"
+                           " route to the node's control plane")
         return Verdict()
 
     def _socket(self, path: str) -> Verdict:

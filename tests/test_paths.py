@@ -344,3 +344,13 @@ def test_cloud_metadata_services_are_refused_as_tcp_upstreams(address: str) -> N
     fence = Fence.now(socket_dirs=["/tmp"], log_dirs=["/tmp"], admin_socket=None, private=[])
     problem = fence.judge(Use(field="upstream.address", kind="address", path=address)).problem
     assert "metadata" in str(problem)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:10250", "10.43.0.1:6443", "[::1]:2375",
+                                     "192.168.1.5:10249", "127.0.0.1:2379"])
+def test_a_tcp_upstream_on_the_nodes_control_plane_is_refused(address: str) -> None:
+    """The kubelet, the API server, etcd, Docker's API and kube-proxy answer on well-known
+    ports, on the host network or from pods: no site may publish one."""
+    verdict = Fence.now(socket_dirs=(), log_dirs=(), admin_socket=None, private=()).judge(
+        Use(field="upstream.address", kind="address", path=address))
+    assert verdict.problem is not None and "control plane" in verdict.problem
