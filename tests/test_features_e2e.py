@@ -329,7 +329,7 @@ envoy:
 """)
         node.put("hc", f"domains: [hc.test]\nupstream:\n  endpoints: [{{socket: {plain}}}]\n"
                  "  lb_policy: least_request\n  circuit_breaker: {max_requests: 5}\n"
-                 "  health_check: {path: /healthz, interval: 100ms, timeout: 1s}\n")
+                 "  health_check: {path: /healthz, interval: 1s, timeout: 1s}\n")
         node.put("denied", f"domains: [denied.test]\nupstream: {{socket: {plain}}}\n"
                  "access: {deny: [127.0.0.0/8]}\n")
         node.start()

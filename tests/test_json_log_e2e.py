@@ -35,7 +35,8 @@ def test_each_request_is_one_json_object(node: tuple[Node, Path]) -> None:
     """The log holds one JSON object a line, with the values Envoy formatted."""
     running, log = node
     assert running.serves("shop.example", "shop /b?x=1", "/b?x=1")
-    wait_for(lambda: any('"/b?x=1"' in line for line in log.read_text().splitlines()), 10,
+    # Envoy flushes its file logs on a timer (about 10 s here): wait for the line.
+    wait_for(lambda: any('"/b?x=1"' in line for line in log.read_text().splitlines()), 30,
              "the request logged")
     entry = next(json.loads(line) for line in log.read_text().splitlines() if "/b?x=1" in line)
     assert (entry["status"], entry["method"], entry["path"]) == (200, "GET", "/b?x=1")

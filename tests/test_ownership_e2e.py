@@ -133,14 +133,15 @@ def test_killed_during_validate_leaves_nothing_after_the_next_start(short_tmp: P
 
 
 def test_a_hung_validate_ends_at_once_on_stop(short_tmp: Path) -> None:
-    """The real `envoy --mode validate` blocked opening a FIFO (the pre-checks bypassed):
-    a stop ends the run within a second with Stopping, the child killed and reaped, and
-    its scratch folder removed."""
-    fifo = short_tmp / "access.log"
-    os.mkfifo(fifo)
-    settings = Settings(log_dirs=(short_tmp,))
+    """The real `envoy --mode validate` blocked reading a FIFO certificate (the pre-checks
+    bypassed): a stop ends the run within a second with Stopping, the child killed and
+    reaped, and its scratch folder removed."""
+    cert, key = short_tmp / "cert.pem", short_tmp / "key.pem"
+    os.mkfifo(cert)
+    os.mkfifo(key)
+    settings = Settings()
     text = (f"domains: [h.example.com]\nupstream: {{socket: /tmp/h.sock}}\n"
-            f"access_log: {{path: {fifo}}}\n")
+            f"tls: {{cert: {cert}, key: {key}}}\n")
     item = check_content("h", "h.yaml", text.encode(), settings)
     assert item.resources is not None, item.problems
     stop, scratch = threading.Event(), short_tmp / "scratch"
