@@ -94,9 +94,12 @@ class Metrics:
         if succeeded:
             self.last_success.set(time.time())
         self.last_apply_success.set(1 if succeeded else 0)
+        pending = site_states.get("pending", 0)
         with self._lock:
             reasons = "; ".join(clip_all([str(e) for e in outcome.errors + outcome.rejected]))
-            self._ready = (not failed and outcome.confirmed is not False, reasons or "ok")
+            if succeeded and pending:  # written, not yet confirmed as running
+                reasons = f"{pending} sites pending: Envoy has not confirmed their version"
+            self._ready = (succeeded and not pending, reasons or "ok")
 
     def waiting(self, reason: str) -> None:
         """Not ready, though nothing failed: Envoy is not up yet (start-up, not a fault)."""
