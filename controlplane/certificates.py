@@ -50,6 +50,15 @@ def inspect(source: str, tls: Tls, domains: Sequence[str],
     return [], _coverage(source, certificate, domains) + _expiry(source, tls, certificate, now)
 
 
+def expiry_of(path: str) -> float | None:
+    """When the first certificate in `path` expires (Unix time), or None if unreadable."""
+    try:
+        chain = read_bounded(path, MAX_PEM_BYTES)
+        return x509.load_pem_x509_certificates(chain)[0].not_valid_after_utc.timestamp()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _read(source: str, field: str, path: str) -> tuple[bytes | None, Problem | None]:
     """Bounded in time and size: a FIFO, device or socket is refused, never waited on."""
     try:

@@ -74,6 +74,10 @@ class Metrics:
                       ["version", "python"], registry=self.registry)
         build.labels(__version__, platform.python_version()).set(1)
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _resident_...
+        self.certificate_expiry = Gauge(
+            "controlplane_certificate_expiry_timestamp_seconds",
+            "When each serving TLS site's certificate expires (Unix time; judged again at"
+            " least every 6 hours).", ["site"], registry=self.registry)
 
     def beat(self) -> None:
         """The loop is alive (called every time it comes round)."""
@@ -100,6 +104,12 @@ class Metrics:
             if succeeded and pending:  # written, not yet confirmed as running
                 reasons = f"{pending} sites pending: Envoy has not confirmed their version"
             self._ready = (succeeded and not pending, reasons or "ok")
+
+    def certificates(self, expiries: dict[str, float]) -> None:
+        """One series per serving TLS site; a site that stops being one loses its series."""
+        self.certificate_expiry.clear()
+        for site, expiry in sorted(expiries.items()):
+            self.certificate_expiry.labels(site).set(expiry)
 
     def waiting(self, reason: str) -> None:
         """Not ready, though nothing failed: Envoy is not up yet (start-up, not a fault)."""

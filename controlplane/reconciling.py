@@ -53,6 +53,11 @@ from controlplane.verifying import Verifier
 log = structlog.get_logger("controlplane")
 
 
+CERTIFICATE_RECHECK_S = 6 * 3600.0
+"""A TLS site's certificate is judged again this often even when no file changed, so
+"expires within 14 days" appears in time (its expiry metric follows)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Checked:
     """One version of one site file after the per-file checks (YAML, schema, types)."""
@@ -69,8 +74,12 @@ class Checked:
     """The paths this version makes Envoy use: judged again at every pass (`select` with
     a `paths.Fence`), never cached with the rest, since a symlink can be planted later."""
     reads: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    """Files outside the sites folder whose content went into the render (an htpasswd
-    file), with their fingerprint then: a changed one makes the site file checked again."""
+    """Files outside the sites folder whose content was judged (an htpasswd file, the
+    certificate and key), with their fingerprint then: a changed one makes the site file
+    checked again."""
+    expires_at: float | None = None
+    """When the site's certificate expires (Unix time), as read at `checked_at`."""
+    checked_at: float = 0.0
 
 
 def check_content(name: str, source: str, content: bytes, settings: Settings) -> Checked:
@@ -145,7 +154,12 @@ def _check_certificates(item: Checked) -> Checked:
     if problems:
         return Checked(name=item.name, source=item.source, digest=item.digest,
                        problems=tuple(problems))
-    return dataclasses.replace(item, warnings=item.warnings + tuple(warnings))
+    spec = site_tls.spec
+    reads = tuple((path, htpasswd.fingerprint(path)) for path in (spec.cert, spec.key))
+    return dataclasses.replace(item, warnings=item.warnings + tuple(warnings),
+                               reads=item.reads + reads,
+                               expires_at=certificates.expiry_of(spec.cert),
+                               checked_at=time.time())
 
 
 def duplicate_names(entries: list[loading.Entry]) -> dict[str, list[Problem]]:
@@ -344,6 +358,8 @@ class Outcome:
     durations_ms: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     problems: dict[str, list[str]] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+    """Per serving site: what to look at (a certificate expiring soon, a shadowed route)."""
 
 
 class Reconciler:
@@ -386,6 +402,11 @@ class Reconciler:
             if not item.problems:
                 found[name] = item
         return found
+
+    def certificate_expiries(self) -> dict[str, float]:
+        """When each serving TLS site's certificate expires (Unix time)."""
+        return {name: site.certificate_expiry for name, site in self._sites.items()
+                if site.certificate_expiry is not None and site.serving is not None}
 
     def site_states(self) -> dict[str, int]:
         """How many sites are in each state after the last pass."""
@@ -474,7 +495,9 @@ class Reconciler:
         cached = self._cache.get(entry.name)
         if cached is not None and cached[0] == entry.fingerprint and (
                 cached[1].source == entry.location) and all(
-                htpasswd.fingerprint(path) == seen for path, seen in cached[1].reads):
+                htpasswd.fingerprint(path) == seen for path, seen in cached[1].reads) and (
+                cached[1].expires_at is None
+                or time.time() - cached[1].checked_at < CERTIFICATE_RECHECK_S):
             item = cached[1]
         else:
             item = check_entry(entry, self._settings)
@@ -492,6 +515,8 @@ class Reconciler:
         outcome.changed = sorted(n for n in set(new) & set(old) if new[n].digest != old[n].digest)
         outcome.invalid = sorted(selection.problems)
         outcome.problems = {n: [str(p) for p in ps] for n, ps in sorted(selection.problems.items())}
+        outcome.warnings = {n: [str(w) for w in ws] for n, ws in sorted(selection.warnings.items())
+                            if n in new}
 
     def _apply(self, outcome: Outcome, selection: Selection) -> None:
         serving = selection.serving
@@ -563,14 +588,20 @@ class Reconciler:
             problems = status.clip_problems([*selection.problems.get(name, ()), *blocked])
             state = self._state(name, serving, problems)
             digest = serving.digest if serving else None
+            warnings = status.clip_problems(list(selection.warnings.get(name, ())))
+            expiry = serving.expires_at if serving else None
             previous = self._sites.get(name)
-            if previous is not None and (previous.state, previous.serving, previous.problems) == (
-                    state, digest, problems):
+            same = previous is not None and (
+                previous.state, previous.serving, previous.problems) == (state, digest, problems)
+            if same and previous is not None and (
+                    previous.warnings, previous.certificate_expiry) == (warnings, expiry):
                 sites[name] = previous  # unchanged: keep the object, and its changed_at
                 continue
             source = serving.source if serving else (checked or {})[name].source
+            since = previous.changed_at if same and previous is not None else now
             sites[name] = status.SiteStatus(state=state, file=source, problems=problems,
-                                            serving=digest, changed_at=now)
+                                            serving=digest, changed_at=since, warnings=warnings,
+                                            certificate_expiry=expiry)
             changed = True
         self._sites = sites
         if changed:

@@ -49,6 +49,8 @@ MISSING_FOLDER_POLL_S = 1.0
 ENVOY_PROBE_S = 2.0
 """While quiet, Envoy's versions are read this often (one cheap text-readout request), so
 the status stops calling sites serving soon after Envoy dies or loads other files."""
+WARN_AGAIN_S = 24 * 3600.0
+"""A warning that stays (a certificate about to expire) is logged again this often."""
 MAX_NAMES = 1000
 """Site names kept per list in one `pass` log line (then `and N more`): at most ~70 KB."""
 FREEZE_AFTER = 100
@@ -83,6 +85,7 @@ class Daemon:
         self._reload_requested = threading.Event()
         self._envoy = EnvoyStart(settings.admin_socket, settings, self.stop, self.signal.wake)
         self._seen_problems: dict[str, list[str]] = {}
+        self._seen_warnings: dict[str, tuple[list[str], float]] = {}
         self._confirmed: bool | None = None
         self._ready = False
         self._watch_error: str | None = None
@@ -306,6 +309,7 @@ class Daemon:
             gc.freeze()
         self._log(outcome, seconds)
         self.metrics.record(outcome, seconds, reconciler.site_states())
+        self.metrics.certificates(reconciler.certificate_expiries())
         if self._awaiting_envoy():
             self.metrics.waiting(f"waiting for Envoy's admin socket {self.settings.admin_socket}")
         self._tell_systemd(outcome)
@@ -336,6 +340,18 @@ class Daemon:
             log.warning("systemd.notify.failed", error=self.notifier.error)
             self.notifier.error = None
 
+    def _log_warnings(self, warnings: dict[str, list[str]]) -> None:
+        """Each site's warnings when they change, and again once a day while they last."""
+        now = time.monotonic()
+        for name, texts in warnings.items():
+            seen = self._seen_warnings.get(name)
+            if seen is None or seen[0] != texts or now - seen[1] >= WARN_AGAIN_S:
+                for text in clip_all(texts):
+                    log.warning("site.warning", site=name, warning=text)
+                self._seen_warnings[name] = (texts, now)
+        for name in set(self._seen_warnings) - set(warnings):
+            del self._seen_warnings[name]
+
     def _log(self, outcome: Outcome, seconds: float) -> None:
         for name, problems in outcome.problems.items():
             if self._seen_problems.get(name) != problems:
@@ -349,6 +365,7 @@ class Daemon:
                 log.info("site.problems_gone", site=name,
                          detail="its file was removed, or is back to the version that serves")
         self._seen_problems = outcome.problems
+        self._log_warnings(outcome.warnings)
         if outcome.confirmed is True and self._confirmed is False:
             log.info("envoy.confirming_again", versions=outcome.versions)
         if outcome.confirmed is not None or self.settings.admin_socket is None:

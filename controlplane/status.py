@@ -65,6 +65,11 @@ class SiteStatus:
     """Content hash of the version Envoy serves (or was given)."""
     problems: list[Problem] = field(default_factory=list)
     changed_at: float = 0.0
+    warnings: list[Problem] = field(default_factory=list)
+    """What serves but should be looked at: a certificate that expires soon or does not
+    cover a domain, a route that never matches, a world-writable socket folder."""
+    certificate_expiry: float | None = None
+    """When the serving version's certificate expires (Unix time), for TLS sites."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -101,6 +106,9 @@ def sites_json(sites: dict[str, SiteStatus],
 def _site_dict(site: SiteStatus) -> dict[str, Any]:
     return {"state": site.state, "file": site.file, "serving": site.serving,
             "problems": [problem_dict(p) for p in site.problems],
+            "warnings": [problem_dict(w, "warning") for w in site.warnings],
+            "certificate_expiry": (None if site.certificate_expiry is None
+                                   else iso_time(site.certificate_expiry)),
             "changed_at": iso_time(site.changed_at)}
 
 
