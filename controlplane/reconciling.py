@@ -374,7 +374,7 @@ class Reconciler:
         self._cache: dict[str, tuple[tuple[int, ...], Checked]] = {}
         self._rejected: dict[str, str] = {}
         self._ignored: set[str] = set()
-        self.socket_folders: set[str] = set()
+        self.socket_folders: list[str] = []
         """The folders of the sites' sockets and htpasswd files, as written and resolved:
         the daemon watches them, so a symlink planted (or removed) there is judged, and a
         changed htpasswd file applied, at the next pass."""
@@ -447,12 +447,19 @@ class Reconciler:
         self.socket_folders = self._socket_folders()
         return outcome
 
-    def _socket_folders(self) -> set[str]:
+    def _socket_folders(self) -> list[str]:
+        """Socket folders first, then htpasswd folders: the watch takes only the first few,
+        and a site's htpasswd files must not crowd out the sockets' folders."""
         items = [*(c for _, c in self._cache.values()), *self.last_good.values()]
-        written = {os.path.dirname(u.path) for c in items for u in c.uses
-                   if (u.kind == "socket" or u.field == "basic_auth.htpasswd")
-                   and u.path.startswith("/")}
-        return written | {os.path.realpath(f) for f in written}
+
+        def folders(wanted: Callable[[paths.Use], bool]) -> list[str]:
+            written = {os.path.dirname(u.path) for c in items for u in c.uses
+                       if wanted(u) and u.path.startswith("/")}
+            return sorted(written | {os.path.realpath(f) for f in written})
+
+        sockets = folders(lambda u: u.kind == "socket")
+        others = folders(lambda u: u.field == "basic_auth.htpasswd")
+        return [*sockets, *(f for f in others if f not in sockets)]
 
     def _scan(self, outcome: Outcome, unfinished: frozenset[str]) -> dict[str, Checked] | None:
         try:

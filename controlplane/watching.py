@@ -191,7 +191,7 @@ class Watch:
         costs an inotify instance): an event there starts a pass, which resolves every
         socket path again, so a symlink planted in one is judged at once, not at the
         next resync. A folder that cannot be watched is left to the resync."""
-        wanted = set(sorted(f for f in folders if os.path.isdir(f))[:MAX_ALSO])
+        wanted = set([f for f in folders if os.path.isdir(f)][:MAX_ALSO])  # in their order
         if self._observer is None:
             return
         for folder in set(self._also) - wanted:

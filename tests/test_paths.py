@@ -354,3 +354,28 @@ def test_a_tcp_upstream_on_the_nodes_control_plane_is_refused(address: str) -> N
     verdict = Fence.now(socket_dirs=(), log_dirs=(), admin_socket=None, private=()).judge(
         Use(field="upstream.address", kind="address", path=address))
     assert verdict.problem is not None and "control plane" in verdict.problem
+
+
+def test_htpasswd_folders_never_crowd_the_socket_folders_out_of_the_watch(
+        tmp_path: Path) -> None:
+    """The watch takes only the first few folders: the sockets' come first, whatever the
+    names of the folders a site's htpasswd files sit in."""
+    import base64
+    import hashlib
+    import threading
+
+    from controlplane.reconciling import Reconciler
+    from controlplane.settings import Settings
+
+    sites, auth, sockets = tmp_path / "sites", tmp_path / "a-auth", tmp_path / "z-sockets"
+    for folder in (sites, auth, sockets):
+        folder.mkdir()
+    users = auth / "users"
+    users.write_text("u:{SHA}" + base64.b64encode(hashlib.sha1(b"p").digest()).decode() + "\n")
+    (sites / "s.yaml").write_text(f"domains: [s.example]\nupstream: {{socket: {sockets}/s.sock}}\n"
+                                  f"basic_auth: {{htpasswd: {users}}}\n")
+    settings = Settings(sites_dir=sites, out_dir=tmp_path / "out", verify_with_envoy=False,
+                        socket_dirs=(tmp_path,), unconfirmed_gap_s=0)
+    reconciler = Reconciler(settings, verifier=None, admin=None, stop=threading.Event())
+    reconciler.run_pass()
+    assert reconciler.socket_folders == [str(sockets), str(auth)]
