@@ -40,7 +40,7 @@ def test_daemon_survives_the_corpus_and_keeps_last_good_versions(short_tmp: Path
                 if case.make is not None and target.exists():
                     _remove(target)
                 case.create(node.sites)
-            wait_for(lambda: _all_reported(node), 20, "every hostile entry in the status")
+            wait_for(lambda: _all_reported(node), 40, "every hostile entry in the status")
             for name in names:
                 assert node.serves(f"{name}.example.com", "h /"), name
         assert load.total() > 0 and load.failures == [], load.failures[:5]
