@@ -125,8 +125,10 @@ def _cert_fifo(folder: Path, path: Path) -> None:
 
 
 def _stats_clash(folder: Path, path: Path) -> None:
-    """A stats prefix equal to the name of another site (made here, new in the folder)."""
-    (folder / "statsmate.yaml").write_text(_link_site("statsmate", Path("/tmp/m.sock")))
+    """A stats prefix equal to the name of another site: made here when the folder does not
+    hold it yet; where it already serves (the daemon's test), it is the established one."""
+    if not (folder / "statsmate.yaml").exists():
+        (folder / "statsmate.yaml").write_text(_link_site("statsmate", Path("/tmp/m.sock")))
     path.write_text(_link_site(path.stem, Path("/tmp/s.sock"), "stats_prefix: statsmate\n"))
 
 

@@ -28,7 +28,9 @@ def test_daemon_survives_the_corpus_and_keeps_last_good_versions(short_tmp: Path
     node = Node(short_tmp, upstream_kinds()[0], shared_upstreams=True)
     try:
         sock = node.upstreams.start("h")
-        names = [c.name for c in CASES if c.keeps_name] + ["stable", "claimed"]
+        # `claimed` and `statsmate` serve first: the sites whose domain and stats name the
+        # corpus then tries to take (a newcomer, refused however the passes fall).
+        names = [c.name for c in CASES if c.keeps_name] + ["stable", "claimed", "statsmate"]
         for name in names:
             node.put(name, node.site(name, [f"{name}.example.com"], sock))
         node.start()
