@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,38 +170,79 @@ def _site_tls(site: Site, settings: Settings) -> SiteTls | None:
                    domains=tuple(site.spec.domains), spec=spec)
 
 
-def listeners(settings: Settings, sites: list[SiteResources]) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """How the listeners reach what the output files hold: the one difference between the
+    listeners Envoy serves and those `envoy --mode validate` checks, so what is validated
+    is what is served. Served: routes from `rds.json`, secrets from SDS files, the
+    configured addresses. Validated (validate mode reads no path-based dynamic files,
+    envoyproxy/envoy#24663): the same routes inline, the secrets static, access logs to
+    /dev/null (validate opens every log it is given), and addresses never bound."""
+
+    routes: dict[str, Any]
+    """The HCM's `rds`, or its `route_config`."""
+    http: tuple[str, int]
+    https: tuple[str, int]
+    static_secrets: bool = False
+    null_logs: bool = False
+
+
+def served(settings: Settings) -> Delivery:
+    """The listeners of the LDS file."""
+    return Delivery(routes=rds(settings), http=(settings.listen.host, settings.listen.port),
+                    https=(settings.listen_tls.host, settings.listen_tls.port))
+
+
+def validated(settings: Settings, sites: Sequence[SiteResources]) -> Delivery:
+    """The listeners of the scratch bootstrap: the route file's content inline."""
+    routes = route_config(settings, [r.virtual_host for r in sites])
+    return Delivery(routes={"route_config": routes}, http=("127.0.0.1", 1),
+                    https=("127.0.0.1", 2), static_secrets=True, null_logs=True)
+
+
+def listeners(settings: Settings, sites: Sequence[SiteResources],
+              delivery: Delivery | None = None) -> list[dict[str, Any]]:
     """The HTTP listener, and the HTTPS listener while some site has TLS. Routes come
     through RDS from a file and site features are per-virtual-host filter configs, so
     the listeners change only when a TLS site or an access log comes, goes or changes."""
-    logs = [r.access_log for r in sites if r.access_log is not None]
-    found = [listener(settings, logs)]
-    chains = [tls_rendering.filter_chain(r.name, list(r.tls.domains), r.tls.context,
-                                         hcm(settings, rds(settings), logs))
-              for r in sites if r.tls is not None]
+    delivery = delivery or served(settings)
+    logs = [_null_log(r.access_log) if delivery.null_logs else r.access_log
+            for r in sites if r.access_log is not None]
+    manager = hcm(settings, delivery.routes, logs)
+    found = [_listener(settings, "http", delivery.http, [{"filters": [{
+        "name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}])]
+    chains = [tls_rendering.filter_chain(
+        r.name, list(r.tls.domains),
+        r.tls.static_context if delivery.static_secrets else r.tls.context, manager)
+        for r in sites if r.tls is not None]
     if chains:
-        address = settings.listen_tls
-        https = tls_rendering.https_listener(address.host, address.port, chains,
-                                             settings.buffer_limit_bytes)
-        https.update(listener_filters(settings, *https["listener_filters"]))
-        found.append(https)
+        found.append(_listener(settings, "https", delivery.https, chains,
+                               tls_rendering.TLS_INSPECTOR_FILTER))
     return found
 
 
 def listener(settings: Settings, access_logs: list[dict[str, Any]] | None = None) -> dict[
         str, Any]:
-    """The HTTP listener: one filter chain, routes from `rds.json`."""
+    """The HTTP listener of the LDS file: one filter chain, routes from `rds.json`."""
+    manager = hcm(settings, rds(settings), access_logs or [])
+    return _listener(settings, "http", (settings.listen.host, settings.listen.port), [{
+        "filters": [{"name": "envoy.filters.network.http_connection_manager",
+                     "typed_config": manager}]}])
+
+
+def _listener(settings: Settings, name: str, address: tuple[str, int],
+              chains: list[dict[str, Any]], *filters: dict[str, Any]) -> dict[str, Any]:
     return {
-        "name": "http",
-        "address": {"socket_address": {"address": settings.listen.host,
-                                       "port_value": settings.listen.port}},
+        "name": name,
+        "address": {"socket_address": {"address": address[0], "port_value": address[1]}},
         "per_connection_buffer_limit_bytes": settings.buffer_limit_bytes,
-        **listener_filters(settings),
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": hcm(settings, rds(settings), access_logs or []),
-        }]}],
+        **listener_filters(settings, *filters),
+        "filter_chains": chains,
     }
+
+
+def _null_log(log: dict[str, Any]) -> dict[str, Any]:
+    return {**log, "typed_config": {**log["typed_config"], "path": "/dev/null"}}
 
 
 PROXY_PROTOCOL = ("type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3"
@@ -299,19 +341,22 @@ def seconds(value: float) -> str:
 
 
 def route_configuration(settings: Settings, vhost_fragments: list[str]) -> str:
-    """The RouteConfiguration as a JSON fragment, from cached virtual-host fragments.
-    `Host: a.example:8080` matches the domain `a.example`."""
-    return (f'{{"@type":"{ROUTE_CONFIGURATION}","ignore_port_in_host_matching":true,'
-            f'"name":{json.dumps(settings.route_config_name)},'
-            f'"request_headers_to_add":{REAL_IP},'
-            f'"virtual_hosts":[{",".join(vhost_fragments)}]}}')
+    """The RouteConfiguration as a JSON fragment, from cached virtual-host fragments: the
+    keys of `route_config` with `virtual_hosts` (sorted last) spliced in."""
+    head = fragment(route_config(settings, []), ROUTE_CONFIGURATION)
+    return f'{head[:-2]}{",".join(vhost_fragments)}]}}'
 
 
-REAL_IP = json.dumps([{"append_action": "OVERWRITE_IF_EXISTS_OR_ADD", "header": {
-    "key": "x-real-ip", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}}],
-    sort_keys=True, separators=(",", ":"))
-"""Every request upstream carries the client's address as Envoy found it (a client's own
-`X-Real-IP` is replaced, never believed)."""
+def route_config(settings: Settings, vhosts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one RouteConfiguration. `Host: a.example:8080` matches the domain `a.example`;
+    every request upstream carries the client's address as Envoy found it."""
+    return {"ignore_port_in_host_matching": True, "name": settings.route_config_name,
+            "request_headers_to_add": [dict(REAL_IP)], "virtual_hosts": vhosts}
+
+
+REAL_IP = {"append_action": "OVERWRITE_IF_EXISTS_OR_ADD", "header": {
+    "key": "x-real-ip", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}}
+"""A client's own `X-Real-IP` is replaced, never believed."""
 
 
 def message_type(kind: str) -> type[Message]:

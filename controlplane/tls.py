@@ -79,18 +79,9 @@ def filter_chain(name: str, domains: list[str], context: dict[str, Any],
     return chain
 
 
-def https_listener(host: str, port: int, chains: list[dict[str, Any]],
-                   buffer_limit: int | None = None) -> dict[str, Any]:
-    """The HTTPS listener: TLS inspector for SNI, one filter chain per TLS site."""
-    limit = {} if buffer_limit is None else {"per_connection_buffer_limit_bytes": buffer_limit}
-    return {
-        "name": "https",
-        "address": {"socket_address": {"address": host, "port_value": port}},
-        **limit,
-        "listener_filters": [{"name": "envoy.filters.listener.tls_inspector",
-                              "typed_config": {"@type": TLS_INSPECTOR}}],
-        "filter_chains": chains,
-    }
+TLS_INSPECTOR_FILTER = {"name": "envoy.filters.listener.tls_inspector",
+                        "typed_config": {"@type": TLS_INSPECTOR}}
+"""The HTTPS listener's filter that reads the SNI its filter chains match on."""
 
 
 def certificate_overflow(secrets: dict[str, tuple[str, str]], limit: int,

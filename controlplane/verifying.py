@@ -1,11 +1,10 @@
 """The Envoy binary's verdict on candidate resources, before anything is written.
 
 `envoy --mode validate` does not read path-based dynamic files (envoyproxy/envoy#24663),
-so candidates go into a scratch bootstrap as `static_resources`: the clusters, one
-listener whose inline route_config holds the virtual hosts (with the sites' access
-logs), and for TLS sites an HTTPS listener whose filter chains name the secrets given as
-static secrets (validate mode reads the certificate files, so a key that does not match
-its certificate is refused here). Verdicts are cached by the
+so candidates go into a scratch bootstrap as `static_resources`: the clusters, and the
+listeners of the LDS file from the same builder, with the route file's content inline,
+the secrets static (validate mode reads the certificate files, so a key that does not
+match its certificate is refused here) and access logs sent to /dev/null. Verdicts are cached by the
 digest of each site's rendered resources, so a pass re-checks only what changed. When a
 batch fails, it is bisected to name the sites at fault (about 2·log2(n) runs for one bad
 site among n).
@@ -24,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from controlplane import tls
+from controlplane import rendering
 from controlplane.errors import EnvoyBinaryError, Problem, Stopping
-from controlplane.rendering import SiteResources, hcm
+from controlplane.rendering import SiteResources
 from controlplane.settings import Settings
 
 SCRATCH_DIR = "scratch"
@@ -167,33 +166,11 @@ def _short_reason(reason: str) -> str:
 
 
 def scratch_bootstrap(settings: Settings, group: Sequence[SiteResources]) -> dict[str, Any]:
-    """A bootstrap embedding the candidates as static resources (validate mode reads it)."""
-    route_config = {"name": settings.route_config_name,
-                    "virtual_hosts": [c.virtual_host for c in group]}
-    # Validate opens (creates) every access log it is given, as the daemon's user: point
-    # them at /dev/null, so `check` and a pass never create a file. The real path is the
-    # paths fence's to judge, on what it resolves to.
-    logs = [_to_null(c.access_log) for c in group if c.access_log is not None]
-    listeners = [{
-        "name": "validate",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": hcm(settings, {"route_config": route_config}, logs),
-        }]}],
-    }]
+    """A bootstrap embedding the candidates as static resources (validate mode reads it):
+    the listeners of the LDS file, from the same builder, delivered as validate needs."""
     secrets = {c.tls.secret_name: c.tls.secret for c in group if c.tls is not None}
-    chains = [tls.filter_chain(c.name, list(c.tls.domains), c.tls.static_context,
-                               hcm(settings, {"route_config": route_config}))
-              for c in group if c.tls is not None]
-    if chains:
-        listeners.append(tls.https_listener("127.0.0.1", 2, chains))
     return {"static_resources": {
         "clusters": [cluster for c in group for _, cluster in c.clusters],
-        "listeners": listeners,
+        "listeners": rendering.listeners(settings, group, rendering.validated(settings, group)),
         "secrets": [secrets[name] for name in sorted(secrets)],
     }}
-
-
-def _to_null(log: dict[str, Any]) -> dict[str, Any]:
-    return {**log, "typed_config": {**log["typed_config"], "path": "/dev/null"}}

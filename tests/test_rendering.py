@@ -98,3 +98,42 @@ def test_validated_and_served_connection_managers_carry_the_same_edge_limits() -
     for key, value in limits.items():
         assert manager[key] == checked[key] == value
     assert served["per_connection_buffer_limit_bytes"] == 4096
+
+
+def _delivery_free(listeners: list[dict]) -> list[dict]:
+    """The listeners with what `Delivery` decides taken out: addresses, where the routes
+    and secrets come from, and where access logs go."""
+    def strip(node: object) -> object:
+        if isinstance(node, list):
+            return [strip(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        dropped = {"address", "rds", "route_config", "sds_config", "path"}
+        return {key: strip(value) for key, value in node.items() if key not in dropped}
+
+    return [strip(listener) for listener in listeners]  # type: ignore[misc]
+
+
+def test_validated_listeners_are_the_served_ones() -> None:
+    """`envoy --mode validate` checks the listeners of the LDS file, built by the same
+    builder: they differ only in addresses, in where routes and secrets come from, and
+    in where access logs go; the inline routes are the route file's."""
+    settings = Settings(out_dir=Path("/srv/envoy/dynamic"), proxy_protocol=True,
+                        trusted_proxies=["10.0.0.0/8"], buffer_limit_bytes=4096)
+    text = (b"domains: [t.example]\ntls: {cert: /c.pem, key: /k.pem}\n"
+            b"access_log: {path: /var/log/t.log}\n"
+            b"upstreams: {web: {endpoints: [{socket: /tmp/t.sock}]}}\n"
+            b"routes: [{prefix: /, upstream: web}]\n")
+    checked = check_content("t", "t.yaml", text, settings)
+    assert checked.resources is not None, checked.problems
+    sites = [checked.resources]
+    served = rendering.listeners(settings, sites)
+    scratch = verifying.scratch_bootstrap(settings, sites)["static_resources"]
+    assert [item["name"] for item in served] == ["http", "https"]
+    assert _delivery_free(scratch["listeners"]) == _delivery_free(served)
+    managers = [chain["filters"][0]["typed_config"] for item in scratch["listeners"]
+                for chain in item["filter_chains"]]
+    assert all(m["access_log"][0]["typed_config"]["path"] == "/dev/null" for m in managers)
+    routes = json.loads(rendering.assemble(settings, sites)["rds"][0])
+    del routes["@type"]
+    assert all(m["route_config"] == routes for m in managers)
