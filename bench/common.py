@@ -140,8 +140,8 @@ def render_site(settings: Settings, name: str, text: str) -> SiteResources:
 
 def render_files(settings: Settings, sites: Sequence[SiteResources]) -> dict[str, bytes]:
     """The bytes of cds.json, rds.json and lds.json for these sites."""
-    fragments = rendering.assemble(settings, list(sites))
-    return {kind: rendering.discovery_response(fragments[kind])[1] for kind in FILES}
+    files = rendering.snapshot(settings, sites).files()
+    return {kind: rendering.discovery_response(list(files[kind]))[1] for kind in FILES}
 
 
 def version_of(data: bytes) -> str:

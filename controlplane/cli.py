@@ -32,18 +32,18 @@ from controlplane import (
     logs,
     model,
     options,
+    publishing,
     reconciling,
     rendering,
     settings,
     status,
-    tls,
 )
 from controlplane.envoy_admin import AdminClient
 from controlplane.errors import ControlPlaneError, EnvoyUnavailable, SettingsError, SiteError
 from controlplane.running import Daemon
 from controlplane.signals import daemon_signals
 from controlplane.verifying import Verifier
-from controlplane.writing import ensure_folder, hold_lock, write_atomic
+from controlplane.writing import ensure_folder, hold_lock
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_ENVIRONMENT = 0, 1, 2, 3
 
@@ -184,23 +184,11 @@ def _render(config: settings.Settings, args: argparse.Namespace) -> int:
     if _report(selection) != EXIT_OK:
         print("nothing written", file=sys.stderr)
         return EXIT_INVALID
-    resources = [c.resources for c in selection.serving.values() if c.resources is not None]
-    files = rendering.assemble(config, resources)
+    target = rendering.snapshot(config, [c.resources for c in selection.serving.values()
+                                         if c.resources is not None])
     ensure_folder(config.out_dir)
-
-    def encoded(fragments: list[str]) -> bytes:
-        _, data = rendering.discovery_response(fragments)
-        if args.pretty:
-            data = (json.dumps(json.loads(data), indent=2, sort_keys=True) + "\n").encode()
-        return data
-
     with hold_lock(config.out_dir, "render"):  # never under a running daemon's feet
-        for secret in files["sds"]:  # certificates before the listeners that name them
-            ensure_folder(config.out_dir / tls.SDS_FOLDER)
-            write_atomic(tls.sds_path(config.out_dir, rendering.secret_name_of(secret)),
-                         encoded([secret]))
-        for kind in ("cds", "rds", "lds"):  # clusters before the routes that name them
-            write_atomic(config.out_dir / f"{kind}.json", encoded(files[kind]))
+        publishing.write_once(config.out_dir, target, pretty=args.pretty)
     print(f"wrote {config.out_dir}/{{cds,rds,lds}}.json", file=sys.stderr)
     return EXIT_OK
 
@@ -238,15 +226,15 @@ def _diff(config: settings.Settings, args: argparse.Namespace) -> int:
     for name in sorted(selection.problems):  # the daemon would serve their last good version
         for problem in selection.problems[name]:
             print(f"warning: left out: {problem}", file=sys.stderr)
-    files = rendering.assemble(config, [c.resources for c in selection.serving.values()
-                                        if c.resources is not None])
+    target = rendering.snapshot(config, [c.resources for c in selection.serving.values()
+                                         if c.resources is not None])
     try:
         dump = json.loads(AdminClient(config.admin_socket, config).get("/config_dump"))
     except (EnvoyUnavailable, ValueError) as exc:
         print(f"controlplane: cannot read the live Envoy's configuration: {exc}",
               file=sys.stderr)
         return EXIT_ENVIRONMENT
-    difference = diffing.compare(diffing.rendered(files), diffing.live(dump))
+    difference = diffing.compare(diffing.rendered(target), diffing.live(dump))
     sys.stdout.write(difference.diff)
     print(difference.summary(), file=sys.stderr)
     return EXIT_OK if difference.same else EXIT_INVALID

@@ -147,13 +147,14 @@ class Demo:
         with contextlib.suppress(OSError):
             for entry in loading.scan(self.sites):
                 checked = reconciling.check_entry(entry, self._check_settings)
-                if checked.resources is None:
+                site = checked.site
+                if site is None or checked.problems:
                     continue
-                for _, cluster in checked.resources.clusters:
-                    for endpoint in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
-                        pipe = endpoint["endpoint"]["address"].get("pipe")
-                        if pipe:
-                            wanted[Path(pipe["path"])] = cluster["name"].replace("/", "-")
+                for upstream in site.upstream_names():
+                    name = f"{site.name}-{upstream}" if upstream else site.name
+                    for endpoint in site.endpoints(upstream):
+                        if endpoint.socket is not None:
+                            wanted[Path(endpoint.socket)] = name
         return wanted
 
     def _greet(self) -> None:

@@ -47,12 +47,12 @@ class Difference:
         return "; ".join(parts) or "the sites are the same; shared resources differ"
 
 
-def rendered(files: Mapping[str, list[str]]) -> Resources:
-    """The resources of the files `rendering.assemble` gives (cds, rds, lds, sds)."""
+def rendered(target: rendering.Snapshot) -> Resources:
+    """The resources of a snapshot (cds, lds, sds, rds)."""
     found: Resources = {}
-    for kind in ("cds", "lds", "sds", "rds"):
-        for text in files[kind]:
-            found.update(_split(json.loads(text)))
+    for text in [*target.clusters.values(), *target.listeners, *target.secrets.values(),
+                 target.routes]:
+        found.update(_split(json.loads(text)))
     return found
 
 

@@ -17,8 +17,10 @@ Without an admin socket the steps are written in the same order with a short gap
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -31,7 +33,7 @@ from controlplane.errors import (
     EnvoyUnavailable,
     OutputError,
 )
-from controlplane.rendering import discovery_response, fragment, secret_name_of
+from controlplane.rendering import Snapshot, discovery_response, fragment
 from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Settings
 from controlplane.tls import SDS_FOLDER
 from controlplane.writing import ensure_folder, write_atomic
@@ -81,8 +83,10 @@ class Publisher:
         self._stop = stop
         self._salt = 0
         self._stale: set[str] = set()
-        self._cluster_map: tuple[tuple[str, ...], dict[str, str]] = ((), {})
         self.files = {kind: self._read_existing(kind) for kind in FILES}
+        self._names = self._cluster_names_on_disk()
+        """Cluster fragment -> its name, for every fragment cds.json holds or may hold
+        again (the last confirmed one); filled from the snapshots applied."""
         self.secrets = self._read_secrets()
         """What each SDS file holds, by secret name."""
 
@@ -107,36 +111,49 @@ class Publisher:
                 continue
         return found
 
-    def cluster_fragments(self) -> dict[str, str]:
-        """Cluster name -> fragment of what cds.json holds (parsed once per content)."""
-        fragments = self.files["cds"].fragments
-        if self._cluster_map[0] is not fragments:
-            self._cluster_map = (fragments, {json.loads(f)["name"]: f for f in fragments})
-        return dict(self._cluster_map[1])
+    def _cluster_names_on_disk(self) -> dict[str, str]:
+        """The names of the clusters a previous run left in cds.json: the one place our
+        own output is read back, since that run's snapshot is gone."""
+        names = {}
+        for text in self.files["cds"].fragments:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                names[text] = str(json.loads(text)["name"])
+        return names
 
-    def apply(self, clusters: dict[str, str], rds: list[str], lds: list[str],
-              sds: list[str] | None = None) -> Report:
-        """Bring the files to the target, in the make-before-break order. `sds` None
-        leaves the SDS files as they are."""
+    def cluster_fragments(self) -> dict[str, str]:
+        """Cluster name -> fragment of what cds.json holds."""
+        return {self._names[text]: text for text in self.files["cds"].fragments
+                if text in self._names}
+
+    def apply(self, target: Snapshot, *, secrets: bool = True) -> Report:
+        """Bring the files to the snapshot, in the make-before-break order. `secrets`
+        False leaves the SDS files as they are."""
         report = Report()
-        secrets = None if sds is None else {secret_name_of(f): f for f in sds}
-        if secrets is not None:
-            self._write_secrets(report, secrets)
-        self._create_missing(report, {"cds": _sorted(clusters), "rds": tuple(rds),
-                                      "lds": tuple(lds)})
+        if secrets:
+            self._write_secrets(report, dict(target.secrets))
+        files = target.files()
+        self._remember_names(target.clusters)
+        self._create_missing(report, files)
         current = self.cluster_fragments()
-        union = {**current, **clusters}
+        union = {**current, **target.clusters}
         if union != current or self.files["cds"].confirmed is False:
             self._step(report, {"cds": _sorted(union)})
         if self._may_go_on(report):
-            self._step(report, {"rds": tuple(rds), "lds": tuple(lds)})
+            self._step(report, {"rds": files["rds"], "lds": files["lds"]})
         if self._may_go_on(report):
-            self._step(report, {"cds": _sorted(clusters)})
-        if secrets is not None and self._may_go_on(report):
-            self._remove_secrets(report, secrets)
+            self._step(report, {"cds": files["cds"]})
+        if secrets and self._may_go_on(report):
+            self._remove_secrets(report, dict(target.secrets))
         if self._admin is not None and not report.asked and self._may_go_on(report):
             self._probe(report)
         return report
+
+    def _remember_names(self, clusters: Mapping[str, str]) -> None:
+        """Learn the target's names; forget those of fragments no file can hold again."""
+        state = self.files["cds"]
+        keep = {*state.fragments, *(state.last_confirmed or ())}
+        self._names = {text: name for text, name in self._names.items() if text in keep}
+        self._names.update({text: name for name, text in clusters.items()})
 
     def runs_ours(self) -> bool:
         """One text-readout read: Envoy runs every file's confirmed version."""
@@ -344,3 +361,20 @@ def _sorted(clusters: dict[str, str]) -> tuple[str, ...]:
 
 def out_paths(out_dir: Path) -> dict[str, Path]:
     return {kind: out_dir / name for kind, name in FILES.items()}
+
+
+def write_once(out_dir: Path, target: Snapshot, *, pretty: bool = False) -> None:
+    """`render`: every file of the snapshot, written once in the make-before-break order
+    (certificates, clusters, routes, listeners), with no Envoy to confirm. `pretty`
+    indents the JSON for people to read."""
+    def encoded(fragments: list[str]) -> bytes:
+        _, data = discovery_response(fragments)
+        if pretty:
+            data = (json.dumps(json.loads(data), indent=2, sort_keys=True) + "\n").encode()
+        return data
+
+    for name, text in target.secrets.items():
+        ensure_folder(out_dir / SDS_FOLDER)
+        write_atomic(out_dir / SDS_FOLDER / f"{name}.json", encoded([text]))
+    for kind, fragments in target.files().items():
+        write_atomic(out_dir / FILES[kind], encoded(list(fragments)))

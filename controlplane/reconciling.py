@@ -66,6 +66,8 @@ class Checked:
     source: str
     digest: str
     content: bytes | None = None
+    site: Site | None = None
+    """The validated site in the user's own values: what later checks read."""
     resources: rendering.SiteResources | None = None
     problems: tuple[Problem, ...] = ()
     domains: tuple[str, ...] = ()
@@ -99,7 +101,7 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
     except Exception as exc:  # a site file must never take the daemon down
         problem = Problem(source, "envoy", f"cannot be rendered: {type(exc).__name__}: {exc}")
         return Checked(name=name, source=source, digest=digest, problems=(problem,))
-    return Checked(name=name, source=source, digest=digest, content=content,
+    return Checked(name=name, source=source, digest=digest, content=content, site=site,
                    resources=resources, domains=tuple(site.spec.domains), uses=uses,
                    warnings=tuple(shadowing.shadowed(site, document.lines)), reads=reads)
 
@@ -144,17 +146,16 @@ def check_entry(entry: loading.Entry, settings: Settings) -> Checked:
 def _check_certificates(item: Checked) -> Checked:
     """A TLS site's certificate files: unreadable or mismatched is a problem; not
     covering a domain or expiring soon is a warning."""
-    site_tls = item.resources.tls if item.resources is not None else None
-    if site_tls is None:
+    spec = item.site.spec.tls if item.site is not None else None
+    if spec is None or item.site is None:
         return item
     try:
-        problems, warnings = certificates.inspect(item.source, site_tls.spec, site_tls.domains)
+        problems, warnings = certificates.inspect(item.source, spec, item.site.spec.domains)
     except Exception as exc:  # odd certificates must not take the daemon down
         problems = [Problem(item.source, "tls", f"cannot inspect: {type(exc).__name__}: {exc}")]
     if problems:
         return Checked(name=item.name, source=item.source, digest=item.digest,
                        problems=tuple(problems))
-    spec = site_tls.spec
     reads = tuple((path, htpasswd.fingerprint(path)) for path in (spec.cert, spec.key))
     return dataclasses.replace(item, warnings=item.warnings + tuple(warnings),
                                reads=item.reads + reads,
@@ -529,10 +530,8 @@ class Reconciler:
         serving = selection.serving
         self._blocked = {}
         resources = [c.resources for c in serving.values() if c.resources is not None]
-        clusters = {name: text for r in resources for name, text in r.cluster_json}
-        files = rendering.assemble(self._settings, resources)
         try:
-            report = self._publisher.apply(clusters, files["rds"], files["lds"], files["sds"])
+            report = self._publisher.apply(rendering.snapshot(self._settings, resources))
         except OutputError as exc:
             outcome.errors.append(exc)
             outcome.retry, outcome.confirmed = True, False

@@ -3,7 +3,7 @@
 Each site renders on its own into a `SiteResources` (its clusters, its virtual host, its
 TLS secret and access log, as Envoy's JSON form, each parsed strictly into Envoy's
 protobuf types once, after the site's `envoy:` overrides are merged in). The files are
-then assembled from cached per-resource JSON fragments, so a pass over 10,000 sites
+then assembled (`snapshot`) from cached per-resource JSON fragments, so a pass over 10,000 sites
 that changes one re-renders one. Output is deterministic: sorted keys, sorted
 resources, `version_info` a hash of the content.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,6 @@ from controlplane import tls as tls_rendering
 from controlplane.clusters import cluster, cluster_name
 from controlplane.errors import Problem, SettingsError, SiteError
 from controlplane.model import Site
-from controlplane.policies import Tls
 from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Settings
 from controlplane.vhosts import HTTP_FILTERS, access_log, virtual_host
 
@@ -87,7 +86,6 @@ class SiteTls:
     static_context: dict[str, Any]
     """The same naming a static secret (the scratch bootstrap of `envoy --mode validate`)."""
     domains: tuple[str, ...]
-    spec: Tls
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,7 +165,7 @@ def _site_tls(site: Site, settings: Settings) -> SiteTls | None:
                 site.source, "tls context")
     return SiteTls(secret_name=name, secret=secret, secret_json=fragment(secret, SECRET),
                    context=context, static_context=tls_rendering.tls_context(spec, None),
-                   domains=tuple(site.spec.domains), spec=spec)
+                   domains=tuple(site.spec.domains))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -395,24 +393,35 @@ def _hash(parts: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def assemble(settings: Settings, sites: list[SiteResources]) -> dict[str, list[str]]:
-    """The fragments of each file for these sites: `cds` (clusters sorted by name),
-    `rds`, `lds`, and `sds` (one secret per SDS file, sorted by name). The daemon and
-    `render` write exactly these."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """What Envoy gets, built once from the serving sites: each resource as its JSON
+    fragment, under its name. The Publisher, `render`, `check` and `diff` take it as it
+    is; nothing parses the fragments back to learn a name."""
+
+    clusters: Mapping[str, str]
+    routes: str
+    """The one RouteConfiguration of `rds.json`."""
+    listeners: tuple[str, ...]
+    secrets: Mapping[str, str]
+    """One secret per SDS file, `sds/<name>.json`."""
+
+    def files(self) -> dict[str, tuple[str, ...]]:
+        """The fragments of each dynamic file: clusters sorted by name, then routes and
+        listeners."""
+        return {"cds": tuple(self.clusters[name] for name in sorted(self.clusters)),
+                "rds": (self.routes,), "lds": self.listeners}
+
+
+def snapshot(settings: Settings, sites: Sequence[SiteResources]) -> Snapshot:
+    """The snapshot of these sites, in a deterministic order."""
     ordered = sorted(sites, key=lambda r: r.name)
-    clusters = sorted((name, text) for r in ordered for name, text in r.cluster_json)
     secrets = {r.tls.secret_name: r.tls.secret_json for r in ordered if r.tls is not None}
-    return {
-        "cds": [text for _, text in clusters],
-        "rds": [route_configuration(settings, [r.virtual_host_json for r in ordered])],
-        "lds": [fragment(item, LISTENER) for item in listeners(settings, ordered)],
-        "sds": [secrets[name] for name in sorted(secrets)],
-    }
-
-
-def secret_name_of(fragment_text: str) -> str:
-    """The name of a secret fragment (its SDS file is `sds/<name>.json`)."""
-    return str(json.loads(fragment_text)["name"])
+    return Snapshot(
+        clusters={name: text for r in ordered for name, text in r.cluster_json},
+        routes=route_configuration(settings, [r.virtual_host_json for r in ordered]),
+        listeners=tuple(fragment(item, LISTENER) for item in listeners(settings, ordered)),
+        secrets={name: secrets[name] for name in sorted(secrets)})
 
 
 def bootstrap(settings: Settings) -> dict[str, Any]:

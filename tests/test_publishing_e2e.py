@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import signal
 import threading
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from controlplane.envoy_admin import AdminClient, Counters
-from controlplane.publishing import Publisher
+from controlplane.publishing import Publisher, Report
 from controlplane.reconciling import check_content
-from controlplane.rendering import CLUSTER, assemble, fragment
+from controlplane.rendering import CLUSTER, Snapshot, fragment, snapshot
 from controlplane.settings import Listen, Settings
 from tests.parts import Envoy, free_port, wait_for
 
@@ -26,19 +26,19 @@ def _settings(short_tmp: Path, **changes: object) -> Settings:
                     **changes)
 
 
-def _files(settings: Settings, *names: str) -> dict[str, list[str]]:
+def _files(settings: Settings, *names: str) -> Snapshot:
     resources = []
     for name in names:
         text = f"domains: [{name}.example]\nupstream: {{socket: /tmp/{name}.sock}}\n"
         checked = check_content(name, f"{name}.yaml", text.encode(), settings)
         assert checked.resources is not None
         resources.append(checked.resources)
-    return assemble(settings, resources)
+    return snapshot(settings, resources)
 
 
-def _apply(publisher: Publisher, files: dict[str, list[str]], extra: list[str] = ()) -> object:
-    clusters = {json.loads(c)["name"]: c for c in [*files["cds"], *extra]}
-    return publisher.apply(clusters, files["rds"], files["lds"])
+def _apply(publisher: Publisher, target: Snapshot, extra: dict[str, str] | None = None) -> Report:
+    clusters = {**target.clusters, **(extra or {})}
+    return publisher.apply(dataclasses.replace(target, clusters=clusters), secrets=False)
 
 
 @pytest.fixture
@@ -74,10 +74,7 @@ def test_rejection_reinstalls_the_last_good_file(envoy_with_files: tuple[Setting
     publisher = Publisher(settings, AdminClient(settings.admin_socket, settings), threading.Event())
     assert _apply(publisher, _files(settings, "a")).confirmed
     good_version = publisher.files["cds"].version
-    bad = {"name": "bad", "type": "STATIC", "connect_timeout": "5s", "load_assignment": {
-        "cluster_name": "bad", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-            "pipe": {"path": "/tmp/" + "x" * 120}}}}]}]}}
-    report = _apply(publisher, _files(settings, "a", "c"), extra=[fragment(bad, CLUSTER)])
+    report = _apply(publisher, _files(settings, "a", "c"), extra=_bad_cluster())
     assert report.rejected and "cds" in str(report.rejected[0])
     assert envoy.clusters() == {"a"}
     now = envoy.stats(r"cluster_manager\.cds\.version_text")["cluster_manager.cds.version_text"]
@@ -98,11 +95,11 @@ def test_no_envoy_is_a_timeout_not_a_hang(short_tmp: Path) -> None:
     assert report.unconfirmed and "cds.json" in str(report.unconfirmed[0])
 
 
-def _bad_cluster() -> str:
+def _bad_cluster() -> dict[str, str]:
     bad = {"name": "bad", "type": "STATIC", "connect_timeout": "5s", "load_assignment": {
         "cluster_name": "bad", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
             "pipe": {"path": "/tmp/" + "x" * 120}}}}]}]}}
-    return fragment(bad, CLUSTER)
+    return {"bad": fragment(bad, CLUSTER)}
 
 
 class _PausingAdmin(AdminClient):
@@ -132,12 +129,12 @@ def test_a_rejection_after_a_timeout_is_seen_on_the_next_pass(
     assert _apply(publisher, _files(settings, "a")).confirmed
     admin.pause_next = True
     try:
-        first = _apply(publisher, _files(settings, "a", "c"), extra=[_bad_cluster()])
+        first = _apply(publisher, _files(settings, "a", "c"), extra=_bad_cluster())
     finally:
         os.kill(envoy.process.pid, signal.SIGCONT)
     assert first.unconfirmed and not first.rejected
     wait_for(lambda: envoy.rejections(), 5, "Envoy's late rejection")
-    second = _apply(publisher, _files(settings, "a", "c"), extra=[_bad_cluster()])
+    second = _apply(publisher, _files(settings, "a", "c"), extra=_bad_cluster())
     assert second.rejected and "cds.json" in str(second.rejected[0])
     assert envoy.clusters() == {"a"}
 
@@ -151,7 +148,7 @@ def test_after_a_restart_the_running_file_is_the_one_re_installed(
     admin = AdminClient(settings.admin_socket, settings)
     assert _apply(Publisher(settings, admin, threading.Event()), _files(settings, "a")).confirmed
     restarted = Publisher(settings, admin, threading.Event())
-    report = _apply(restarted, _files(settings, "a", "c"), extra=[_bad_cluster()])
+    report = _apply(restarted, _files(settings, "a", "c"), extra=_bad_cluster())
     assert report.rejected and not report.errors
     assert envoy.clusters() == {"a"}
     version = envoy.stats(r"cluster_manager\.cds\.version_text")

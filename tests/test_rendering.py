@@ -26,8 +26,9 @@ def _render_examples(folder: str = "sites") -> dict[str, bytes]:
         checked = check_content(path.stem, path.name, path.read_bytes(), SETTINGS)
         assert checked.resources is not None, checked.problems
         resources.append(checked.resources)
-    files = rendering.assemble(SETTINGS, resources)
-    return {f"{kind}.json": rendering.discovery_response(fragments)[1]
+    target = rendering.snapshot(SETTINGS, resources)
+    files = {**target.files(), "sds": tuple(target.secrets.values())}
+    return {f"{kind}.json": rendering.discovery_response(list(fragments))[1]
             for kind, fragments in files.items()}
 
 
@@ -134,6 +135,6 @@ def test_validated_listeners_are_the_served_ones() -> None:
     managers = [chain["filters"][0]["typed_config"] for item in scratch["listeners"]
                 for chain in item["filter_chains"]]
     assert all(m["access_log"][0]["typed_config"]["path"] == "/dev/null" for m in managers)
-    routes = json.loads(rendering.assemble(settings, sites)["rds"][0])
+    routes = json.loads(rendering.snapshot(settings, sites).routes)
     del routes["@type"]
     assert all(m["route_config"] == routes for m in managers)
