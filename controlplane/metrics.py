@@ -33,6 +33,8 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from controlplane import __version__, statuspage
+from controlplane.errors import SiteError
+from controlplane.publishing import Confirmation
 from controlplane.reconciling import Outcome
 from controlplane.settings import Listen
 from controlplane.status import STATUS_FILE, clip_all
@@ -94,7 +96,7 @@ class Metrics:
         self._count_errors(outcome)
         if outcome.written:
             self.apply_seconds.observe(seconds)
-        succeeded = not failed and outcome.confirmed is not False
+        succeeded = not failed and outcome.confirmation is not Confirmation.UNCONFIRMED
         if succeeded:
             self.last_success.set(time.time())
         self.last_apply_success.set(1 if succeeded else 0)
@@ -120,7 +122,7 @@ class Metrics:
     def _count_errors(self, outcome: Outcome) -> None:
         """One count per error, under the kind its class carries."""
         if outcome.problems:
-            self.errors.labels("validation").inc(len(outcome.problems))
+            self.errors.labels(SiteError.kind).inc(len(outcome.problems))
         for error in outcome.rejected + outcome.errors:
             self.errors.labels(error.kind).inc()
 

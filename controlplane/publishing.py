@@ -18,6 +18,7 @@ Without an admin socket the steps are written in the same order with a short gap
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import threading
 from collections.abc import Mapping
@@ -42,14 +43,28 @@ FILES = {"cds": CDS_FILE, "lds": LDS_FILE, "rds": RDS_FILE}
 _E = TypeVar("_E", bound=ControlPlaneError)
 
 
+class Confirmation(enum.Enum):
+    """Whether Envoy took what was written."""
+
+    CONFIRMED = "confirmed"
+    """Envoy's admin socket says it runs it."""
+    UNCONFIRMED = "unconfirmed"
+    """Not (yet): Envoy down, slow or rejecting, or the write failed."""
+    UNASKED = "unasked"
+    """Written, with no admin socket to ask."""
+
+    def as_status(self) -> bool | None:
+        """The status file's `confirmed`: true, false, or null (no admin socket)."""
+        return {Confirmation.CONFIRMED: True, Confirmation.UNCONFIRMED: False}.get(self)
+
+
 @dataclass(slots=True)
 class FileState:
     """What one output file holds, and whether Envoy confirmed it."""
 
     fragments: tuple[str, ...] = ()
     version: str = ""
-    confirmed: bool | None = None
-    """True: Envoy confirmed; False: not (yet); None: no admin socket to ask."""
+    confirmed: Confirmation = Confirmation.UNCONFIRMED
     last_confirmed: tuple[str, ...] | None = None
     before: Counters | None = None
     """Envoy's counters read just before this version was written, kept until it is
@@ -96,9 +111,9 @@ class Publisher:
             document = json.loads((self._settings.out_dir / FILES[kind]).read_bytes())
             fragments = tuple(fragment(r, None) for r in document["resources"])
             return FileState(fragments=fragments, version=str(document["version_info"]),
-                             confirmed=False)
+                             confirmed=Confirmation.UNCONFIRMED)
         except (OSError, ValueError, KeyError, TypeError):
-            return FileState(version="", confirmed=False)
+            return FileState(version="", confirmed=Confirmation.UNCONFIRMED)
 
     def _read_secrets(self) -> dict[str, str]:
         folder = self._settings.out_dir / SDS_FOLDER
@@ -136,7 +151,7 @@ class Publisher:
         self._create_missing(report, files)
         current = self.cluster_fragments()
         union = {**current, **target.clusters}
-        if union != current or self.files["cds"].confirmed is False:
+        if union != current or self.files["cds"].confirmed is Confirmation.UNCONFIRMED:
             self._step(report, {"cds": _sorted(union)})
         if self._may_go_on(report):
             self._step(report, {"rds": files["rds"], "lds": files["lds"]})
@@ -157,7 +172,8 @@ class Publisher:
 
     def runs_ours(self) -> bool:
         """One text-readout read: Envoy runs every file's confirmed version."""
-        if self._admin is None or not all(f.confirmed for f in self.files.values()):
+        if self._admin is None or any(f.confirmed is not Confirmation.CONFIRMED
+                                      for f in self.files.values()):
             return True
         try:
             running = self._admin.versions()
@@ -177,7 +193,7 @@ class Publisher:
             return
         for kind, state in self.files.items():
             if running.get(kind) != state.version:
-                state.confirmed, state.before = False, None
+                state.confirmed, state.before = Confirmation.UNCONFIRMED, None
                 self._stale.add(kind)  # renamed again next pass, so Envoy reloads it
                 report.unconfirmed.append(EnvoyUnavailable(
                     f"{FILES[kind]}: Envoy runs version {running.get(kind)!r}, not"
@@ -224,7 +240,7 @@ class Publisher:
     def _step(self, report: Report, targets: dict[str, tuple[str, ...]]) -> None:
         """Write the files that differ, then confirm every file of the step."""
         if all(fragments == self.files[kind].fragments and self.files[kind].version
-               and self.files[kind].confirmed is not False
+               and self.files[kind].confirmed is not Confirmation.UNCONFIRMED
                for kind, fragments in targets.items()):
             return  # nothing to write or confirm: spare Envoy a /stats read
         before = self._counters(report)
@@ -247,8 +263,8 @@ class Publisher:
         would never look at it again. A file written in this run keeps its own counters
         and is not rewritten while Envoy is merely slow."""
         state = self.files[kind]
-        if now is not None and state.confirmed is False and state.before is None and (
-                state.version and now.version != state.version):
+        if now is not None and state.confirmed is Confirmation.UNCONFIRMED and (
+                state.before is None and state.version and now.version != state.version):
             self._stale.add(kind)
 
     def _counters(self, report: Report) -> dict[str, Counters] | None:
@@ -271,15 +287,16 @@ class Publisher:
             if now is not None and state.before is not None and (
                     now.success < state.before.success):
                 state.before = None  # Envoy restarted: its counters began again
-            if state.confirmed is False and state.before is None and now is not None and (
-                    now.version == state.version != ""):
-                state.confirmed, state.last_confirmed = True, state.fragments
+            if state.confirmed is Confirmation.UNCONFIRMED and state.before is None and (
+                    now is not None and now.version == state.version != ""):
+                state.confirmed, state.last_confirmed = Confirmation.CONFIRMED, state.fragments
 
     def _write(self, kind: str, fragments: tuple[str, ...], salt: str = "",
                before: Counters | None = None) -> None:
         version, data = discovery_response(list(fragments), salt)
         write_atomic(self._settings.out_dir / FILES[kind], data, force=bool(salt))
-        self.files[kind] = FileState(fragments=fragments, version=version, confirmed=False,
+        self.files[kind] = FileState(fragments=fragments, version=version,
+                                     confirmed=Confirmation.UNCONFIRMED,
                                      last_confirmed=self.files[kind].last_confirmed,
                                      before=before)
 
@@ -289,14 +306,14 @@ class Publisher:
             if any(kind in report.written for kind in targets):
                 self._stop.wait(self._settings.unconfirmed_gap_s)
             for kind in targets:
-                self.files[kind].confirmed = None
+                self.files[kind].confirmed = Confirmation.UNASKED
             return
         for kind in targets:
             self._confirm_one(report, kind, self.files[kind].before or ALREADY_WRITTEN)
 
     def _confirm_one(self, report: Report, kind: str, before: Counters) -> None:
         state = self.files[kind]
-        if state.confirmed:
+        if state.confirmed is Confirmation.CONFIRMED:
             return
         assert self._admin is not None
         try:
@@ -309,7 +326,7 @@ class Publisher:
         except EnvoyUnavailable as exc:
             report.unconfirmed.append(_about(FILES[kind], exc))
             return
-        state.confirmed, state.before = True, None
+        state.confirmed, state.before = Confirmation.CONFIRMED, None
         state.last_confirmed = state.fragments
 
     def _cause(self, kind: str, rejected: EnvoyRejected) -> EnvoyRejected:
@@ -347,7 +364,8 @@ class Publisher:
             report.errors.append(_about(f"{FILES[kind]}: re-installing the last good file", exc))
             return
         state = self.files[kind]
-        state.confirmed, state.before, state.last_confirmed = True, None, good
+        state.confirmed, state.before, state.last_confirmed = (
+            Confirmation.CONFIRMED, None, good)
 
 
 def _about(what: str, exc: _E) -> _E:

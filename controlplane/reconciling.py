@@ -46,7 +46,7 @@ from controlplane.errors import (
     bounded,
 )
 from controlplane.model import Site, digest_of
-from controlplane.publishing import Publisher
+from controlplane.publishing import Confirmation, Publisher
 from controlplane.settings import Settings
 from controlplane.verifying import Verifier
 
@@ -354,12 +354,12 @@ class Outcome:
     rejected: list[ControlPlaneError] = field(default_factory=list)
     errors: list[ControlPlaneError] = field(default_factory=list)
     """Kept as the errors raised: each has its `kind` (metrics) and its message."""
-    confirmed: bool | None = None
+    confirmation: Confirmation = Confirmation.UNCONFIRMED
     retry: bool = False
     durations_ms: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
-    problems: dict[str, list[str]] = field(default_factory=dict)
-    warnings: dict[str, list[str]] = field(default_factory=dict)
+    problems: dict[str, list[Problem]] = field(default_factory=dict)
+    warnings: dict[str, list[Problem]] = field(default_factory=dict)
     """Per serving site: what to look at (a certificate expiring soon, a shadowed route)."""
 
 
@@ -522,8 +522,8 @@ class Reconciler:
         outcome.removed = sorted(set(old) - set(new))
         outcome.changed = sorted(n for n in set(new) & set(old) if new[n].digest != old[n].digest)
         outcome.invalid = sorted(selection.problems)
-        outcome.problems = {n: [str(p) for p in ps] for n, ps in sorted(selection.problems.items())}
-        outcome.warnings = {n: [str(w) for w in ws] for n, ws in sorted(selection.warnings.items())
+        outcome.problems = {n: list(ps) for n, ps in sorted(selection.problems.items())}
+        outcome.warnings = {n: list(ws) for n, ws in sorted(selection.warnings.items())
                             if n in new}
 
     def _apply(self, outcome: Outcome, selection: Selection) -> None:
@@ -534,12 +534,14 @@ class Reconciler:
             report = self._publisher.apply(rendering.snapshot(self._settings, resources))
         except OutputError as exc:
             outcome.errors.append(exc)
-            outcome.retry, outcome.confirmed = True, False
+            outcome.retry, outcome.confirmation = True, Confirmation.UNCONFIRMED
             return  # Envoy goes on serving what it served: unchanged sites stay serving
         outcome.written, outcome.rejected = report.written, list(report.rejected)
         outcome.errors.extend([*report.unconfirmed, *report.errors])
         outcome.versions = {k: f.version for k, f in self._publisher.files.items()}
-        outcome.confirmed = None if self._admin is None else report.confirmed
+        outcome.confirmation = (Confirmation.UNASKED if self._admin is None
+                                else Confirmation.CONFIRMED if report.confirmed
+                                else Confirmation.UNCONFIRMED)
         outcome.retry = bool(report.unconfirmed or report.rejected or report.errors)
         self._envoy_ok = not any(isinstance(e, EnvoyUnavailable) for e in outcome.errors)
         if report.confirmed and self._admin is not None:  # not merely written
@@ -614,7 +616,8 @@ class Reconciler:
             self._sites_json = status.sites_json(sites, self._status_lines)
         last = status.PassStatus(
             at=now, added=outcome.added, changed=outcome.changed, removed=outcome.removed,
-            invalid=outcome.invalid, written=outcome.written, confirmed=outcome.confirmed,
+            invalid=outcome.invalid, written=outcome.written,
+            confirmed=outcome.confirmation.as_status(),
             errors=status.clip_all([str(e) for e in outcome.errors + outcome.rejected]),
             versions=outcome.versions)
         try:

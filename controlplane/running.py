@@ -26,9 +26,10 @@ import structlog
 
 from controlplane import liveness
 from controlplane.envoy_admin import AdminClient
-from controlplane.errors import ControlPlaneError, OutputError, Stopping
+from controlplane.errors import ControlPlaneError, OutputError, Problem, Stopping
 from controlplane.metrics import Metrics, MetricsServer
 from controlplane.notify import Notifier
+from controlplane.publishing import Confirmation
 from controlplane.reconciling import Outcome, Reconciler
 from controlplane.settings import Settings
 from controlplane.starting import EnvoyStart
@@ -84,9 +85,9 @@ class Daemon:
         self._reload = reload
         self._reload_requested = threading.Event()
         self._envoy = EnvoyStart(settings.admin_socket, settings, self.stop, self.signal.wake)
-        self._seen_problems: dict[str, list[str]] = {}
+        self._seen_problems: dict[str, list[Problem]] = {}
         self._seen_warnings: dict[str, tuple[list[str], float]] = {}
-        self._confirmed: bool | None = None
+        self._confirmed = Confirmation.UNASKED
         self._ready = False
         self._watch_error: str | None = None
 
@@ -325,7 +326,8 @@ class Daemon:
             return
         waiting = self._awaiting_envoy()
         good = not outcome.errors and not waiting and (
-            outcome.confirmed is True or self.settings.admin_socket is None)
+            outcome.confirmation is Confirmation.CONFIRMED
+            or self.settings.admin_socket is None)
         text = (f"{len(outcome.invalid)} invalid; last pass"
                 f" {'confirmed' if good else 'waiting for Envoy' if waiting else 'with errors'}")
         if good and not self._ready:
@@ -340,10 +342,11 @@ class Daemon:
             log.warning("systemd.notify.failed", error=self.notifier.error)
             self.notifier.error = None
 
-    def _log_warnings(self, warnings: dict[str, list[str]]) -> None:
+    def _log_warnings(self, warnings: dict[str, list[Problem]]) -> None:
         """Each site's warnings when they change, and again once a day while they last."""
         now = time.monotonic()
-        for name, texts in warnings.items():
+        for name, found in warnings.items():
+            texts = [str(w) for w in found]
             seen = self._seen_warnings.get(name)
             if seen is None or seen[0] != texts or now - seen[1] >= WARN_AGAIN_S:
                 for text in clip_all(texts):
@@ -355,7 +358,7 @@ class Daemon:
     def _log(self, outcome: Outcome, seconds: float) -> None:
         for name, problems in outcome.problems.items():
             if self._seen_problems.get(name) != problems:
-                for problem in clip_all(problems):
+                for problem in clip_all([str(p) for p in problems]):
                     log.warning("site.invalid", site=name, problem=problem)
         fresh = set(outcome.added) | set(outcome.changed)
         for name in sorted(set(self._seen_problems) - set(outcome.problems)):
@@ -366,10 +369,10 @@ class Daemon:
                          detail="its file was removed, or is back to the version that serves")
         self._seen_problems = outcome.problems
         self._log_warnings(outcome.warnings)
-        if outcome.confirmed is True and self._confirmed is False:
+        if outcome.confirmation is Confirmation.CONFIRMED and (
+                self._confirmed is Confirmation.UNCONFIRMED):
             log.info("envoy.confirming_again", versions=outcome.versions)
-        if outcome.confirmed is not None or self.settings.admin_socket is None:
-            self._confirmed = outcome.confirmed
+        self._confirmed = outcome.confirmation
         changed = outcome.added or outcome.changed or outcome.removed or outcome.written
         level = "warning" if outcome.errors or outcome.rejected else "info" if changed else "debug"
         log.log(_LEVELS[level], "pass", added=clip_all(outcome.added, MAX_NAMES),
@@ -377,7 +380,8 @@ class Daemon:
                 removed=clip_all(outcome.removed, MAX_NAMES),
                 invalid=clip_all(outcome.invalid, MAX_NAMES),
                 rejected=clip_all([str(e) for e in outcome.rejected]), written=outcome.written,
-                confirmed=outcome.confirmed, errors=clip_all([str(e) for e in outcome.errors]),
+                confirmed=outcome.confirmation.as_status(),
+                errors=clip_all([str(e) for e in outcome.errors]),
                 versions=outcome.versions, stages_ms=outcome.durations_ms,
                 duration_ms=round(seconds * 1000, 2))
 

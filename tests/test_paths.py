@@ -281,7 +281,7 @@ def test_a_pass_without_the_sites_folder_still_judges_the_paths_that_serve(
     os.symlink(admin, root / "sockets" / "a.sock")
     outcome = reconciler.run_pass()
     assert outcome.removed == ["a"]
-    assert "is Envoy's admin socket" in outcome.problems["a"][0]
+    assert "is Envoy's admin socket" in str(outcome.problems["a"][0])
 
 
 def test_a_cached_site_file_gets_its_paths_judged_again_at_every_pass(
@@ -304,7 +304,7 @@ def test_a_cached_site_file_gets_its_paths_judged_again_at_every_pass(
     assert set(reconciler.socket_folders) == {f"{root}/sockets"}
     os.symlink(admin, root / "sockets" / "a.sock")
     outcome = reconciler.run_pass()
-    assert outcome.removed == ["a"] and "is Envoy's admin socket" in outcome.problems["a"][0]
+    assert outcome.removed == ["a"] and "is Envoy's admin socket" in str(outcome.problems["a"][0])
     os.unlink(root / "sockets" / "a.sock")
     assert reconciler.run_pass().added == ["a"]
 
