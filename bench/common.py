@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from controlplane import rendering, upstreams
+from controlplane.checking import check_content
 from controlplane.envoy_admin import AdminClient, stat_prefixes
 from controlplane.errors import EnvoyUnavailable
-from controlplane.reconciling import check_content
 from controlplane.rendering import SiteResources
 from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Listen, Settings
 from tests.parts import DaemonProcess, Envoy, Upstreams, free_port

@@ -24,17 +24,17 @@ import shtab
 import yaml
 
 from controlplane import (
+    checking,
     configuring,
     diffing,
     explaining,
     liveness,
-    loading,
     logs,
     model,
     options,
     publishing,
-    reconciling,
     rendering,
+    selecting,
     settings,
     status,
 )
@@ -134,26 +134,19 @@ def _settings(args: argparse.Namespace) -> settings.Settings:
                                                                      file=sys.stderr))
 
 
-def _select(config: settings.Settings) -> reconciling.Selection:
+def _select(config: settings.Settings) -> selecting.Selection:
     try:
-        entries, ignored = loading.scan_all(config.sites_dir)
+        found = checking.scan(config, lambda entry: checking.check_entry(entry, config))
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(config.sites_dir)) from None
-    duplicates = reconciling.duplicate_names(entries)
-    checked = {}
-    for entry in entries:
-        checked[entry.name] = (
-            reconciling.Checked(name=entry.name, source=entry.location, digest="",
-                                problems=tuple(duplicates[entry.name]))
-            if entry.name in duplicates else reconciling.check_entry(entry, config))
     verifier = Verifier(config) if config.verify_with_envoy else None
-    selection = reconciling.select(checked, {}, verifier, config.max_certificates,
-                                   reconciling.fence_of(config))
-    selection.ignored = ignored
+    selection = selecting.select(found.checked, {}, verifier, config.max_certificates,
+                                 checking.fence_of(config))
+    selection.ignored = found.ignored
     return selection
 
 
-def _report(selection: reconciling.Selection, as_json: bool = False) -> int:
+def _report(selection: selecting.Selection, as_json: bool = False) -> int:
     problems = [p for name in sorted(selection.problems) for p in selection.problems[name]]
     warnings = [w for name in sorted(selection.warnings) for w in selection.warnings[name]]
     warnings_listed = [*warnings, *selection.ignored]

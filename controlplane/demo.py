@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from controlplane import loading, reconciling, rendering, upstreams
+from controlplane import checking, loading, rendering, upstreams
 from controlplane.settings import Listen, Settings
 from controlplane.signals import stop_on_signals
 from controlplane.verifying import envoy_binary
@@ -146,7 +146,7 @@ class Demo:
         wanted: dict[Path, str] = {}
         with contextlib.suppress(OSError):
             for entry in loading.scan(self.sites):
-                checked = reconciling.check_entry(entry, self._check_settings)
+                checked = checking.check_entry(entry, self._check_settings)
                 site = checked.site
                 if site is None or checked.problems:
                     continue
@@ -161,7 +161,7 @@ class Demo:
         port = self.listen.port
         _say(f"Envoy listens on http://{self.listen}; the daemon watches {self.sites}/")
         for entry in loading.scan(self.sites):
-            checked = reconciling.check_entry(entry, self._check_settings)
+            checked = checking.check_entry(entry, self._check_settings)
             if checked.domains:
                 _say(f"  curl -H 'Host: {checked.domains[0]}' http://127.0.0.1:{port}/")
         _say("add a site:  cp config/examples/shop.yaml config/sites/")

@@ -20,8 +20,8 @@ from typing import Any
 import re2
 
 from controlplane import loading, validating
+from controlplane.checking import Checked
 from controlplane.model import Site
-from controlplane.reconciling import Checked
 from controlplane.settings import Settings
 
 _ESCAPED_SLASH = re.compile(r"%(2f|5c)", re.IGNORECASE)

@@ -85,11 +85,46 @@ class PassStatus:
     versions: dict[str, str]
 
 
-def sites_json(sites: dict[str, SiteStatus],
-               lines: dict[str, tuple[SiteStatus, str]] | None = None) -> str:
-    """The `sites` part of the status file, one line per site, sorted. `lines` caches
+class StatusFile:
+    """The status file of one daemon, kept between passes (and across the reconcilers a
+    reload builds). A site whose status is unchanged keeps its object, its `changed_at`
+    and its serialised line (10,000 sites: ~300 ms to serialise them all)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self.sites: dict[str, SiteStatus] = {}
+        self._json = "{}"
+        self._lines: dict[str, tuple[SiteStatus, str]] = {}
+
+    def update(self, found: dict[str, SiteStatus]) -> None:
+        """This pass's status of every site. One whose state, version and problems stay
+        keeps its `changed_at`."""
+        sites: dict[str, SiteStatus] = {}
+        changed = set(found) != set(self.sites)
+        for name, new in found.items():
+            old = self.sites.get(name)
+            same = old is not None and (old.state, old.serving, old.problems) == (
+                new.state, new.serving, new.problems)
+            if same and old is not None and (old.warnings, old.certificate_expiry) == (
+                    new.warnings, new.certificate_expiry):
+                sites[name] = old
+                continue
+            if same and old is not None:
+                new.changed_at = old.changed_at
+            sites[name] = new
+            changed = True
+        self.sites = sites
+        if changed:
+            self._json = _sites_json(sites, self._lines)
+
+    def write(self, last_pass: PassStatus) -> None:
+        """The status file from the sites' status and this pass."""
+        write_status(self._state_dir, self._json, last_pass)
+
+
+def _sites_json(sites: dict[str, SiteStatus], cache: dict[str, tuple[SiteStatus, str]]) -> str:
+    """The `sites` part of the status file, one line per site, sorted. `cache` keeps
     each site's line with the SiteStatus it was made from, to reuse while unchanged."""
-    cache: dict[str, tuple[SiteStatus, str]] = {} if lines is None else lines
     out = []
     for name, site in sorted(sites.items()):
         cached = cache.get(name)

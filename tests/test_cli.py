@@ -178,7 +178,9 @@ def test_a_closed_pipe_ends_quietly(short_tmp: Path) -> None:
     state = short_tmp / "state"
     sites = {f"site{i}": status.SiteStatus(state="serving", file=f"site{i}.yaml", serving="d")
              for i in range(3000)}  # far more than a pipe's buffer
-    status.write_status(state, status.sites_json(sites), status.PassStatus(
+    written = status.StatusFile(state)
+    written.update(sites)
+    written.write(status.PassStatus(
         at=1.0, added=[], changed=[], removed=[], invalid=[], written=[], confirmed=True,
         errors=[], versions={}))
     reader = subprocess.Popen([sys.executable, "-m", "controlplane", "status", "--json",

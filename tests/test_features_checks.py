@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from controlplane import overrides
+from controlplane.checking import check_content, check_entry
 from controlplane.cli import main
-from controlplane.reconciling import check_content, check_entry, select
+from controlplane.selecting import select
 from controlplane.settings import Settings
 from controlplane.verifying import Verifier
 from tests.test_features_e2e import make_certificate

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from controlplane import formats
-from controlplane.reconciling import check_content
+from controlplane.checking import check_content
 from controlplane.settings import Settings
 
 SETTINGS = Settings()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.checking import check_content
 from controlplane.errors import FolderBusy, Stopping
-from controlplane.reconciling import check_content
 from controlplane.settings import Settings
 from controlplane.verifying import Verifier
 from controlplane.writing import LOCK_FILE, TEMP_PREFIX, hold_lock

@@ -244,7 +244,7 @@ def test_any_pipe_a_rendered_cluster_names_is_judged_like_an_endpoint() -> None:
     import dataclasses
 
     from controlplane import claims
-    from controlplane.reconciling import check_content
+    from controlplane.checking import check_content
     from controlplane.settings import Settings
 
     checked = check_content("a", "sites/a.yaml",

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.checking import check_content
 from controlplane.envoy_admin import AdminClient, Counters
 from controlplane.publishing import Publisher, Report
-from controlplane.reconciling import check_content
 from controlplane.rendering import CLUSTER, Snapshot, fragment, snapshot
 from controlplane.settings import Listen, Settings
 from tests.parts import Envoy, free_port, wait_for

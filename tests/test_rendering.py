@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from controlplane import rendering, verifying
-from controlplane.reconciling import check_content
+from controlplane.checking import check_content
 from controlplane.settings import Listen, Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,7 +21,9 @@ def test_status_file_round_trips_and_prints_as_a_table(tmp_path: Path) -> None:
     sites = {"a": status.SiteStatus(state="serving", file="a.yaml", serving="d1"),
              "b": status.SiteStatus(state="invalid", file="b.yaml",
                                     problems=[Problem("b.yaml", "x", "bad", line=2)])}
-    status.write_status(tmp_path, status.sites_json(sites), _pass())
+    written = status.StatusFile(tmp_path)
+    written.update(sites)
+    written.write(_pass())
     document = status.read_status(tmp_path)
     assert document["sites"]["b"]["problems"] == [
         {"file": "b.yaml", "line": 2, "field": "x", "reason": "bad", "message": "b.yaml:2: x: bad"}]
@@ -33,13 +35,24 @@ def test_status_file_round_trips_and_prints_as_a_table(tmp_path: Path) -> None:
     assert "last pass: 1970-01-01T00:00:01Z (1m ago), confirmed by Envoy" in table
 
 
-def test_cached_lines_follow_every_change() -> None:
-    """A site whose status object changes gets a new line; removed sites vanish."""
-    cache: dict[str, tuple[status.SiteStatus, str]] = {}
-    first = {"a": status.SiteStatus(state="serving", file="a.yaml", serving="d1"),
-             "b": status.SiteStatus(state="serving", file="b.yaml", serving="d2")}
-    assert '"d1"' in status.sites_json(first, cache)
-    second = {"a": status.SiteStatus(state="serving", file="a.yaml", serving="d9")}
-    text = status.sites_json(second, cache)
-    assert '"d9"' in text and '"d1"' not in text and '"b"' not in text
-    assert set(cache) == {"a"}
+def test_the_status_file_follows_every_change_and_keeps_changed_at(tmp_path: Path) -> None:
+    """Each pass's status reaches the file (cached lines never go stale; removed sites
+    vanish); a site whose state, version and problems stay keeps its `changed_at`."""
+    written = status.StatusFile(tmp_path)
+
+    def sites_after(**found: status.SiteStatus) -> dict[str, dict[str, object]]:
+        written.update(found)
+        written.write(_pass())
+        return status.read_status(tmp_path)["sites"]  # type: ignore[no-any-return]
+
+    sites_after(a=status.SiteStatus(state="serving", file="a.yaml", serving="d1", changed_at=1),
+                b=status.SiteStatus(state="serving", file="b.yaml", serving="d2", changed_at=1))
+    warned = sites_after(a=status.SiteStatus(
+        state="serving", file="a.yaml", serving="d1", changed_at=5,
+        warnings=[Problem("a.yaml", "tls", "expires soon")]))
+    assert set(warned) == {"a"} and warned["a"]["warnings"]
+    assert warned["a"]["changed_at"] == status.iso_time(1)
+    moved = sites_after(a=status.SiteStatus(state="serving", file="a.yaml", serving="d9",
+                                            changed_at=7))
+    assert moved["a"]["serving"] == "d9" and moved["a"]["changed_at"] == status.iso_time(7)
+    assert not moved["a"]["warnings"]

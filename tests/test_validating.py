@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.reconciling import Checked, check_content, fence_of, select
+from controlplane.checking import Checked, check_content, fence_of
+from controlplane.selecting import select
 from controlplane.settings import Settings
 
 SETTINGS = Settings()
