@@ -25,9 +25,9 @@ from types import ModuleType
 from typing import Any
 
 from bench import burst, common, datapath, hitless, propagation, scale
-from controlplane import upstreams
+from controlplane.demo import servers
+from controlplane.envoy.verifying import envoy_binary
 from controlplane.settings import Settings
-from controlplane.verifying import envoy_binary
 
 BENCHMARKS: dict[str, ModuleType] = {
     "propagation": propagation, "scale": scale, "burst": burst, "hitless": hitless,
@@ -84,7 +84,7 @@ def _machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "envoy": _envoy_version(),
-        "upstream": upstreams.available_kind(),
+        "upstream": servers.available_kind(),
         "nginx": _version(["nginx", "-v"]),
         "wrk": _version(["wrk", "-v"]).split(" [")[0] or "missing (Python load generator)",
         "commit": _commit(),

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controlplane import rendering, upstreams
-from controlplane.checking import check_content
-from controlplane.envoy_admin import AdminClient, stat_prefixes
+from controlplane.demo import servers
+from controlplane.envoy.admin import AdminClient, stat_prefixes
 from controlplane.errors import EnvoyUnavailable
-from controlplane.rendering import SiteResources
+from controlplane.intake.checking import check_content
+from controlplane.render import rendering
+from controlplane.render.rendering import SiteResources
 from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Listen, Settings
 from tests.parts import DaemonProcess, Envoy, Upstreams, free_port
 
@@ -55,7 +56,7 @@ def scratch(tag: str) -> Iterator[tuple[Path, ExitStack]]:
 
 def start_upstreams(folder: Path, stack: ExitStack, *names: str) -> dict[str, Path]:
     """nginx (or the stand-in where nginx is missing) per name; their socket paths."""
-    started = Upstreams(folder / "s", upstreams.available_kind())
+    started = Upstreams(folder / "s", servers.available_kind())
     stack.callback(started.close)
     return {name: started.start(name) for name in names}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from controlplane import upstreams
+from controlplane.demo import servers
 from tests.parts import free_port
 
 CONNECTIONS = 8
@@ -26,16 +26,16 @@ VARIANTS = ("envoy_unix", "envoy_tcp", "nginx_alone_tcp")
 
 
 def _nginx(folder: Path, stack: ExitStack, sock: Path, port: int) -> None:
-    """nginx on the socket and on 127.0.0.1:PORT, answering like the demo's upstreams."""
-    started = upstreams.start("dp", sock, upstreams.NGINX, folder / "nginx", tcp_port=port)
+    """nginx on the socket and on 127.0.0.1:PORT, answering like the demo's servers."""
+    started = servers.start("dp", sock, servers.NGINX, folder / "nginx", tcp_port=port)
     stack.callback(started.stop)
 
 
 def measure(seconds: float, repeats: int) -> dict[str, Any]:
     with common.scratch("dp") as (folder, stack):
         sock, port = folder / "dp.sock", free_port()
-        kind = upstreams.available_kind()
-        if kind == upstreams.NGINX:
+        kind = servers.available_kind()
+        if kind == servers.NGINX:
             _nginx(folder, stack, sock, port)
             variants = VARIANTS
         else:

@@ -24,7 +24,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.inotify import InotifyObserver
 
-from controlplane.watching import MUTATIONS
+from controlplane.daemon.watching import MUTATIONS
 
 FILES = 1000
 

@@ -23,26 +23,17 @@ from typing import Any
 import shtab
 import yaml
 
-from controlplane import (
-    checking,
-    configuring,
-    diffing,
-    explaining,
-    liveness,
-    logs,
-    model,
-    options,
-    publishing,
-    rendering,
-    selecting,
-    settings,
-    status,
-)
-from controlplane.envoy_admin import AdminClient
+from controlplane import configuring, logs, options, settings
+from controlplane.daemon import liveness, statusfile
+from controlplane.daemon.running import Daemon
+from controlplane.daemon.signals import daemon_signals
+from controlplane.envoy import diffing, publishing
+from controlplane.envoy.admin import AdminClient
+from controlplane.envoy.verifying import Verifier
 from controlplane.errors import ControlPlaneError, EnvoyUnavailable, SettingsError, SiteError
-from controlplane.running import Daemon
-from controlplane.signals import daemon_signals
-from controlplane.verifying import Verifier
+from controlplane.intake import checking, explaining, selecting
+from controlplane.render import rendering
+from controlplane.site import spec
 from controlplane.writing import ensure_folder, hold_lock
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_ENVIRONMENT = 0, 1, 2, 3
@@ -152,8 +143,8 @@ def _report(selection: selecting.Selection, as_json: bool = False) -> int:
     warnings_listed = [*warnings, *selection.ignored]
     total = len(selection.serving) + len(selection.problems)
     if as_json:
-        listed = ([status.problem_dict(p, "error") for p in problems]
-                  + [status.problem_dict(w, "warning") for w in warnings_listed])
+        listed = ([statusfile.problem_dict(p, "error") for p in problems]
+                  + [statusfile.problem_dict(w, "warning") for w in warnings_listed])
         print(json.dumps({"sites": total, "valid": len(selection.serving),
                           "invalid": len(selection.problems), "problems": listed}, indent=2))
     else:
@@ -245,9 +236,9 @@ def _status(config: settings.Settings, args: argparse.Namespace) -> int:
 
 def _schema(config: settings.Settings, args: argparse.Namespace) -> int:
     if args.markdown:
-        sys.stdout.write(model.reference())
+        sys.stdout.write(spec.reference())
     else:
-        print(json.dumps(model.schema(), indent=2, sort_keys=True))
+        print(json.dumps(spec.schema(), indent=2, sort_keys=True))
     return EXIT_OK
 
 

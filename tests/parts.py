@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
-from controlplane import upstreams
+from controlplane.demo import servers
+from controlplane.envoy.verifying import envoy_binary
 from controlplane.settings import Settings
-from controlplane.verifying import envoy_binary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,10 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 def upstream_kinds() -> list[str]:
     """nginx when installed (required when CONTROLPLANE_REQUIRE_NGINX=1, as in CI), and
     the stand-in server always, so both paths are exercised where nginx exists."""
-    has_nginx = upstreams.available_kind() == upstreams.NGINX
+    has_nginx = servers.available_kind() == servers.NGINX
     if os.environ.get("CONTROLPLANE_REQUIRE_NGINX") == "1" and not has_nginx:
         raise RuntimeError("CONTROLPLANE_REQUIRE_NGINX=1 but nginx is not installed")
-    return [upstreams.NGINX, upstreams.STANDIN] if has_nginx else [upstreams.STANDIN]
+    return [servers.NGINX, servers.STANDIN] if has_nginx else [servers.STANDIN]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
@@ -87,13 +87,13 @@ class Upstreams:
     def __init__(self, folder: Path, kind: str) -> None:
         self.folder = folder
         self.kind = kind
-        self._started: list[upstreams.Upstream] = []
+        self._started: list[servers.Server] = []
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o755)
 
     def start(self, name: str) -> Path:
         home = self.folder.parent / f"nginx-{name}"
-        started = upstreams.start(name, self.folder / f"{name}.sock", self.kind, home)
+        started = servers.start(name, self.folder / f"{name}.sock", self.kind, home)
         self._started.append(started)
         return started.socket
 

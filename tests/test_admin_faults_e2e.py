@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.envoy_admin import AdminClient
+from controlplane.envoy.admin import AdminClient
 from controlplane.errors import EnvoyBadAnswer, EnvoyRefused, EnvoyTimeout, EnvoyUnavailable
 from controlplane.settings import Settings
 from tests.parts import DaemonProcess, free_port, wait_for

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.checking import check_content
+from controlplane.intake.checking import check_content
 from controlplane.settings import Settings
 from tests.parts import Node, temporary_node, wait_for
 

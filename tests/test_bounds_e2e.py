@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.status import MAX_ENTRIES, MAX_TEXT, clip, clip_all
+from controlplane.daemon.statusfile import MAX_ENTRIES, MAX_TEXT, clip, clip_all
 from tests.parts import DaemonProcess, wait_for
 
 pytestmark = pytest.mark.e2e

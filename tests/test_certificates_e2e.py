@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from controlplane.status import parse_time
+from controlplane.daemon.statusfile import parse_time
 from tests.parts import Node, free_port, temporary_node, wait_for
 from tests.test_features_e2e import make_certificate
 

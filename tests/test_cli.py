@@ -16,8 +16,9 @@ import pytest
 import structlog
 import yaml
 
-from controlplane import __version__, logs, status
+from controlplane import __version__, logs
 from controlplane.cli import _parser, main
+from controlplane.daemon import statusfile
 from controlplane.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,11 +177,11 @@ def test_check_json_lists_problems_and_warnings(tmp_path: Path,
 def test_a_closed_pipe_ends_quietly(short_tmp: Path) -> None:
     """`controlplane status --json | head -1`: no traceback when the reader goes away."""
     state = short_tmp / "state"
-    sites = {f"site{i}": status.SiteStatus(state="serving", file=f"site{i}.yaml", serving="d")
+    sites = {f"site{i}": statusfile.SiteStatus(state="serving", file=f"site{i}.yaml", serving="d")
              for i in range(3000)}  # far more than a pipe's buffer
-    written = status.StatusFile(state)
+    written = statusfile.StatusFile(state)
     written.update(sites)
-    written.write(status.PassStatus(
+    written.write(statusfile.PassStatus(
         at=1.0, added=[], changed=[], removed=[], invalid=[], written=[], confirmed=True,
         errors=[], versions={}))
     reader = subprocess.Popen([sys.executable, "-m", "controlplane", "status", "--json",
@@ -228,7 +229,7 @@ def test_log_format_is_chosen(form: str, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_demo_names_what_a_restrictive_umask_breaks(tmp_path: Path) -> None:
     """umask 077 and private site files are named with their fix; 022 and 0644 pass."""
-    from controlplane.demo import permission_problems
+    from controlplane.demo.topology import permission_problems
 
     site = tmp_path / "blog.yaml"
     site.write_text("domains: [blog.example.com]\n")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.envoy_admin import AdminClient
+from controlplane.envoy.admin import AdminClient
 from controlplane.errors import EnvoyUnavailable
 from controlplane.settings import Settings
 from tests.parts import DaemonProcess, Node, upstream_kinds, wait_for

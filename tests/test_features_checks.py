@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import overrides
-from controlplane.checking import check_content, check_entry
 from controlplane.cli import main
-from controlplane.selecting import select
+from controlplane.envoy.verifying import Verifier
+from controlplane.intake.checking import check_content, check_entry
+from controlplane.intake.selecting import select
+from controlplane.render import overrides
 from controlplane.settings import Settings
-from controlplane.verifying import Verifier
 from tests.test_features_e2e import make_certificate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,7 +159,7 @@ def test_distinct_certificates_are_bounded(tmp_path: Path) -> None:
     paths = [_tls_site(tmp_path, "a", tmp_path / "a.pem", tmp_path / "a.key", "[a.example]"),
              _tls_site(tmp_path, "b", tmp_path / "b.pem", tmp_path / "b.key", "[b.example]"),
              _tls_site(tmp_path, "c", tmp_path / "a.pem", tmp_path / "a.key", "[c.example]")]
-    from controlplane import loading
+    from controlplane.intake import loading
 
     entries = {e.name: e for e in loading.scan(tmp_path)}
     checked = {p.stem: check_entry(entries[p.stem], settings) for p in paths}

@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from controlplane import upstreams
+from controlplane.demo import servers
 from tests.parts import Node, get, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -232,7 +232,7 @@ def node(short_tmp: Path) -> Iterator[Node]:
     from tests.parts import free_port
 
     tls_port = free_port()
-    started = Node(short_tmp, upstreams.STANDIN,
+    started = Node(short_tmp, servers.STANDIN,
                    extra_args=("--listen-tls", f"127.0.0.1:{tls_port}"), shared_upstreams=True)
     started.tls_port = tls_port  # type: ignore[attr-defined]
     try:

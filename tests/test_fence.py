@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane import formats
-from controlplane.checking import check_content
+from controlplane.intake.checking import check_content
 from controlplane.settings import Settings
+from controlplane.site import formats
 
 SETTINGS = Settings()
 NAMED = ("domains: [a.example]\nupstreams:\n  a: {socket: /tmp/a.sock}\n"
@@ -211,7 +211,7 @@ def test_changes_see_presence_removal_and_inside_any() -> None:
     from envoy.config.cluster.v3 import cluster_pb2
     from google.protobuf import json_format
 
-    from controlplane.fence import changes
+    from controlplane.render.fence import changes
 
     def parse(data: dict[str, object]) -> cluster_pb2.Cluster:
         return json_format.ParseDict(data, cluster_pb2.Cluster())

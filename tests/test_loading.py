@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import loading
 from controlplane.errors import SiteError
+from controlplane.intake import loading
 
 
 def _parse_problem(content: bytes) -> str:

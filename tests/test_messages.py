@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.checking import check_content, fence_of
 from controlplane.cli import main
-from controlplane.selecting import select
+from controlplane.intake.checking import check_content, fence_of
+from controlplane.intake.selecting import select
 from controlplane.settings import Settings
 from tests.test_features_e2e import make_certificate
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from controlplane.checking import Checked, check_content, fence_of
 from controlplane.cli import main
-from controlplane.reconciling import Reconciler
-from controlplane.selecting import select
+from controlplane.daemon.reconciling import Reconciler
+from controlplane.intake.checking import Checked, check_content, fence_of
+from controlplane.intake.selecting import select
 from controlplane.settings import Settings, from_mapping
 
 SETTINGS = Settings()

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.checking import check_content
+from controlplane.envoy.verifying import Verifier
 from controlplane.errors import FolderBusy, Stopping
+from controlplane.intake.checking import check_content
 from controlplane.settings import Settings
-from controlplane.verifying import Verifier
 from controlplane.writing import LOCK_FILE, TEMP_PREFIX, hold_lock
 from tests.parts import DaemonProcess, Node, upstream_kinds, wait_for
 

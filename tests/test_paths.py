@@ -1,4 +1,4 @@
-"""Paths judged by what they resolve to (`controlplane.paths`), on real files: bound
+"""Paths judged by what they resolve to (`controlplane.intake.paths`), on real files: bound
 AF_UNIX sockets, symlinks of files and folders, hard links, FIFOs, devices."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.paths import Fence, Use, read_bounded
+from controlplane.intake.paths import Fence, Use, read_bounded
 
 
 @pytest.fixture
@@ -243,8 +243,8 @@ def test_any_pipe_a_rendered_cluster_names_is_judged_like_an_endpoint() -> None:
     socket use too, beyond the endpoints the site lists."""
     import dataclasses
 
-    from controlplane import claims
-    from controlplane.checking import check_content
+    from controlplane.intake import claims
+    from controlplane.intake.checking import check_content
     from controlplane.settings import Settings
 
     checked = check_content("a", "sites/a.yaml",
@@ -265,7 +265,7 @@ def test_a_pass_without_the_sites_folder_still_judges_the_paths_that_serve(
     import shutil
     import threading
 
-    from controlplane.reconciling import Reconciler
+    from controlplane.daemon.reconciling import Reconciler
     from controlplane.settings import Settings
 
     admin = _bind(listening, root / "admin.sock")
@@ -290,7 +290,7 @@ def test_a_cached_site_file_gets_its_paths_judged_again_at_every_pass(
     under its socket after the first pass takes it out at the next one (a resync)."""
     import threading
 
-    from controlplane.reconciling import Reconciler
+    from controlplane.daemon.reconciling import Reconciler
     from controlplane.settings import Settings
 
     admin = _bind(listening, root / "admin.sock")
@@ -364,7 +364,7 @@ def test_htpasswd_folders_never_crowd_the_socket_folders_out_of_the_watch(
     import hashlib
     import threading
 
-    from controlplane.reconciling import Reconciler
+    from controlplane.daemon.reconciling import Reconciler
     from controlplane.settings import Settings
 
     sites, auth, sockets = tmp_path / "sites", tmp_path / "a-auth", tmp_path / "z-sockets"

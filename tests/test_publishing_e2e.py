@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.checking import check_content
-from controlplane.envoy_admin import AdminClient, Counters
-from controlplane.publishing import Publisher, Report
-from controlplane.rendering import CLUSTER, Snapshot, fragment, snapshot
+from controlplane.envoy.admin import AdminClient, Counters
+from controlplane.envoy.publishing import Publisher, Report
+from controlplane.intake.checking import check_content
+from controlplane.render.rendering import CLUSTER, Snapshot, fragment, snapshot
 from controlplane.settings import Listen, Settings
 from tests.parts import Envoy, free_port, wait_for
 

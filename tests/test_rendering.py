@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import rendering, verifying
-from controlplane.checking import check_content
+from controlplane.envoy import verifying
+from controlplane.intake.checking import check_content
+from controlplane.render import rendering
 from controlplane.settings import Listen, Settings
 
 REPO = Path(__file__).resolve().parent.parent

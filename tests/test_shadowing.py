@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.checking import check_content
+from controlplane.intake.checking import check_content
 from controlplane.settings import Settings
 
 SETTINGS = Settings(verify_with_envoy=False, socket_dirs=())

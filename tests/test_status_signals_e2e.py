@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from controlplane import liveness, status
+from controlplane.daemon import liveness, statusfile
 from controlplane.settings import Settings
 from tests.parts import DaemonProcess, Node, free_port, upstream_kinds, wait_for
 
@@ -45,7 +45,7 @@ def test_status_of_a_live_then_killed_daemon(short_tmp: Path) -> None:
     daemon = DaemonProcess(short_tmp, [str(sites), "--out", str(out), "--no-envoy",
                                        "--metrics", f"127.0.0.1:{free_port()}"])
     try:
-        wait_for(lambda: (out / ".controlplane" / "status.json").exists(), 10, "a status")
+        wait_for(lambda: (out / ".controlplane" / "statusfile.json").exists(), 10, "a status")
         code, text, document = _status("--out", str(out))
         pid = daemon.process.pid
         assert (code, document["verdict"], document["daemon"]["pid"]) == (0, "ok", pid)
@@ -75,7 +75,7 @@ def test_status_after_a_clean_stop_says_when(short_tmp: Path) -> None:
     sites.mkdir()
     daemon = DaemonProcess(short_tmp, [str(sites), "--out", str(out), "--no-envoy"])
     try:
-        wait_for(lambda: (out / ".controlplane" / "status.json").exists(), 10, "a status")
+        wait_for(lambda: (out / ".controlplane" / "statusfile.json").exists(), 10, "a status")
         assert daemon.stop() == 0
         code, text, _ = _status("--out", str(out))
         assert code == 3 and text.startswith("daemon: not running (stopped at 20")
@@ -88,14 +88,14 @@ def test_status_is_stale_when_no_pass_came_for_too_long(tmp_path: Path) -> None:
     settings = Settings(out_dir=tmp_path, resync_s=10)
     liveness.record_start(settings)
     old = time.time() - (2 * 10 + liveness.STALE_SLACK_S + 5)
-    status.write_status(settings.state, "{}", status.PassStatus(
+    statusfile.write_status(settings.state, "{}", statusfile.PassStatus(
         at=old, added=[], changed=[], removed=[], invalid=[], written=[], confirmed=True,
         errors=[], versions={}))
     report = liveness.inspect(settings)
     assert report.verdict == liveness.STALE
     assert re.search(r"; STALE: last pass 5\ds ago, a pass is due every 10.0s$",
                      report.text.splitlines()[0])
-    status.write_status(settings.state, "{}", status.PassStatus(
+    statusfile.write_status(settings.state, "{}", statusfile.PassStatus(
         at=time.time(), added=[], changed=[], removed=[], invalid=[], written=[],
         confirmed=True, errors=[], versions={}))
     assert liveness.inspect(settings).verdict == liveness.OK
@@ -106,7 +106,7 @@ def test_status_without_a_status_file_names_where_it_looked(tmp_path: Path) -> N
     running daemon's."""
     code, text, document = _status("--out", str(tmp_path / "elsewhere"))
     assert code == 3 and document["verdict"] == "no status"
-    assert f"no status at {tmp_path}/elsewhere/.controlplane/status.json" in text
+    assert f"no status at {tmp_path}/elsewhere/.controlplane/statusfile.json" in text
     assert "give it those of the running daemon" in text
 
 
@@ -172,7 +172,7 @@ def test_state_folder_is_private_and_out_folder_readable_under_umask_077(
              "--state", str(state), "--no-envoy"], stdout=handle, stderr=subprocess.STDOUT,
             preexec_fn=lambda: os.umask(0o077))
     try:
-        wait_for(lambda: (state / "status.json").exists(), 10, "the first pass")
+        wait_for(lambda: (state / "statusfile.json").exists(), 10, "the first pass")
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)

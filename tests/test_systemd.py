@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.notify import Notifier
+from controlplane.daemon.notify import Notifier
+from controlplane.envoy.verifying import envoy_binary
 from controlplane.settings import Settings
-from controlplane.verifying import envoy_binary
 from tests.parts import Node, free_port, get, upstream_kinds, wait_for
 
 REPO = Path(__file__).resolve().parent.parent

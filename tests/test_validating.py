@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.checking import Checked, check_content, fence_of
-from controlplane.selecting import select
+from controlplane.intake.checking import Checked, check_content, fence_of
+from controlplane.intake.selecting import select
 from controlplane.settings import Settings
 
 SETTINGS = Settings()
@@ -157,7 +157,7 @@ def test_envoys_own_admin_socket_cannot_be_an_upstream() -> None:
 
 def test_a_new_tls_site_cannot_push_an_established_one_past_the_certificate_limit() -> None:
     """At the certificate limit, the established site keeps its slot, whatever the names."""
-    from controlplane.tls import certificate_overflow
+    from controlplane.render.tls import certificate_overflow
 
     secrets = {"a": ("a.yaml", "tls-a"), "z": ("z.yaml", "tls-z")}
     assert set(certificate_overflow(secrets, 1, {"z"})) == {"a"}

@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from controlplane.watching import Signal, Watch
+from controlplane.daemon.watching import Signal, Watch
 from tests.parts import wait_for
 
 

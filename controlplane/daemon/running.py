@@ -1,0 +1,391 @@
+"""The daemon loop: watch, debounce, reconcile, resync; signals, reload and a clean stop.
+
+One thread does the work (this one); watchdog's observer thread only signals. Every
+wait is on an Event, so SIGTERM, SIGINT or SIGQUIT stops the loop at once: the observer
+thread is joined, no temp file is left, and the last written files stay for Envoy.
+SIGHUP re-reads the settings (`reload`) and runs a full pass; settings that cannot
+change in a running process are reported and keep their old values. Every signal is
+logged. With `$NOTIFY_SOCKET` (systemd) the loop reports readiness after its first
+confirmed pass, feeds the watchdog, and says when it reloads and stops.
+
+At start the files are written first, since Envoy cannot start without them; then,
+until Envoy is up (`starting`), the daemon says once that it waits and writes nothing
+more (a file renamed in while Envoy starts could be neither loaded at its start nor
+confirmed); the first pass once Envoy is up is a full one. That is start-up, not a
+failed pass. Signal handlers live in `signals`.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from controlplane.daemon import liveness
+from controlplane.daemon.metrics import Metrics, MetricsServer
+from controlplane.daemon.notify import Notifier
+from controlplane.daemon.reconciling import Outcome, Reconciler
+from controlplane.daemon.statusfile import LAST_GOOD_DIR, clip, clip_all
+from controlplane.daemon.watching import Signal, Watch
+from controlplane.envoy.admin import AdminClient
+from controlplane.envoy.publishing import Confirmation
+from controlplane.envoy.starting import EnvoyStart
+from controlplane.envoy.verifying import SCRATCH_DIR, Verifier
+from controlplane.errors import ControlPlaneError, OutputError, Problem, Stopping
+from controlplane.render.tls import SDS_FOLDER
+from controlplane.settings import Settings
+from controlplane.writing import (
+    ensure_folder,
+    ensure_private_folder,
+    hold_lock,
+    remove_scratch,
+    remove_stale_temps,
+)
+
+log = structlog.get_logger("controlplane")
+MISSING_FOLDER_POLL_S = 1.0
+ENVOY_PROBE_S = 2.0
+"""While quiet, Envoy's versions are read this often (one cheap text-readout request), so
+the status stops calling sites serving soon after Envoy dies or loads other files."""
+WARN_AGAIN_S = 24 * 3600.0
+"""A warning that stays (a certificate about to expire) is logged again this often."""
+MAX_NAMES = 1000
+"""Site names kept per list in one `pass` log line (then `and N more`): at most ~70 KB."""
+FREEZE_AFTER = 100
+"""Sites added or changed in one pass after which the heap is frozen again (see _pass)."""
+FIXED = ("sites_dir", "out_dir", "state_dir", "listen", "listen_tls", "admin_socket",
+         "metrics", "max_connections", "stat_prefix", "route_config_name")
+"""Settings a running daemon keeps until restarted: the folders it watches and owns, the
+sockets it opened, and what the bootstrap (Envoy's own start) names."""
+
+
+def sweep(settings: Settings) -> None:
+    """Remove what a killed daemon may have left: temp files of atomic writes in the
+    output, SDS, state and last-good folders, and validate's scratch folders."""
+    state = settings.state
+    for folder in (settings.out_dir, settings.out_dir / SDS_FOLDER, state,
+                   state / LAST_GOOD_DIR):
+        remove_stale_temps(folder)
+    remove_scratch(state / SCRATCH_DIR)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, stop: threading.Event | None = None,
+                 reload: Callable[[], Settings] | None = None) -> None:
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.signal = Signal()
+        self.passes = 0
+        self.metrics = Metrics(settings.resync_s)
+        self.metrics_port: int | None = None
+        self.notifier = Notifier()
+        self._reload = reload
+        self._reload_requested = threading.Event()
+        self._envoy = EnvoyStart(settings.admin_socket, settings, self.stop, self.signal.wake)
+        self._seen_problems: dict[str, list[Problem]] = {}
+        self._seen_warnings: dict[str, tuple[list[str], float]] = {}
+        self._confirmed = Confirmation.UNASKED
+        self._ready = False
+        self._watch_error: str | None = None
+
+    def request_stop(self) -> None:
+        """Stop soon: from a signal handler or another thread."""
+        self.stop.set()
+        self.signal.wake()
+
+    def request_reload(self) -> None:
+        """Re-read the settings and run a full pass soon."""
+        self._reload_requested.set()
+        self.signal.wake()
+
+    def run(self) -> None:
+        """Own the output folder (its lock) for the whole life of the loop: a second
+        daemon on it exits at once, before it touches any file of this one."""
+        ensure_folder(self.settings.out_dir)
+        with hold_lock(self.settings.out_dir, "run"):
+            if ensure_private_folder(self.settings.state):
+                log.warning("state.narrowed", folder=str(self.settings.state), mode="0700",
+                            detail="the state folder was readable by others")
+            sweep(self.settings)
+            try:
+                self._run()
+            finally:
+                sweep(self.settings)
+
+    def _run(self) -> None:
+        settings = self.settings
+        if settings.admin_socket is None:
+            log.warning("envoy.admin.none", detail="applies are written in order with a"
+                        f" {settings.unconfirmed_gap_s:g}s gap and not confirmed")
+        watch = Watch(settings.sites_dir, self.signal)
+        server = self._metrics_server()
+        info: dict[str, object] = {}
+        waiter = None
+        try:
+            info = liveness.record_start(settings)
+            log.info("daemon.start", sites=str(settings.sites_dir), out=str(settings.out_dir),
+                     admin_socket=str(settings.admin_socket), metrics=str(settings.metrics),
+                     systemd=self.notifier.enabled)
+            waiter = self._envoy.watch()
+            self._loop(watch)
+        finally:
+            self.notifier.stopping()
+            self.stop.set()
+            watch.stop()
+            if waiter is not None:
+                waiter.join(timeout=5)
+            if server is not None:
+                server.close()
+            if info:
+                liveness.record_stop(settings, info)
+            log.info("daemon.stop", passes=self.passes)
+
+    def _metrics_server(self) -> MetricsServer | None:
+        listen = self.settings.metrics
+        if listen is None:
+            return None
+        try:
+            server = MetricsServer(listen, self.metrics, self.settings.state)
+        except OSError as exc:
+            raise OutputError(f"--metrics {listen}: cannot listen there: {exc.strerror or exc};"
+                              " choose a free address and port") from exc
+        self.metrics_port = server.port
+        return server
+
+    def _reconciler(self) -> Reconciler:
+        settings = self.settings
+        admin = None
+        if settings.admin_socket is not None and self._envoy.up.is_set():
+            admin = AdminClient(settings.admin_socket, settings)
+        verifier = (Verifier(settings, scratch=settings.state / SCRATCH_DIR, stop=self.stop)
+                    if settings.verify_with_envoy else None)
+        return Reconciler(settings, verifier=verifier, admin=admin, stop=self.stop)
+
+    def _watch(self, watch: Watch) -> bool:
+        """(Re)start the watch; a folder that cannot be watched is polled, and said once."""
+        try:
+            watched = watch.ensure()
+        except OSError as exc:
+            error = (f"{self.settings.sites_dir}: cannot watch the folder:"
+                     f" {exc.strerror or exc}; the daemon's user must be able to read it")
+            if error != self._watch_error:
+                log.error("watch.failed", error=error, detail="rescanning every second")
+            self._watch_error = error
+            return False
+        self._watch_error = None
+        return watched
+
+    def _loop(self, watch: Watch) -> None:
+        watched = self._watch(watch)
+        self.signal.clear()  # the first pass looks at everything that ensure() signalled
+        confirmed_mode = self._envoy.up.is_set()
+        reconciler = self._reconciler()
+        outcome = self._pass(reconciler)
+        watch.also(reconciler.socket_folders)
+        failures = int(outcome.retry)
+        next_resync = time.monotonic() + self.settings.resync_s
+        while not self.stop.is_set():
+            settings = self.settings
+            if watch.fallback_reason:
+                log.warning("watch.polling", reason=watch.fallback_reason)
+                watch.fallback_reason = None
+            timeout, due = self._timeout(next_resync, outcome.retry, failures, watched)
+            woken = self.signal.wait_batch(timeout, settings.debounce_quiet_s,
+                                           settings.debounce_max_s, self.stop)
+            if self.stop.is_set():
+                break
+            self.metrics.beat()
+            reloaded = self._reload_requested.is_set() or (
+                confirmed_mode != self._envoy.up.is_set())
+            if reloaded:
+                self._apply_reload()
+                confirmed_mode = self._envoy.up.is_set()
+                fresh = self._reconciler()
+                fresh.carry_status(reconciler)
+                reconciler = fresh
+            if self._awaiting_envoy() and not outcome.retry:
+                # The files are written; a later write could reach an Envoy that is just
+                # starting, unconfirmed. Wait: the first pass once Envoy is up is full.
+                self.notifier.watchdog()
+                next_resync = time.monotonic() + self.settings.resync_s
+                continue
+            if not (woken or reloaded or outcome.retry or time.monotonic() >= next_resync
+                    or not watched or due is not None) and reconciler.envoy_runs_ours():
+                self.notifier.watchdog()
+                continue  # quiet, and Envoy still runs what was confirmed: no pass needed
+            watched = self._watch(watch)
+            outcome = self._pass(reconciler)
+            watch.also(reconciler.socket_folders)
+            failures = failures + 1 if outcome.retry else 0
+            if time.monotonic() >= next_resync or not outcome.retry:
+                next_resync = time.monotonic() + self.settings.resync_s
+
+    def _timeout(self, next_resync: float, retry: bool, failures: int,
+                 watched: bool) -> tuple[float, float | None]:
+        """How long the loop may sleep, and when a file written in place is due."""
+        settings = self.settings
+        timeout = max(0.0, next_resync - time.monotonic())
+        if retry:  # backoff: retry_s, doubled each failing pass, up to retry_max_s
+            timeout = min(timeout, settings.retry_s * 2 ** min(max(failures - 1, 0), 16),
+                          max(settings.retry_s, settings.retry_max_s))
+        if not watched:
+            timeout = min(timeout, MISSING_FOLDER_POLL_S)
+        if settings.admin_socket is not None:
+            timeout = min(timeout, ENVOY_PROBE_S)
+        if self.notifier.watchdog_s is not None:
+            timeout = min(timeout, self.notifier.watchdog_s)
+        _, due = self.signal.unfinished(settings.write_close_wait_s)
+        if due is not None:  # a file written in place and not closed yet
+            timeout = min(timeout, due + 0.01)
+        return timeout, due
+
+    def _apply_reload(self) -> None:
+        """SIGHUP: the new settings, except those that need a restart (reported)."""
+        if not self._reload_requested.is_set():
+            return
+        self._reload_requested.clear()
+        self.notifier.reloading()
+        if self._reload is None:
+            log.warning("settings.reload.unavailable", detail="no settings source to re-read")
+            return
+        try:
+            fresh = self._reload()
+        except ControlPlaneError as exc:
+            log.error("settings.reload.failed", error=str(exc), detail="keeping the old settings")
+            return
+        kept = {key: getattr(self.settings, key) for key in FIXED
+                if getattr(fresh, key) != getattr(self.settings, key)}
+        changed = sorted(key for key in type(fresh).model_fields
+                         if key not in kept and getattr(fresh, key) != getattr(self.settings, key))
+        if kept:
+            log.warning("settings.reload.needs_restart", keys=sorted(kept),
+                        detail="these keep their old values until the daemon restarts")
+        self.settings = fresh.replace(**kept)
+        self._configure_logs(changed)
+        log.info("settings.reloaded", changed=changed)
+
+    def _configure_logs(self, changed: list[str]) -> None:
+        if "log_level" in changed or "log_format" in changed:
+            from controlplane import logs
+
+            logs.configure(self.settings.log_level, self.settings.log_format)
+
+    def _pass(self, reconciler: Reconciler) -> Outcome:
+        started = time.perf_counter()
+        for name in self.signal.take_overdue(self.settings.write_close_wait_s):
+            log.warning("site.unclosed", file=name, waited_s=self.settings.write_close_wait_s,
+                        detail="written in place and not closed; taken as it is")
+        try:
+            outcome = reconciler.run_pass(
+                self.signal.unfinished(self.settings.write_close_wait_s)[0])
+        except Stopping:
+            return Outcome()
+        except ControlPlaneError as exc:
+            log.error("pass.failed", error=clip(str(exc)), kind=exc.kind)
+            self.metrics.record_failure(exc.kind, str(exc))
+            return Outcome(retry=True, errors=[exc])
+        except OSError as exc:  # a file or folder the daemon needs: name it, and the fix
+            where = exc.filename or "a file or folder"
+            error = OutputError(f"{where}: {exc.strerror or exc}; check that it exists and"
+                                " that the daemon's user may read it (and write the out and"
+                                " state folders)")
+            log.error("pass.failed", error=str(error), kind=error.kind)
+            self.metrics.record_failure(error.kind, str(error))
+            return Outcome(retry=True, errors=[error])
+        except Exception as exc:  # a bug must cost one pass, not every site: retry, loudly
+            log.exception("pass.crashed", error=repr(exc))
+            self.metrics.record_failure("internal", repr(exc))
+            return Outcome(retry=True, errors=[ControlPlaneError(repr(exc))])
+        seconds = time.perf_counter() - started
+        self.passes += 1
+        if self.passes == 1 or len(outcome.added) + len(outcome.changed) >= FREEZE_AFTER:
+            # Move the long-lived objects (every site's model and resources) out of the
+            # cyclic GC's sight: a full collection over 10,000 sites costs ~170 ms and
+            # would land in the middle of a one-site change. Collect first, so no garbage
+            # is frozen with them.
+            gc.collect()
+            gc.freeze()
+        self._log(outcome, seconds)
+        self.metrics.record(outcome, seconds, reconciler.site_states())
+        self.metrics.certificates(reconciler.certificate_expiries())
+        if self._awaiting_envoy():
+            self.metrics.waiting(f"waiting for Envoy's admin socket {self.settings.admin_socket}")
+        self._tell_systemd(outcome)
+        return outcome
+
+    def _awaiting_envoy(self) -> bool:
+        return self.settings.admin_socket is not None and not self._envoy.up.is_set()
+
+    def _tell_systemd(self, outcome: Outcome) -> None:
+        """READY=1 after the first confirmed pass (or the first clean one without an
+        admin socket), then STATUS and watchdog beats."""
+        if not self.notifier.enabled:
+            return
+        waiting = self._awaiting_envoy()
+        good = not outcome.errors and not waiting and (
+            outcome.confirmation is Confirmation.CONFIRMED
+            or self.settings.admin_socket is None)
+        text = (f"{len(outcome.invalid)} invalid; last pass"
+                f" {'confirmed' if good else 'waiting for Envoy' if waiting else 'with errors'}")
+        if good and not self._ready:
+            self._ready = True
+            self.notifier.ready(text)
+        elif self._ready:
+            self.notifier.send("READY=1", f"STATUS={text}")  # also ends a RELOADING=1
+        else:
+            self.notifier.status(text)
+        self.notifier.watchdog()
+        if self.notifier.error:
+            log.warning("systemd.notify.failed", error=self.notifier.error)
+            self.notifier.error = None
+
+    def _log_warnings(self, warnings: dict[str, list[Problem]]) -> None:
+        """Each site's warnings when they change, and again once a day while they last."""
+        now = time.monotonic()
+        for name, found in warnings.items():
+            texts = [str(w) for w in found]
+            seen = self._seen_warnings.get(name)
+            if seen is None or seen[0] != texts or now - seen[1] >= WARN_AGAIN_S:
+                for text in clip_all(texts):
+                    log.warning("site.warning", site=name, warning=text)
+                self._seen_warnings[name] = (texts, now)
+        for name in set(self._seen_warnings) - set(warnings):
+            del self._seen_warnings[name]
+
+    def _log(self, outcome: Outcome, seconds: float) -> None:
+        for name, problems in outcome.problems.items():
+            if self._seen_problems.get(name) != problems:
+                for problem in clip_all([str(p) for p in problems]):
+                    log.warning("site.invalid", site=name, problem=problem)
+        fresh = set(outcome.added) | set(outcome.changed)
+        for name in sorted(set(self._seen_problems) - set(outcome.problems)):
+            if name in fresh:
+                log.info("site.valid_again", site=name)
+            elif name not in outcome.removed:
+                log.info("site.problems_gone", site=name,
+                         detail="its file was removed, or is back to the version that serves")
+        self._seen_problems = outcome.problems
+        self._log_warnings(outcome.warnings)
+        if outcome.confirmation is Confirmation.CONFIRMED and (
+                self._confirmed is Confirmation.UNCONFIRMED):
+            log.info("envoy.confirming_again", versions=outcome.versions)
+        self._confirmed = outcome.confirmation
+        changed = outcome.added or outcome.changed or outcome.removed or outcome.written
+        level = "warning" if outcome.errors or outcome.rejected else "info" if changed else "debug"
+        log.log(_LEVELS[level], "pass", added=clip_all(outcome.added, MAX_NAMES),
+                changed=clip_all(outcome.changed, MAX_NAMES),
+                removed=clip_all(outcome.removed, MAX_NAMES),
+                invalid=clip_all(outcome.invalid, MAX_NAMES),
+                rejected=clip_all([str(e) for e in outcome.rejected]), written=outcome.written,
+                confirmed=outcome.confirmation.as_status(),
+                errors=clip_all([str(e) for e in outcome.errors]),
+                versions=outcome.versions, stages_ms=outcome.durations_ms,
+                duration_ms=round(seconds * 1000, 2))
+
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30}
+
+

@@ -1,0 +1,3 @@
+from controlplane.demo.topology import main
+
+raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""A small real HTTP/1.1 server on a Unix socket, for when nginx is not installed.
+
+Used by `make demo` and by the end-to-end tests as the stand-in upstream: it answers
+`GET /...` with `NAME PATH` and the request's Host, so a test can see which site and
+which path reached it. Run as `python -m controlplane.demo.unixhttp SOCKET NAME`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socketserver
+import sys
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def _handler(name: str) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            body = f"{name} {self.path}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Upstream", name)
+            for seen in ("X-Forwarded-For", "X-Real-IP"):
+                if self.headers.get(seen):
+                    self.send_header(f"X-Seen-{seen}", self.headers[seen])
+            self.end_headers()
+            self.wfile.write(body)
+
+        def address_string(self) -> str:
+            return "unix"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    return Handler
+
+
+def _exit(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def serve(path: str, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = _Server(path, _handler(name))
+    os.chmod(path, 0o666)
+    signal.signal(signal.SIGTERM, _exit)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.argv[2])

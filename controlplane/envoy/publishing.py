@@ -1,0 +1,398 @@
+"""Ordered, confirmed apply of the three dynamic files: make before break.
+
+Envoy serves 503 (or rejects) routes that name a cluster it does not have yet, so one
+apply is up to three steps, each confirmed through the admin socket before the next:
+
+  0. SDS files of new certificates, `sds/<secret>.json` (before any listener names them;
+     nothing watches them yet, so there is nothing to confirm)
+  1. CDS with the old and the new clusters     (only when clusters are added or changed)
+  2. RDS, then LDS                             (only the ones whose content changed)
+  3. CDS without the clusters no route needs   (only when clusters are removed), and the
+     SDS files no listener names any more
+
+A rejection re-installs the last confirmed file under a new version and is reported; a
+timeout keeps the files and leaves the step unconfirmed, to be re-checked next pass.
+Without an admin socket the steps are written in the same order with a short gap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from controlplane.envoy.admin import ALREADY_WRITTEN, AdminClient, Counters
+from controlplane.errors import (
+    ControlPlaneError,
+    EnvoyCannotBind,
+    EnvoyRejected,
+    EnvoyUnavailable,
+    OutputError,
+)
+from controlplane.render.rendering import Snapshot, discovery_response, fragment
+from controlplane.render.tls import SDS_FOLDER
+from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Settings
+from controlplane.writing import ensure_folder, write_atomic
+
+FILES = {"cds": CDS_FILE, "lds": LDS_FILE, "rds": RDS_FILE}
+_E = TypeVar("_E", bound=ControlPlaneError)
+
+
+class Confirmation(enum.Enum):
+    """Whether Envoy took what was written."""
+
+    CONFIRMED = "confirmed"
+    """Envoy's admin socket says it runs it."""
+    UNCONFIRMED = "unconfirmed"
+    """Not (yet): Envoy down, slow or rejecting, or the write failed."""
+    UNASKED = "unasked"
+    """Written, with no admin socket to ask."""
+
+    def as_status(self) -> bool | None:
+        """The status file's `confirmed`: true, false, or null (no admin socket)."""
+        return {Confirmation.CONFIRMED: True, Confirmation.UNCONFIRMED: False}.get(self)
+
+
+@dataclass(slots=True)
+class FileState:
+    """What one output file holds, and whether Envoy confirmed it."""
+
+    fragments: tuple[str, ...] = ()
+    version: str = ""
+    confirmed: Confirmation = Confirmation.UNCONFIRMED
+    last_confirmed: tuple[str, ...] | None = None
+    before: Counters | None = None
+    """Envoy's counters read just before this version was written, kept until it is
+    confirmed: a later pass still sees a rejection that came after a timeout. None when
+    unknown (a file found on disk at start)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Report:
+    """What one apply did; failures are kept as the errors raised, each naming its file."""
+
+    written: list[str] = field(default_factory=list)
+    asked: bool = False
+    """Envoy's admin socket was asked something in this apply (never without one)."""
+    rejected: list[EnvoyRejected] = field(default_factory=list)
+    unconfirmed: list[EnvoyUnavailable] = field(default_factory=list)
+    errors: list[ControlPlaneError] = field(default_factory=list)
+
+    @property
+    def confirmed(self) -> bool:
+        return not (self.rejected or self.unconfirmed or self.errors)
+
+
+class Publisher:
+    """Owns the output folder; knows what each file holds; applies a target in order."""
+
+    def __init__(self, settings: Settings, admin: AdminClient | None,
+                 stop: threading.Event) -> None:
+        self._settings = settings
+        self._admin = admin
+        self._stop = stop
+        self._salt = 0
+        self._stale: set[str] = set()
+        self.files = {kind: self._read_existing(kind) for kind in FILES}
+        self._names = self._cluster_names_on_disk()
+        """Cluster fragment -> its name, for every fragment cds.json holds or may hold
+        again (the last confirmed one); filled from the snapshots applied."""
+        self.secrets = self._read_secrets()
+        """What each SDS file holds, by secret name."""
+
+    def _read_existing(self, kind: str) -> FileState:
+        """A restart continues from what is on disk, so make-before-break still holds."""
+        try:
+            document = json.loads((self._settings.out_dir / FILES[kind]).read_bytes())
+            fragments = tuple(fragment(r, None) for r in document["resources"])
+            return FileState(fragments=fragments, version=str(document["version_info"]),
+                             confirmed=Confirmation.UNCONFIRMED)
+        except (OSError, ValueError, KeyError, TypeError):
+            return FileState(version="", confirmed=Confirmation.UNCONFIRMED)
+
+    def _read_secrets(self) -> dict[str, str]:
+        folder = self._settings.out_dir / SDS_FOLDER
+        found = {}
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            try:
+                document = json.loads(path.read_bytes())
+                found[path.stem] = fragment(document["resources"][0], None)
+            except (OSError, ValueError, KeyError, TypeError, IndexError):
+                continue
+        return found
+
+    def _cluster_names_on_disk(self) -> dict[str, str]:
+        """The names of the clusters a previous run left in cds.json: the one place our
+        own output is read back, since that run's snapshot is gone."""
+        names = {}
+        for text in self.files["cds"].fragments:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                names[text] = str(json.loads(text)["name"])
+        return names
+
+    def cluster_fragments(self) -> dict[str, str]:
+        """Cluster name -> fragment of what cds.json holds."""
+        return {self._names[text]: text for text in self.files["cds"].fragments
+                if text in self._names}
+
+    def apply(self, target: Snapshot, *, secrets: bool = True) -> Report:
+        """Bring the files to the snapshot, in the make-before-break order. `secrets`
+        False leaves the SDS files as they are."""
+        report = Report()
+        if secrets:
+            self._write_secrets(report, dict(target.secrets))
+        files = target.files()
+        self._remember_names(target.clusters)
+        self._create_missing(report, files)
+        current = self.cluster_fragments()
+        union = {**current, **target.clusters}
+        if union != current or self.files["cds"].confirmed is Confirmation.UNCONFIRMED:
+            self._step(report, {"cds": _sorted(union)})
+        if self._may_go_on(report):
+            self._step(report, {"rds": files["rds"], "lds": files["lds"]})
+        if self._may_go_on(report):
+            self._step(report, {"cds": files["cds"]})
+        if secrets and self._may_go_on(report):
+            self._remove_secrets(report, dict(target.secrets))
+        if self._admin is not None and not report.asked and self._may_go_on(report):
+            self._probe(report)
+        return report
+
+    def _remember_names(self, clusters: Mapping[str, str]) -> None:
+        """Learn the target's names; forget those of fragments no file can hold again."""
+        state = self.files["cds"]
+        keep = {*state.fragments, *(state.last_confirmed or ())}
+        self._names = {text: name for text, name in self._names.items() if text in keep}
+        self._names.update({text: name for name, text in clusters.items()})
+
+    def runs_ours(self) -> bool:
+        """One text-readout read: Envoy runs every file's confirmed version."""
+        if self._admin is None or any(f.confirmed is not Confirmation.CONFIRMED
+                                      for f in self.files.values()):
+            return True
+        try:
+            running = self._admin.versions()
+        except EnvoyUnavailable:
+            return False
+        return all(running.get(kind) == f.version for kind, f in self.files.items())
+
+    def _probe(self, report: Report) -> None:
+        """A pass with nothing to write still asks Envoy (one cheap text-readout read)
+        whether it runs the files' versions: after Envoy died or restarted on other
+        files, the status must not go on saying that it serves them."""
+        assert self._admin is not None
+        try:
+            running = self._admin.versions()
+        except EnvoyUnavailable as exc:
+            report.unconfirmed.append(exc)
+            return
+        for kind, state in self.files.items():
+            if running.get(kind) != state.version:
+                state.confirmed, state.before = Confirmation.UNCONFIRMED, None
+                self._stale.add(kind)  # renamed again next pass, so Envoy reloads it
+                report.unconfirmed.append(EnvoyUnavailable(
+                    f"{FILES[kind]}: Envoy runs version {running.get(kind)!r}, not"
+                    f" {state.version!r}; re-checking"))
+
+    def _may_go_on(self, report: Report) -> bool:
+        """The next step only after this one was confirmed, and never once stopping."""
+        return not (report.rejected or report.unconfirmed or self._stop.is_set())
+
+    def _write_secrets(self, report: Report, secrets: dict[str, str]) -> None:
+        """New or changed SDS files, one secret each (Envoy takes one per file)."""
+        folder = self._settings.out_dir / SDS_FOLDER
+        for name, text in sorted(secrets.items()):
+            if self.secrets.get(name) == text and (folder / f"{name}.json").exists():
+                continue
+            ensure_folder(folder)
+            _, data = discovery_response([text])
+            write_atomic(folder / f"{name}.json", data)
+            self.secrets[name] = text
+            report.written.append(f"{SDS_FOLDER}/{name}.json")
+
+    def _remove_secrets(self, report: Report, secrets: dict[str, str]) -> None:
+        """SDS files no confirmed listener names any more."""
+        for name in sorted(set(self.secrets) - set(secrets)):
+            try:
+                (self._settings.out_dir / SDS_FOLDER / f"{name}.json").unlink(missing_ok=True)
+            except OSError as exc:
+                report.errors.append(OutputError(f"removing {SDS_FOLDER}/{name}.json:"
+                                                 f" {exc.strerror}"))
+                continue
+            del self.secrets[name]
+
+    def _create_missing(self, report: Report, targets: dict[str, tuple[str, ...]]) -> None:
+        """Envoy cannot start until all three files exist, and cannot have loaded a file
+        that did not exist: missing files are written at once, complete, unconfirmed."""
+        for kind, fragments in targets.items():
+            if not self._exists(kind):
+                self._write(kind, fragments)
+                report.written.append(kind)
+
+    def _exists(self, kind: str) -> bool:
+        return (self._settings.out_dir / FILES[kind]).exists()
+
+    def _step(self, report: Report, targets: dict[str, tuple[str, ...]]) -> None:
+        """Write the files that differ, then confirm every file of the step."""
+        if all(fragments == self.files[kind].fragments and self.files[kind].version
+               and self.files[kind].confirmed is not Confirmation.UNCONFIRMED
+               for kind, fragments in targets.items()):
+            return  # nothing to write or confirm: spare Envoy a /stats read
+        before = self._counters(report)
+        for kind in targets:
+            self._mark_if_not_loaded(kind, (before or {}).get(kind))
+        for kind, fragments in targets.items():
+            state = self.files[kind]
+            if fragments == state.fragments and state.version and kind not in self._stale:
+                continue
+            self._salt += kind in self._stale
+            salt = f"resync-{self._salt}" if kind in self._stale else ""
+            self._stale.discard(kind)
+            self._write(kind, fragments, salt, before=(before or {}).get(kind))
+            report.written.append(kind)
+        self._confirm(report, targets, before)
+
+    def _mark_if_not_loaded(self, kind: str, now: Counters | None) -> None:
+        """A file written before Envoy (re)started, or before this daemon did, that Envoy
+        does not run (it refused it at start: a port taken) is renamed again, or Envoy
+        would never look at it again. A file written in this run keeps its own counters
+        and is not rewritten while Envoy is merely slow."""
+        state = self.files[kind]
+        if now is not None and state.confirmed is Confirmation.UNCONFIRMED and (
+                state.before is None and state.version and now.version != state.version):
+            self._stale.add(kind)
+
+    def _counters(self, report: Report) -> dict[str, Counters] | None:
+        if self._admin is None:
+            return None
+        report.asked = True
+        try:
+            counters = dict(self._admin.counters())
+        except EnvoyUnavailable as exc:
+            report.errors.append(exc)
+            return {}
+        self._adopt(counters)
+        return counters
+
+    def _adopt(self, counters: dict[str, Counters]) -> None:
+        """After a restart: a file on disk that Envoy runs (same version) is confirmed,
+        and is the one to re-install after a later rejection."""
+        for kind, state in self.files.items():
+            now = counters.get(kind)
+            if now is not None and state.before is not None and (
+                    now.success < state.before.success):
+                state.before = None  # Envoy restarted: its counters began again
+            if state.confirmed is Confirmation.UNCONFIRMED and state.before is None and (
+                    now is not None and now.version == state.version != ""):
+                state.confirmed, state.last_confirmed = Confirmation.CONFIRMED, state.fragments
+
+    def _write(self, kind: str, fragments: tuple[str, ...], salt: str = "",
+               before: Counters | None = None) -> None:
+        version, data = discovery_response(list(fragments), salt)
+        write_atomic(self._settings.out_dir / FILES[kind], data, force=bool(salt))
+        self.files[kind] = FileState(fragments=fragments, version=version,
+                                     confirmed=Confirmation.UNCONFIRMED,
+                                     last_confirmed=self.files[kind].last_confirmed,
+                                     before=before)
+
+    def _confirm(self, report: Report, targets: dict[str, tuple[str, ...]],
+                 before: dict[str, Counters] | None) -> None:
+        if self._admin is None or before is None:
+            if any(kind in report.written for kind in targets):
+                self._stop.wait(self._settings.unconfirmed_gap_s)
+            for kind in targets:
+                self.files[kind].confirmed = Confirmation.UNASKED
+            return
+        for kind in targets:
+            self._confirm_one(report, kind, self.files[kind].before or ALREADY_WRITTEN)
+
+    def _confirm_one(self, report: Report, kind: str, before: Counters) -> None:
+        state = self.files[kind]
+        if state.confirmed is Confirmation.CONFIRMED:
+            return
+        assert self._admin is not None
+        try:
+            self._admin.confirm(kind, before, state.version, self._settings.confirm_timeout_s,
+                                self._stop)
+        except EnvoyRejected as exc:
+            report.rejected.append(self._cause(kind, _about(FILES[kind], exc)))
+            self._reinstall(report, kind)
+            return
+        except EnvoyUnavailable as exc:
+            report.unconfirmed.append(_about(FILES[kind], exc))
+            return
+        state.confirmed, state.before = Confirmation.CONFIRMED, None
+        state.last_confirmed = state.fragments
+
+    def _cause(self, kind: str, rejected: EnvoyRejected) -> EnvoyRejected:
+        """A listener Envoy could not bind (its port taken) is not the content's fault:
+        say which address, as an EnvoyCannotBind. Asked before the re-install, which
+        clears Envoy's record of the failure."""
+        if kind != "lds" or self._admin is None:
+            return rejected
+        try:
+            failed = self._admin.listener_errors()
+        except EnvoyUnavailable:
+            return rejected
+        bind = {name: why for name, why in failed.items() if "cannot bind" in why}
+        if not bind:
+            return rejected
+        reasons = "; ".join(f"listener {name!r}: {why}" for name, why in sorted(bind.items()))
+        return EnvoyCannotBind(f"{rejected}; Envoy says: {reasons}", bind)
+
+    def _reinstall(self, report: Report, kind: str) -> None:
+        """After a rejection: the last confirmed content, under a new version."""
+        good = self.files[kind].last_confirmed
+        if good is None or self._admin is None:
+            self._stale.add(kind)  # nothing to fall back to: offer Envoy the file again
+            report.errors.append(EnvoyRejected(f"{FILES[kind]}: no file Envoy confirmed is"
+                                               " known to re-install; Envoy keeps what it"
+                                               " applied"))
+            return
+        self._salt += 1
+        try:
+            before = self._admin.counters()[kind]
+            self._write(kind, good, salt=f"reinstall-{self._salt}", before=before)
+            self._admin.confirm(kind, before, self.files[kind].version,
+                                self._settings.confirm_timeout_s, self._stop)
+        except (EnvoyRejected, EnvoyUnavailable) as exc:
+            report.errors.append(_about(f"{FILES[kind]}: re-installing the last good file", exc))
+            return
+        state = self.files[kind]
+        state.confirmed, state.before, state.last_confirmed = (
+            Confirmation.CONFIRMED, None, good)
+
+
+def _about(what: str, exc: _E) -> _E:
+    """The same kind of error, its message prefixed with what it is about."""
+    return type(exc)(f"{what}: {exc}")
+
+
+def _sorted(clusters: dict[str, str]) -> tuple[str, ...]:
+    return tuple(clusters[name] for name in sorted(clusters))
+
+
+def out_paths(out_dir: Path) -> dict[str, Path]:
+    return {kind: out_dir / name for kind, name in FILES.items()}
+
+
+def write_once(out_dir: Path, target: Snapshot, *, pretty: bool = False) -> None:
+    """`render`: every file of the snapshot, written once in the make-before-break order
+    (certificates, clusters, routes, listeners), with no Envoy to confirm. `pretty`
+    indents the JSON for people to read."""
+    def encoded(fragments: list[str]) -> bytes:
+        _, data = discovery_response(fragments)
+        if pretty:
+            data = (json.dumps(json.loads(data), indent=2, sort_keys=True) + "\n").encode()
+        return data
+
+    for name, text in target.secrets.items():
+        ensure_folder(out_dir / SDS_FOLDER)
+        write_atomic(out_dir / SDS_FOLDER / f"{name}.json", encoded([text]))
+    for kind, fragments in target.files().items():
+        write_atomic(out_dir / FILES[kind], encoded(list(fragments)))

@@ -1,0 +1,174 @@
+"""One site file, checked on its own: read, parsed, validated, rendered, its helper
+files (certificate, key, htpasswd) judged; and the scan of the sites folder that the
+daemon and `check` share.
+
+A `Checked` keeps the validated `Site` beside its rendered resources, so later checks
+read the user's own values, never Envoy's JSON. The paths a version uses are listed
+here and judged at every pass (`selecting`), never cached with the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from controlplane.errors import Problem, SiteError
+from controlplane.intake import (
+    certificates,
+    claims,
+    htpasswd,
+    loading,
+    paths,
+    shadowing,
+    validating,
+)
+from controlplane.render import rendering
+from controlplane.settings import Settings
+from controlplane.site.spec import Site, digest_of
+
+CERTIFICATE_RECHECK_S = 6 * 3600.0
+"""A TLS site's certificate is judged again this often even when no file changed, so
+"expires within 14 days" appears in time (its expiry metric follows)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checked:
+    """One version of one site file after the per-file checks (YAML, schema, types)."""
+
+    name: str
+    source: str
+    digest: str
+    content: bytes | None = None
+    site: Site | None = None
+    """The validated site in the user's own values: what later checks read."""
+    resources: rendering.SiteResources | None = None
+    problems: tuple[Problem, ...] = ()
+    domains: tuple[str, ...] = ()
+    warnings: tuple[Problem, ...] = ()
+    uses: tuple[paths.Use, ...] = ()
+    """The paths this version makes Envoy use: judged again at every pass (`select` with
+    a `paths.Fence`), never cached with the rest, since a symlink can be planted later."""
+    reads: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """Files outside the sites folder whose content was judged (an htpasswd file, the
+    certificate and key), with their fingerprint then: a changed one makes the site file
+    checked again."""
+    expires_at: float | None = None
+    """When the site's certificate expires (Unix time), as read at `checked_at`."""
+    checked_at: float = 0.0
+
+
+def check_content(name: str, source: str, content: bytes, settings: Settings) -> Checked:
+    digest = digest_of(content)
+    try:
+        document = loading.parse(content, source)
+        site = validating.validate(name, source, digest, document)
+        reads, secret = _read_htpasswd(site)
+        try:
+            resources = rendering.render_site(site, settings, htpasswd=secret)
+        except SiteError as exc:  # the hatch's problems know their field, not its line
+            raise SiteError(validating.locate(exc.problems, document)) from None
+        uses = validating.path_uses(site, document)
+        uses += claims.sockets(resources, {u.path for u in uses})
+    except SiteError as exc:
+        return Checked(name=name, source=source, digest=digest, problems=exc.problems)
+    except Exception as exc:  # a site file must never take the daemon down
+        problem = Problem(source, "envoy", f"cannot be rendered: {type(exc).__name__}: {exc}")
+        return Checked(name=name, source=source, digest=digest, problems=(problem,))
+    return Checked(name=name, source=source, digest=digest, content=content, site=site,
+                   resources=resources, domains=tuple(site.spec.domains), uses=uses,
+                   warnings=tuple(shadowing.shadowed(site, document.lines)), reads=reads)
+
+
+def _read_htpasswd(site: Site) -> tuple[tuple[tuple[str, tuple[int, ...]], ...], str | None]:
+    """The site's htpasswd file, judged: its fingerprint and digest, or SiteError."""
+    spec = site.spec.basic_auth
+    if spec is None:
+        return (), None
+    seen = htpasswd.fingerprint(spec.htpasswd)
+    found, problems = htpasswd.inspect(site.source, spec.htpasswd)
+    if problems:
+        raise SiteError(problems)
+    return ((spec.htpasswd, seen),), found
+
+
+def fence_of(settings: Settings) -> paths.Fence:
+    """The path rules of one pass, with every folder resolved now (never kept longer)."""
+    return paths.Fence.now(
+        socket_dirs=settings.socket_dirs, log_dirs=settings.log_dirs,
+        admin_socket=settings.admin_socket,
+        private=[(settings.sites_dir, "sites folder"), (settings.out_dir, "out folder"),
+                 (settings.state, "state folder")],
+        exclusive_upstreams=settings.exclusive_upstreams,
+        own_ports={port: what for port, what in (
+            (settings.metrics.port if settings.metrics else 0, "the daemon's metrics port"),
+            (settings.stats_listen.port if settings.stats_listen else 0,
+             "Envoy's stats listener (it passes on the admin interface's stats)"),
+            (settings.listen_tls.port, "Envoy's own HTTPS listener"),
+            (settings.listen.port, "Envoy's own HTTP listener")) if port})
+
+
+def check_entry(entry: loading.Entry, settings: Settings) -> Checked:
+    source = entry.location
+    try:
+        content = loading.read(entry, settings.sites_dir, settings.max_file_bytes)
+    except SiteError as exc:
+        return Checked(name=entry.name, source=source, digest="", problems=exc.problems)
+    return _check_certificates(check_content(entry.name, source, content, settings))
+
+
+def _check_certificates(item: Checked) -> Checked:
+    """A TLS site's certificate files: unreadable or mismatched is a problem; not
+    covering a domain or expiring soon is a warning."""
+    spec = item.site.spec.tls if item.site is not None else None
+    if spec is None or item.site is None:
+        return item
+    try:
+        problems, warnings = certificates.inspect(item.source, spec, item.site.spec.domains)
+    except Exception as exc:  # odd certificates must not take the daemon down
+        problems = [Problem(item.source, "tls", f"cannot inspect: {type(exc).__name__}: {exc}")]
+    if problems:
+        return Checked(name=item.name, source=item.source, digest=item.digest,
+                       problems=tuple(problems))
+    reads = tuple((path, htpasswd.fingerprint(path)) for path in (spec.cert, spec.key))
+    return dataclasses.replace(item, warnings=item.warnings + tuple(warnings),
+                               reads=item.reads + reads,
+                               expires_at=certificates.expiry_of(spec.cert),
+                               checked_at=time.time())
+
+
+def duplicate_names(entries: list[loading.Entry]) -> dict[str, list[Problem]]:
+    """`blog.yaml` beside `blog.yml`: both name the site `blog`; neither is used."""
+    paths: dict[str, list[str]] = {}
+    for entry in entries:
+        paths.setdefault(entry.name, []).append(entry.location)
+    return {name: [Problem(p, "", f"two files define the site {name!r}: {', '.join(found)}")
+                   for p in found]
+            for name, found in paths.items() if len(found) > 1}
+
+
+@dataclass(slots=True, kw_only=True)
+class Scan:
+    """The sites folder as checked in one pass."""
+
+    checked: dict[str, Checked]
+    ignored: list[Problem] = field(default_factory=list)
+    """Entries of the sites folder that are not read (`X.YAML`, `x.json`, folders)."""
+
+
+def scan(settings: Settings, check: Callable[[loading.Entry], Checked | None]) -> Scan:
+    """Every site file of the sites folder, each checked by `check` (the daemon's, with
+    its caches; `check_entry` for the one-shot commands); a None leaves the file out of
+    this pass. Two files of one site (`blog.yaml`, `blog.yml`) are neither used.
+    Raises FileNotFoundError or NotADirectoryError without a sites folder."""
+    entries, ignored = loading.scan_all(settings.sites_dir)
+    duplicates = duplicate_names(entries)
+    checked: dict[str, Checked] = {}
+    for entry in entries:
+        if entry.name in duplicates:
+            checked[entry.name] = Checked(name=entry.name, source=entry.location, digest="",
+                                          problems=tuple(duplicates[entry.name]))
+        elif (item := check(entry)) is not None:
+            checked[entry.name] = item
+    return Scan(checked=checked, ignored=ignored)

@@ -1,0 +1,91 @@
+"""What one site's rendered resources claim, judged across sites or against the
+filesystem each pass: the Unix sockets they name (wherever in a cluster, as the `envoy:`
+hatch could put one), every name they give Envoy (which must be unique across sites),
+and the upstreams they reach (each belongs to one site).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from controlplane.intake.paths import Fence, Use
+from controlplane.render.rendering import SiteResources
+
+
+def sockets(resources: SiteResources, known: set[str]) -> tuple[Use, ...]:
+    """Any other Unix socket the rendered clusters name (`pipe` anywhere, as the `envoy:`
+    hatch could put it) is judged like an endpoint."""
+    found: list[Use] = []
+    stack: list[object] = [c for _, c in resources.clusters]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            pipe = node.get("pipe")
+            if isinstance(pipe, dict) and isinstance(pipe.get("path"), str) and (
+                    pipe["path"] not in known):
+                found.append(Use(field="envoy.cluster", kind="socket", path=pipe["path"]))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return tuple(found)
+
+
+def names(resources: SiteResources) -> tuple[tuple[str, str, str, str], ...]:
+    """(kind, name, field, content) of every name a site's resources give Envoy: clusters,
+    their stats names, the virtual host, route and filter stats prefixes, the HTTPS filter
+    chain, the secret (shared only when its content is the same)."""
+    stats_field = "stats_prefix" if any("alt_stat_name" in c for _, c in resources.clusters) else ""
+    names = [("virtual host", str(resources.virtual_host.get("name")), "", "")]
+    for name, cluster in resources.clusters:
+        names.append(("cluster", name, "", ""))
+        names.append(("cluster stats name", str(cluster.get("alt_stat_name", name)),
+                      stats_field, ""))
+    for route in resources.virtual_host.get("routes", []):
+        if "stat_prefix" in route:
+            names.append(("route stats prefix", str(route["stat_prefix"]), stats_field, ""))
+    for filter_name, config in resources.virtual_host.get("typed_per_filter_config", {}).items():
+        inner = config.get("config", {}) if isinstance(config, dict) else {}
+        if isinstance(inner, dict) and "stat_prefix" in inner:
+            names.append((f"stats prefix of {filter_name}", str(inner["stat_prefix"]),
+                          stats_field, ""))
+    if resources.tls is not None:
+        names.append(("HTTPS filter chain", resources.name, "", ""))
+        names.append(("TLS secret", resources.tls.secret_name, "tls", resources.tls.secret_json))
+    return tuple(names)
+
+
+def upstreams(uses: tuple[Use, ...], fence: Fence) -> tuple[tuple[str, str, str, str], ...]:
+    """(kind, target, field, "") of every upstream a site connects to: a socket by what it
+    resolves to now (aliases and symlinks to one socket are one), a TCP address in
+    canonical form (every loopback address as one). With `exclusive_upstreams` each
+    belongs to one site: another naming it would reach it past that site's access list,
+    rate limit and routes."""
+    found = []
+    for use in uses:
+        if use.kind == "socket":
+            found.append(("upstream socket", fence.resolve(use.path)[0], use.field, ""))
+        elif use.kind == "address":
+            host, _, port = use.path.rpartition(":")
+            ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+            # Any loopback address reaches a server listening on all of them.
+            shown = "loopback" if ip.is_loopback else str(ip)
+            found.append(("upstream address", f"{shown}:{int(port)}", use.field, ""))
+    return tuple(found)
+
+
+def written_files(serving: dict[str, tuple[str, tuple[Use, ...]]], fence: Fence) -> dict[
+        str, list[tuple[str, str]]]:
+    """Site -> (field, reason) for each file it makes Envoy append to that some site
+    (itself included) has Envoy read, a certificate or a key: log lines would corrupt it."""
+    read = {fence.resolve(u.path)[0]: (source, u.field) for source, uses in serving.values()
+            for u in uses if u.kind == "read"}
+    found: dict[str, list[tuple[str, str]]] = {}
+    for name, (_, uses) in serving.items():
+        for use in uses:
+            target = fence.resolve(use.path)[0] if use.kind == "write" else None
+            if target in read:
+                source, field = read[target]
+                found.setdefault(name, []).append((use.field, (
+                    f"{use.path!r} is the {field} of {source}; Envoy would append log lines"
+                    " to it: name a log file")))
+    return found

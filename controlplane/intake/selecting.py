@@ -1,0 +1,191 @@
+"""Which version of each site serves: the new one when it passes every check, else
+its last good one, else none.
+
+Per-site isolation: a site whose new version fails any check keeps serving its last
+good version; a new invalid site is left out; every other site goes ahead. The checks
+that look across sites (domains, generated names, files written, upstreams, the number
+of certificates) and Envoy's own verdict settle in turn. `select` is shared with the
+one-shot `check`, `render` and `diff` commands, which have no last-good versions and so
+leave out every bad site.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from controlplane.envoy.verifying import Verifier
+from controlplane.errors import Problem, bounded
+from controlplane.intake import claims, paths, validating
+from controlplane.intake.checking import Checked
+from controlplane.render import tls
+
+
+@dataclass(slots=True, kw_only=True)
+class Selection:
+    serving: dict[str, Checked]
+    problems: dict[str, list[Problem]] = field(default_factory=dict)
+    warnings: dict[str, list[Problem]] = field(default_factory=dict)
+    ignored: list[Problem] = field(default_factory=list)
+    """Entries of the sites folder that are not read (`X.YAML`, `x.json`, folders)."""
+
+
+def select(checked: dict[str, Checked], last_good: dict[str, Checked],
+           verifier: Verifier | None, max_certificates: int | None = None,
+           fence: paths.Fence | None = None) -> Selection:
+    """Which version of each site serves: the new one when it passes every check, else
+    its last good one, else none. The paths of both are judged first (`fence`, built for
+    this pass); then the cross-site checks and Envoy's verdict."""
+    result = Selection(serving={})
+    path_warnings: dict[tuple[str, str], list[Problem]] = {}
+    if fence is not None:
+        checked, last_good = _fence(checked, last_good, fence, result, path_warnings)
+    for name, item in checked.items():
+        if item.problems:
+            result.problems.setdefault(name, []).extend(item.problems)
+        chosen = last_good.get(name) if item.problems else item
+        if chosen is not None:
+            result.serving[name] = chosen
+    _settle(result, last_good, _conflicts, lambda name, serving: _holds_domains(
+        name, serving, last_good))
+    _settle(result, last_good, _name_conflicts)
+    if fence is not None:
+        _settle(result, last_good, lambda serving: _file_conflicts(serving, fence))
+    if fence is not None and fence.exclusive_upstreams:
+        _settle(result, last_good, lambda serving: _upstream_conflicts(serving, fence))
+    if max_certificates is not None:
+        _settle(result, last_good, lambda serving: tls.certificate_overflow(
+            {n: (c.source, c.resources.tls.secret_name) for n, c in serving.items()
+             if c.resources is not None and c.resources.tls is not None}, max_certificates,
+            {n for n, c in serving.items() if _is_last_good(c, last_good)}))
+    result.warnings = {n: [*c.warnings, *path_warnings.get((n, c.digest), [])]
+                       for n, c in result.serving.items()
+                       if c.warnings or path_warnings.get((n, c.digest))}
+    if verifier is not None:
+        _settle(result, last_good, lambda serving: verifier.verify(
+            [c.resources for c in serving.values() if c.resources is not None],
+            {n: c.source for n, c in serving.items()}))
+    result.problems = {n: list(bounded(ps)) for n, ps in result.problems.items()}
+    return result
+
+
+def _fence(checked: dict[str, Checked], last_good: dict[str, Checked], fence: paths.Fence,
+           result: Selection, warnings: dict[tuple[str, str], list[Problem]]) -> tuple[
+        dict[str, Checked], dict[str, Checked]]:
+    """Judge where each candidate's paths lead now, the new version's and the last good
+    one's: a version whose paths fail is not served. When both fail (a symlink planted
+    under a path both name), the site stops serving until its paths are fixed."""
+    judged: dict[str, Checked] = {}
+    for name, item in checked.items():
+        if not item.problems:
+            problems, found = _judge(item, fence)
+            warnings[(name, item.digest)] = found
+            if problems:
+                item = Checked(name=name, source=item.source, digest=item.digest,
+                               problems=tuple(problems))
+        judged[name] = item
+    good: dict[str, Checked] = {}
+    for name, item in last_good.items():
+        current = checked.get(name)
+        if current is None:
+            continue
+        if current.digest == item.digest and not current.problems:
+            if not judged[name].problems:
+                good[name] = item
+            continue
+        problems, found = _judge(item, fence)
+        warnings[(name, item.digest)] = found
+        if not problems:
+            good[name] = item
+        elif judged[name].problems:  # else the new version serves and the old one is moot
+            result.problems.setdefault(name, []).extend(
+                dataclasses.replace(p, reason=f"its last good version too: {p.reason}")
+                for p in problems)
+    return judged, good
+
+
+def _judge(item: Checked, fence: paths.Fence) -> tuple[list[Problem], list[Problem]]:
+    """(problems, warnings) of the paths one version uses, resolved now."""
+    problems: list[Problem] = []
+    warnings: dict[str, Problem] = {}
+    for use in item.uses:
+        verdict = fence.judge(use)
+        if verdict.problem is not None:
+            problems.append(Problem(item.source, use.field, verdict.problem, use.line))
+        elif verdict.warning is not None:
+            warnings.setdefault(verdict.warning, Problem(item.source, use.field,
+                                                         verdict.warning, use.line))
+    return problems, list(warnings.values())
+
+
+def _name_conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
+    return validating.name_conflicts({
+        n: validating.NameClaim(source=c.source, names=claims.names(c.resources))
+        for n, c in serving.items() if c.resources is not None})
+
+
+def _file_conflicts(serving: dict[str, Checked],
+                    fence: paths.Fence) -> dict[str, list[Problem]]:
+    found = claims.written_files({n: (c.source, c.uses) for n, c in serving.items()}, fence)
+    return {n: [Problem(serving[n].source, f, reason) for f, reason in items]
+            for n, items in found.items()}
+
+
+def _upstream_conflicts(serving: dict[str, Checked],
+                        fence: paths.Fence) -> dict[str, list[Problem]]:
+    return validating.name_conflicts({
+        n: validating.NameClaim(source=c.source, names=claims.upstreams(c.uses, fence))
+        for n, c in serving.items()}, "an upstream belongs to one site (another would reach"
+        " it past that site's access list and routes): give each site its own")
+
+
+def _conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
+    sites = {n: validating.DomainClaim(source=c.source, domains=c.domains)
+             for n, c in serving.items()}
+    return validating.domain_conflicts(sites)
+
+
+def _settle(result: Selection, last_good: dict[str, Checked],
+            find: Callable[[dict[str, Checked]], dict[str, list[Problem]]],
+            established: Callable[[str, dict[str, Checked]], bool] | None = None) -> None:
+    """Until `find` finds nothing: demote the sites at fault to their last good version,
+    or leave them out. An established site keeps serving while a newcomer is at fault,
+    and only the demoted get the problem. Established: by default, already at its last
+    good version; for domains, holding the contested domains already (`_holds_domains`)."""
+    for _ in range(len(result.serving) + 1):
+        found = find(result.serving)
+        if not found:
+            return
+        newcomers = [n for n in found if not (
+            established(n, result.serving) if established is not None
+            else _is_last_good(result.serving[n], last_good))]
+        for name, problems in found.items():
+            if newcomers and name not in newcomers:
+                continue
+            known = {str(p) for p in result.problems.get(name, [])}
+            result.problems.setdefault(name, []).extend(p for p in problems
+                                                        if str(p) not in known)
+        for name in newcomers or list(found):
+            previous = last_good.get(name)
+            if name in newcomers and previous is not None:
+                result.serving[name] = previous
+            else:
+                del result.serving[name]
+
+
+def _holds_domains(name: str, serving: dict[str, Checked],
+                   last_good: dict[str, Checked]) -> bool:
+    """The site's last good version already has every domain it shares with another
+    serving site: it holds them, and goes on taking its own edits while a copy or a
+    newcomer claims them too (`cp blog.yaml blog-old.yaml` must not freeze blog)."""
+    previous = last_good.get(name)
+    if previous is None:
+        return False
+    others = {d for n, c in serving.items() if n != name for d in c.domains}
+    return set(serving[name].domains) & others <= set(previous.domains)
+
+
+def _is_last_good(item: Checked, last_good: dict[str, Checked]) -> bool:
+    previous = last_good.get(name := item.name)
+    return previous is not None and previous.digest == item.digest and name in last_good

@@ -1,0 +1,240 @@
+"""Documents -> validated Sites, and the checks that look across sites.
+
+Every problem names the file, the dotted field path and the reason (and the line when
+the YAML position is known), and every problem of a file is reported at once. Unknown
+keys get a suggestion when a known key is close (`domain` -> `domains`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from controlplane.errors import Problem, SiteError, field_path, parse_field_path
+from controlplane.intake.loading import Document
+from controlplane.intake.paths import Kind, Use
+from controlplane.site.spec import Site, SiteSpec, schema
+
+_FIELD_PREFIX = re.compile(r"^([a-z_][a-z0-9_]*(?:\[[0-9]+\])*(?:\.[a-z0-9_]+(?:\[[0-9]+\])*)*):"
+                           r" (.*)$", re.DOTALL)
+_SCHEMA = schema()
+
+
+def validate(name: str, where: str, digest: str, document: Document) -> Site:
+    """One site's document -> Site, or SiteError with every problem in the file (at most
+    `MAX_PROBLEMS`, then one line saying how many more). Where its paths lead is judged
+    at every pass, on the resolved paths (`paths.Fence`), not here."""
+    if not isinstance(document.data, dict):
+        kind = type(document.data).__name__
+        raise SiteError([Problem(where, "", f"a site file is a mapping of keys, not a {kind}")])
+    try:
+        spec = SiteSpec.model_validate(document.data)
+    except ValidationError as exc:
+        raise SiteError([_problem(where, error, document) for error in exc.errors()]) from None
+    return Site(name=name, spec=spec, source=where, digest=digest)
+
+
+def path_uses(site: Site, document: Document) -> tuple[Use, ...]:
+    """Every path (and TCP address) the site makes Envoy connect to, read or write, with
+    the field the user wrote it in (`upstream.socket`, `upstreams.api.endpoints.1.address`)."""
+    uses = []
+    for upstream in site.upstream_names():
+        base: tuple[str | int, ...] = ("upstreams", upstream) if upstream else ("upstream",)
+        for i, endpoint in enumerate(site.endpoints(upstream)):
+            key: Kind = "socket" if endpoint.socket is not None else "address"
+            spelled = [(*base, "endpoints", i, key), (*base, i, key), (*base, key)]
+            path = next((p for p in spelled if p in document.lines), spelled[0])
+            uses.append(Use(field=".".join(str(p) for p in path), kind=key,
+                            path=endpoint.socket or str(endpoint.address),
+                            line=document.lines.get(path)))
+    spec = site.spec
+    if spec.tls is not None:
+        uses += [Use(field="tls.cert", kind="read", path=spec.tls.cert,
+                     line=document.lines.get(("tls", "cert"))),
+                 Use(field="tls.key", kind="read", path=spec.tls.key,
+                     line=document.lines.get(("tls", "key")))]
+    if spec.access_log is not None:
+        uses.append(Use(field="access_log.path", kind="write", path=spec.access_log.path,
+                        line=document.lines.get(("access_log", "path"))))
+    if spec.basic_auth is not None:
+        uses.append(Use(field="basic_auth.htpasswd", kind="read",
+                        path=spec.basic_auth.htpasswd,
+                        line=document.lines.get(("basic_auth", "htpasswd"))))
+    return tuple(uses)
+
+
+def _problem(where: str, error: ErrorDetails, document: Document) -> Problem:
+    path = _document_path(error["loc"], document.data)
+    reason = str(error["msg"]).removeprefix("Value error, ")
+    matched = _FIELD_PREFIX.match(reason)
+    if matched and error["type"] == "value_error":
+        path = (*path, *parse_field_path(matched.group(1)))
+        reason = matched.group(2)
+    if error["type"] == "extra_forbidden":
+        reason = "unknown key" + _suggestion(path)
+    elif error["type"] == "missing":
+        reason = "required"
+    elif "input" in error and error["type"].endswith("_type"):
+        reason = f"{reason}, got {type(error['input']).__name__} {_short(error['input'])}"
+    line = _line(path, document)
+    return Problem(where, field_path(path), reason, line)
+
+
+def locate(problems: Iterable[Problem], document: Document) -> list[Problem]:
+    """The problems, each with the line of its field when it had none (problems found
+    after validation, such as the escape hatch's, know only the field)."""
+    return [p if p.line is not None or not p.field else Problem(
+        p.file, p.field, p.reason, _line(parse_field_path(p.field), document))
+        for p in problems]
+
+
+def _document_path(loc: Iterable[str | int], data: Any) -> tuple[str | int, ...]:
+    """Pydantic's loc mapped back onto the document: drop the index that the model adds
+    when a single endpoint mapping stands where a list is accepted, and the tag of a
+    union's member (`str`, `dict[...]`) that stands between a key and what is in it."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(part, int) and isinstance(node, Mapping):
+            continue
+        if isinstance(part, str) and _is_tag(part) and not (
+                isinstance(node, Mapping) and part in node):
+            continue
+        path.append(part)
+        node = _child(node, part)
+    return tuple(path)
+
+
+def _is_tag(part: str) -> bool:
+    """A name pydantic gives a union's member in a location, never a key a user wrote."""
+    return part in ("str", "int", "bool", "float", "text", "json") or any(
+        c in part for c in "[(")
+
+
+def _child(node: Any, part: str | int) -> Any:
+    if isinstance(node, Mapping):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and part < len(node):
+        return node[part]
+    return None
+
+
+def _line(path: tuple[str | int, ...], document: Document) -> int | None:
+    keys = tuple(path)
+    for end in range(len(keys), -1, -1):
+        if keys[:end] in document.lines:
+            return document.lines[keys[:end]]
+    return None
+
+
+def _suggestion(path: tuple[str | int, ...]) -> str:
+    known = _known_keys(path[:-1])
+    close = difflib.get_close_matches(str(path[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; known keys here: {', '.join(sorted(known))}" if known else ""
+
+
+def _known_keys(path: tuple[str | int, ...]) -> list[str]:
+    """The keys the JSON Schema allows at `path` (walks properties, items, unions)."""
+    nodes = [_SCHEMA]
+    for part in path:
+        nodes = [c for n in nodes for c in _schema_children(n, part)]
+    return sorted({key for n in nodes for o in _options(n) for key in o.get("properties", {})})
+
+
+def _schema_children(node: dict[str, Any], part: str | int) -> list[dict[str, Any]]:
+    found = []
+    for option in _options(node):
+        if isinstance(part, int) and "items" in option:
+            found.append(option["items"])
+        elif part in option.get("properties", {}):
+            found.append(option["properties"][part])
+        elif option.get("type") == "object":
+            found.extend(v for v in (*option.get("patternProperties", {}).values(),
+                                     option.get("additionalProperties")) if isinstance(v, dict))
+    return found
+
+
+def _options(node: dict[str, Any]) -> list[dict[str, Any]]:
+    node = _resolve_all(node)
+    if "anyOf" in node:
+        return [o for option in node["anyOf"] for o in _options(option)]
+    return [node]
+
+
+def _resolve_all(node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = _SCHEMA["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    return node
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DomainClaim:
+    """The domains one site file claims."""
+
+    source: str
+    domains: tuple[str, ...]
+
+
+def domain_conflicts(claims: Mapping[str, DomainClaim]) -> dict[str, list[Problem]]:
+    """A domain claimed by two sites makes both invalid; each is told who else claims it."""
+    owners: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(claims):
+        for domain in claims[name].domains:
+            owners[domain].append(name)
+    problems: dict[str, list[Problem]] = defaultdict(list)
+    for domain, names in sorted(owners.items()):
+        if len(names) < 2:
+            continue
+        for name in names:
+            others = ", ".join(claims[o].source for o in names if o != name)
+            problems[name].append(Problem(claims[name].source, "domains",
+                                          f"{domain!r} is also claimed by {others}"))
+    return dict(problems)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NameClaim:
+    """The names one site's resources give Envoy: (kind, name, field, content)."""
+
+    source: str
+    names: tuple[tuple[str, str, str, str], ...]
+
+
+def name_conflicts(claims: Mapping[str, NameClaim], rule: str = "generated names must be"
+                   " unique across sites") -> dict[str, list[Problem]]:
+    """A generated name (a cluster, a stats prefix, a secret...) used by two sites makes
+    both invalid, each told the other's file; a name with the same non-empty content in
+    each (a shared certificate's secret) is shared, not a conflict. One problem per pair."""
+    owners: dict[tuple[str, str], list[tuple[str, str, str]]] = defaultdict(list)
+    for site in sorted(claims):
+        for kind, name, field, content in sorted(set(claims[site].names)):
+            owners[(kind, name)].append((site, field, content))
+    problems: dict[str, list[Problem]] = defaultdict(list)
+    told: set[tuple[str, str]] = set()
+    for (kind, name), users in sorted(owners.items()):
+        contents = {content for _, _, content in users}
+        if len({site for site, _, _ in users}) < 2 or (len(contents) == 1 and "" not in contents):
+            continue
+        for site, field, _ in users:
+            for other in sorted({o for o, _, _ in users if o != site}):
+                if (site, other) in told:
+                    continue
+                told.add((site, other))
+                problems[site].append(Problem(
+                    claims[site].source, field, f"the {kind} {name!r} is also used by"
+                    f" {claims[other].source}; {rule}"))
+    return dict(problems)

@@ -1,0 +1,179 @@
+"""Site-wide parts of the site file: TLS, CORS, rate limiting, IP access lists,
+compression, the access log, and upstream options (load balancing, health checks,
+circuit breakers, HTTP/2).
+
+No I/O, no Envoy: these are the user's words; `clusters`, `vhosts` and `tls` turn them
+into Envoy's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
+
+from controlplane.site.fields import Duration, Format, PositiveDuration, Strict, Text, duration_ms
+
+
+def absolute_path(path: str) -> str:
+    """An absolute path without `..` or NUL (certificates, keys, logs)."""
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r}: the path must be absolute")
+    if ".." in path.split("/") or "\x00" in path:
+        raise ValueError(f"{path!r}: '..' and NUL are not allowed in the path")
+    return path
+
+
+def _cidr(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address or CIDR block") from None
+
+
+AbsolutePath = Annotated[str, AfterValidator(absolute_path)]
+Cidr = Annotated[str, AfterValidator(_cidr)]
+Count = Annotated[int, Field(ge=1, le=1_000_000_000)]
+
+
+class Tls(Strict):
+    """Serve the site over HTTPS (SNI on its domains) with these certificate files."""
+
+    cert: AbsolutePath = Field(description="PEM certificate chain file (e.g. fullchain.pem).")
+    key: AbsolutePath = Field(description="PEM private key file.")
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version.")
+    alpn: Annotated[list[Literal["h2", "http/1.1"]], Field(min_length=1)] = Field(
+        ["h2", "http/1.1"], description="ALPN protocols offered, in order.")
+    redirect: bool = Field(True, description="Answer plain HTTP with a 301 to HTTPS"
+                           " (routes may opt out with 'https_redirect: false').")
+
+
+class BasicAuth(Strict):
+    """HTTP basic authentication of the site's requests against an htpasswd file."""
+
+    htpasswd: AbsolutePath = Field(description="An htpasswd file of `user:{SHA}hash` lines"
+                                   " (`htpasswd -s`); Envoy reads it, and again when it"
+                                   " changes.")
+
+
+class Cors(Strict):
+    """Cross-origin resource sharing for browsers."""
+
+    origins: Annotated[list[Text], Field(min_length=1)] = Field(
+        description="Allowed origins, exactly ('https://app.example.com') or '*'.")
+    methods: list[Text] | None = Field(None, description="Allowed methods.")
+    headers: list[Text] | None = Field(None, description="Allowed request headers.")
+    expose_headers: list[Text] | None = Field(None, description="Response headers exposed.")
+    max_age: Duration | None = Field(None, description="How long a preflight is cached.")
+    credentials: bool = Field(False, description="Allow credentials.")
+
+
+class RateLimit(Strict):
+    """A local token bucket per Envoy: at most `requests` per `per`, then 429; one bucket
+    for the whole site, or one per client address."""
+
+    requests: Count = Field(description="Requests allowed per interval.")
+    per: PositiveDuration = Field("1s", description="The interval.")
+    burst: Count | None = Field(None, description="Bucket size (default: 'requests').")
+    by: Literal["site", "client"] = Field(
+        "site", description="One bucket for the site (`site`), or one per client address"
+        " (`client`: an IPv4 address, or an IPv6 /64; the address Envoy found, see"
+        " trusted_proxies), so one busy client does not take the others' share.")
+
+
+class Access(Strict):
+    """Client IP access lists; deny wins over allow; others are refused when 'allow' is set."""
+
+    allow: Annotated[list[Cidr], Field(min_length=1)] | None = Field(
+        None, description="Only these addresses or CIDR blocks.")
+    deny: Annotated[list[Cidr], Field(min_length=1)] | None = Field(
+        None, description="Never these addresses or CIDR blocks.")
+
+    @model_validator(mode="after")
+    def _some(self) -> Access:
+        if self.allow is None and self.deny is None:
+            raise ValueError("give 'allow', 'deny' or both")
+        return self
+
+
+LogKey = Annotated[Text, Field(min_length=1, max_length=128)]
+LogValue = Annotated[Format, Field(max_length=1024)]
+def _form(value: object) -> str:
+    return "json" if isinstance(value, dict) else "text"
+
+
+JsonFormat = Annotated[
+    dict[LogKey, Annotated[
+        Annotated[LogValue, Tag("text")]
+        | Annotated[dict[LogKey, LogValue], Field(min_length=1, max_length=64), Tag("json")],
+        Discriminator(_form)]],
+    Field(min_length=1, max_length=64)]
+"""A JSON access-log line: keys to formats, one level of nesting (Envoy's json_format)."""
+LogFormat = Annotated[
+    Annotated[Annotated[Format, Field(min_length=1, max_length=4096)], Tag("text")]
+    | Annotated[JsonFormat, Tag("json")],
+    Discriminator(_form)]
+"""One line of text, or one JSON object: only the errors of the form given are told."""
+
+
+class AccessLog(Strict):
+    """An access log file for this site's requests."""
+
+    path: AbsolutePath = Field(description="Log file (Envoy appends to it); under one of"
+                               " the allowed log folders (setting `log_dirs`).")
+    format: LogFormat | None = Field(
+        None, description="Envoy format string with the allowed commands (README 'Strings"
+        " and formats'), or a mapping for one JSON object a line (Envoy's json_format: each"
+        " value such a format, or a mapping of them); default: Envoy's default line.")
+
+    @field_validator("path")
+    @classmethod
+    def _plain(cls, path: str) -> str:
+        """The spelling only. Envoy opens the file with its own rights, so where it leads
+        (under `log_dirs`, a regular file, no symlink) is judged on the resolved path at
+        every pass: `paths.Fence`."""
+        if posixpath.normpath(path) != path:
+            raise ValueError(f"{path!r}: write the path plainly, as"
+                             f" {posixpath.normpath(path)!r}")
+        return path
+
+
+class HealthCheck(Strict):
+    """Active HTTP health checks of each endpoint."""
+
+    path: Text = Field("/", description="Path to GET.")
+    host: Text | None = Field(None, description="Host header (default: the site's first domain).")
+    interval: PositiveDuration = Field("10s", description="Time between checks (at least"
+                                       " 1s: Envoy's health checks share its two cores"
+                                       " with every site).")
+    timeout: PositiveDuration = Field("2s", description="Time to wait for an answer (at"
+                                      " least 100ms).")
+    healthy: Annotated[int, Field(ge=1, le=100)] = Field(
+        2, description="Passes before an endpoint is healthy again.")
+    unhealthy: Annotated[int, Field(ge=1, le=100)] = Field(
+        3, description="Failures before an endpoint is unhealthy.")
+
+    @model_validator(mode="after")
+    def _path(self) -> HealthCheck:
+        if not self.path.startswith("/"):
+            raise ValueError(f"path: {self.path!r} must start with '/'")
+        if duration_ms(self.interval) < 1000:
+            raise ValueError(f"interval: {self.interval!r} is under 1s; checks that often"
+                             " cost every site Envoy's time: write 1s or more")
+        if duration_ms(self.timeout) < 100:
+            raise ValueError(f"timeout: {self.timeout!r} is under 100ms: write 100ms or more")
+        return self
+
+
+class CircuitBreaker(Strict):
+    """Limits on what Envoy sends to one upstream at a time."""
+
+    max_connections: Count | None = Field(None, description="Connections.")
+    max_pending_requests: Count | None = Field(None, description="Queued requests.")
+    max_requests: Count | None = Field(None, description="Requests in flight.")
+    max_retries: Count | None = Field(None, description="Retries in flight.")
+
+
+LbPolicy = Literal["round_robin", "least_request", "random"]
