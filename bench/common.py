@@ -29,7 +29,7 @@ from controlplane.demo import servers
 from controlplane.envoy.admin import AdminClient, stat_prefixes
 from controlplane.errors import EnvoyUnavailable
 from controlplane.intake.checking import check_content
-from controlplane.render import rendering
+from controlplane.render import rendering, snapshot
 from controlplane.render.rendering import SiteResources
 from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Listen, Settings
 from tests.parts import DaemonProcess, Envoy, Upstreams, free_port
@@ -141,7 +141,7 @@ def render_site(settings: Settings, name: str, text: str) -> SiteResources:
 
 def render_files(settings: Settings, sites: Sequence[SiteResources]) -> dict[str, bytes]:
     """The bytes of cds.json, rds.json and lds.json for these sites."""
-    files = rendering.snapshot(settings, sites).files()
+    files = snapshot.snapshot(settings, sites).files()
     return {kind: rendering.discovery_response(list(files[kind]))[1] for kind in FILES}
 
 

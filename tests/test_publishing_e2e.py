@@ -13,7 +13,8 @@ import pytest
 from controlplane.envoy.admin import AdminClient, Counters
 from controlplane.envoy.publishing import Publisher, Report
 from controlplane.intake.checking import check_content
-from controlplane.render.rendering import CLUSTER, Snapshot, fragment, snapshot
+from controlplane.render.rendering import CLUSTER, fragment
+from controlplane.render.snapshot import Snapshot, snapshot
 from controlplane.settings import Listen, Settings
 from tests.parts import Envoy, free_port, wait_for
 

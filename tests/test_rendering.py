@@ -13,7 +13,7 @@ import pytest
 
 from controlplane.envoy import verifying
 from controlplane.intake.checking import check_content
-from controlplane.render import rendering
+from controlplane.render import bootstraps, listeners, rendering, snapshot
 from controlplane.settings import Listen, Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ def _render_examples(folder: str = "sites") -> dict[str, bytes]:
         checked = check_content(path.stem, path.name, path.read_bytes(), SETTINGS)
         assert checked.resources is not None, checked.problems
         resources.append(checked.resources)
-    target = rendering.snapshot(SETTINGS, resources)
+    target = snapshot.snapshot(SETTINGS, resources)
     files = {**target.files(), "sds": tuple(target.secrets.values())}
     return {f"{kind}.json": rendering.discovery_response(list(fragments))[1]
             for kind, fragments in files.items()}
@@ -60,7 +60,7 @@ def test_files_are_discovery_responses_with_content_versions() -> None:
 
 def test_listener_takes_routes_from_the_route_file() -> None:
     """The listener names rds.json by path, so site changes never modify the listener."""
-    listener = rendering.listeners(SETTINGS, [])[0]
+    listener = listeners.listeners(SETTINGS, [])[0]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     assert "route_config" not in hcm
     assert hcm["rds"]["config_source"]["path_config_source"]["path"] == (
@@ -69,7 +69,7 @@ def test_listener_takes_routes_from_the_route_file() -> None:
 
 def test_bootstrap_watches_a_constant_number_of_files() -> None:
     """Envoy watches two files from the bootstrap, however many sites there are."""
-    text = json.dumps(rendering.bootstrap(SETTINGS))
+    text = json.dumps(bootstraps.bootstrap(SETTINGS))
     assert text.count("path_config_source") == 2
 
 
@@ -91,11 +91,11 @@ def test_validated_and_served_connection_managers_carry_the_same_edge_limits() -
     HCM that serves, and the served listener and clusters have the buffer limits."""
     settings = Settings(request_headers_timeout_s=2.5, request_timeout_s=0,
                         buffer_limit_bytes=4096)
-    served = rendering.listener(settings)
+    served = listeners.listener(settings)
     manager = served["filter_chains"][0]["filters"][0]["typed_config"]
     scratch = verifying.scratch_bootstrap(settings, [])["static_resources"]["listeners"][0]
     checked = scratch["filter_chains"][0]["filters"][0]["typed_config"]
-    limits = rendering.edge_limits(settings)
+    limits = listeners.edge_limits(settings)
     assert limits["request_headers_timeout"] == "2.500s" and "request_timeout" not in limits
     for key, value in limits.items():
         assert manager[key] == checked[key] == value
@@ -129,13 +129,13 @@ def test_validated_listeners_are_the_served_ones() -> None:
     checked = check_content("t", "t.yaml", text, settings)
     assert checked.resources is not None, checked.problems
     sites = [checked.resources]
-    served = rendering.listeners(settings, sites)
+    served = listeners.listeners(settings, sites)
     scratch = verifying.scratch_bootstrap(settings, sites)["static_resources"]
     assert [item["name"] for item in served] == ["http", "https"]
     assert _delivery_free(scratch["listeners"]) == _delivery_free(served)
     managers = [chain["filters"][0]["typed_config"] for item in scratch["listeners"]
                 for chain in item["filter_chains"]]
     assert all(m["access_log"][0]["typed_config"]["path"] == "/dev/null" for m in managers)
-    routes = json.loads(rendering.snapshot(settings, sites).routes)
+    routes = json.loads(snapshot.snapshot(settings, sites).routes)
     del routes["@type"]
     assert all(m["route_config"] == routes for m in managers)

@@ -40,7 +40,7 @@ from controlplane.intake.checking import (
     scan,
 )
 from controlplane.intake.selecting import Selection, select
-from controlplane.render import rendering
+from controlplane.render import snapshot
 from controlplane.settings import Settings
 
 log = structlog.get_logger("controlplane")
@@ -222,7 +222,7 @@ class Reconciler:
         self._blocked = {}
         resources = [c.resources for c in serving.values() if c.resources is not None]
         try:
-            report = self._publisher.apply(rendering.snapshot(self._settings, resources))
+            report = self._publisher.apply(snapshot.snapshot(self._settings, resources))
         except OutputError as exc:
             outcome.errors.append(exc)
             outcome.retry, outcome.confirmation = True, Confirmation.UNCONFIRMED

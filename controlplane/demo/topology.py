@@ -27,7 +27,7 @@ from controlplane.daemon.signals import stop_on_signals
 from controlplane.demo import servers
 from controlplane.envoy.verifying import envoy_binary
 from controlplane.intake import checking, loading
-from controlplane.render import rendering
+from controlplane.render import bootstraps
 from controlplane.settings import Listen, Settings
 
 SCAN_S = 0.5
@@ -121,7 +121,7 @@ class Demo:
                 raise SystemExit("the daemon did not start; see its log above")
         settings = Settings(out_dir=out, admin_socket=self.admin_socket)
         bootstrap = self.work / "bootstrap.yaml"
-        bootstrap.write_text(yaml.safe_dump(rendering.bootstrap(settings), sort_keys=False))
+        bootstrap.write_text(yaml.safe_dump(bootstraps.bootstrap(settings), sort_keys=False))
         self._spawn([str(envoy_binary(settings)), "-c", str(bootstrap), "--disable-hot-restart",
                      "--log-level", "warning"], self.work / "envoy.log")
         self._greet()

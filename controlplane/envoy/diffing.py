@@ -17,7 +17,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from controlplane.render import rendering
+from controlplane.render import rendering, snapshot
 
 Resources = dict[str, Any]
 """`KIND/NAME` -> the resource in canonical form (`Cluster/blog`, `virtual_host/blog`)."""
@@ -47,7 +47,7 @@ class Difference:
         return "; ".join(parts) or "the sites are the same; shared resources differ"
 
 
-def rendered(target: rendering.Snapshot) -> Resources:
+def rendered(target: snapshot.Snapshot) -> Resources:
     """The resources of a snapshot (cds, lds, sds, rds)."""
     found: Resources = {}
     for text in [*target.clusters.values(), *target.listeners, *target.secrets.values(),

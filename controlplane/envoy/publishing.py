@@ -34,7 +34,8 @@ from controlplane.errors import (
     EnvoyUnavailable,
     OutputError,
 )
-from controlplane.render.rendering import Snapshot, discovery_response, fragment
+from controlplane.render.rendering import discovery_response, fragment
+from controlplane.render.snapshot import Snapshot
 from controlplane.render.tls import SDS_FOLDER
 from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Settings
 from controlplane.writing import ensure_folder, write_atomic

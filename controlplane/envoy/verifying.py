@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.errors import EnvoyBinaryError, Problem, Stopping
-from controlplane.render import rendering
+from controlplane.render import listeners
 from controlplane.render.rendering import SiteResources
 from controlplane.settings import Settings
 
@@ -171,6 +171,6 @@ def scratch_bootstrap(settings: Settings, group: Sequence[SiteResources]) -> dic
     secrets = {c.tls.secret_name: c.tls.secret for c in group if c.tls is not None}
     return {"static_resources": {
         "clusters": [cluster for c in group for _, cluster in c.clusters],
-        "listeners": rendering.listeners(settings, group, rendering.validated(settings, group)),
+        "listeners": listeners.listeners(settings, group, listeners.validated(settings, group)),
         "secrets": [secrets[name] for name in sorted(secrets)],
     }}
