@@ -33,7 +33,7 @@ from controlplane.envoy.verifying import Verifier
 from controlplane.errors import ControlPlaneError, EnvoyUnavailable, SettingsError, SiteError
 from controlplane.intake import checking, explaining, selecting
 from controlplane.render import bootstraps, snapshot
-from controlplane.site import spec
+from controlplane.site import schema
 from controlplane.writing import ensure_folder, hold_lock
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_ENVIRONMENT = 0, 1, 2, 3
@@ -236,9 +236,9 @@ def _status(config: settings.Settings, args: argparse.Namespace) -> int:
 
 def _schema(config: settings.Settings, args: argparse.Namespace) -> int:
     if args.markdown:
-        sys.stdout.write(spec.reference())
+        sys.stdout.write(schema.reference())
     else:
-        print(json.dumps(spec.schema(), indent=2, sort_keys=True))
+        print(json.dumps(schema.schema(), indent=2, sort_keys=True))
     return EXIT_OK
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.intake.paths import Fence, Use, read_bounded
+from controlplane.intake.paths import Fence
+from controlplane.intake.reading import read_bounded
+from controlplane.site.places import Use
 
 
 @pytest.fixture

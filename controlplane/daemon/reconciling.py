@@ -30,7 +30,7 @@ from controlplane.errors import (
     Problem,
     SitesUnavailable,
 )
-from controlplane.intake import htpasswd, loading, paths
+from controlplane.intake import loading, reading
 from controlplane.intake.checking import (
     CERTIFICATE_RECHECK_S,
     Checked,
@@ -42,6 +42,7 @@ from controlplane.intake.checking import (
 from controlplane.intake.selecting import Selection, select
 from controlplane.render import snapshot
 from controlplane.settings import Settings
+from controlplane.site import places
 
 log = structlog.get_logger("controlplane")
 
@@ -152,7 +153,7 @@ class Reconciler:
         and a site's htpasswd files must not crowd out the sockets' folders."""
         items = [*(c for _, c in self._cache.values()), *self.last_good.values()]
 
-        def folders(wanted: Callable[[paths.Use], bool]) -> list[str]:
+        def folders(wanted: Callable[[places.Use], bool]) -> list[str]:
             written = {os.path.dirname(u.path) for c in items for u in c.uses
                        if wanted(u) and u.path.startswith("/")}
             return sorted(written | {os.path.realpath(f) for f in written})
@@ -194,7 +195,7 @@ class Reconciler:
         cached = self._cache.get(entry.name)
         if cached is not None and cached[0] == entry.fingerprint and (
                 cached[1].source == entry.location) and all(
-                htpasswd.fingerprint(path) == seen for path, seen in cached[1].reads) and (
+                reading.fingerprint(path) == seen for path, seen in cached[1].reads) and (
                 cached[1].expires_at is None
                 or time.time() - cached[1].checked_at < CERTIFICATE_RECHECK_S):
             item = cached[1]

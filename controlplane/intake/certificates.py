@@ -1,8 +1,8 @@
 """Edge I/O: read a TLS site's certificate and key files and judge them before Envoy does.
 
-Errors (the site is not used): a file that cannot be read (or is not a regular file, or
-is over `MAX_PEM_BYTES`: never waited on, see `paths.read_bounded`), is not PEM, or a key that does
-not belong to the certificate. Warnings (the site serves): the certificate does not
+Errors (the site is not used): a file that cannot be read (or is not a regular file,
+or is over `MAX_PEM_BYTES`: never waited on, see `reading.read_bounded`), is not PEM, or
+a key that does not belong to the certificate. Warnings (the site serves): the certificate does not
 cover one of the site's domains, or it expires within `EXPIRY_WARNING` (or has expired).
 """
 
@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from controlplane.errors import Problem
-from controlplane.intake.paths import read_bounded
+from controlplane.intake.reading import read_bounded
 from controlplane.site.features import Tls
 
 EXPIRY_WARNING = datetime.timedelta(days=14)

@@ -21,11 +21,13 @@ from controlplane.intake import (
     htpasswd,
     loading,
     paths,
+    reading,
     shadowing,
     validating,
 )
 from controlplane.render import rendering
 from controlplane.settings import Settings
+from controlplane.site import places
 from controlplane.site.spec import Site, digest_of
 
 CERTIFICATE_RECHECK_S = 6 * 3600.0
@@ -47,7 +49,7 @@ class Checked:
     problems: tuple[Problem, ...] = ()
     domains: tuple[str, ...] = ()
     warnings: tuple[Problem, ...] = ()
-    uses: tuple[paths.Use, ...] = ()
+    uses: tuple[places.Use, ...] = ()
     """The paths this version makes Envoy use: judged again at every pass (`select` with
     a `paths.Fence`), never cached with the rest, since a symlink can be planted later."""
     reads: tuple[tuple[str, tuple[int, ...]], ...] = ()
@@ -86,7 +88,7 @@ def _read_htpasswd(site: Site) -> tuple[tuple[tuple[str, tuple[int, ...]], ...],
     spec = site.spec.basic_auth
     if spec is None:
         return (), None
-    seen = htpasswd.fingerprint(spec.htpasswd)
+    seen = reading.fingerprint(spec.htpasswd)
     found, problems = htpasswd.inspect(site.source, spec.htpasswd)
     if problems:
         raise SiteError(problems)
@@ -131,7 +133,7 @@ def _check_certificates(item: Checked) -> Checked:
     if problems:
         return Checked(name=item.name, source=item.source, digest=item.digest,
                        problems=tuple(problems))
-    reads = tuple((path, htpasswd.fingerprint(path)) for path in (spec.cert, spec.key))
+    reads = tuple((path, reading.fingerprint(path)) for path in (spec.cert, spec.key))
     return dataclasses.replace(item, warnings=item.warnings + tuple(warnings),
                                reads=item.reads + reads,
                                expires_at=certificates.expiry_of(spec.cert),

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from controlplane.intake.paths import Fence, Use
+from controlplane.intake.paths import Fence
 from controlplane.render.rendering import SiteResources
+from controlplane.site.places import Use
 
 
 def sockets(resources: SiteResources, known: set[str]) -> tuple[Use, ...]:

@@ -13,24 +13,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 
 from controlplane.errors import Problem
-from controlplane.intake.paths import read_bounded
+from controlplane.intake.reading import read_bounded
 
 MAX_BYTES = 256 * 1024
 FIELD = "basic_auth.htpasswd"
 _OTHERS = {"$2": "bcrypt (htpasswd -B)", "$apr1$": "MD5 (htpasswd -m, the default)",
            "$5$": "SHA-256 crypt", "$6$": "SHA-512 crypt"}
-
-
-def fingerprint(path: str) -> tuple[int, ...]:
-    """What tells a changed file from an unchanged one without reading it."""
-    try:
-        found = os.stat(path)
-    except OSError:
-        return (-1,)
-    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
 
 
 def inspect(source: str, path: str) -> tuple[str | None, list[Problem]]:

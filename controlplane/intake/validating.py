@@ -19,8 +19,9 @@ from pydantic_core import ErrorDetails
 
 from controlplane.errors import Problem, SiteError, field_path, parse_field_path
 from controlplane.intake.loading import Document
-from controlplane.intake.paths import Kind, Use
-from controlplane.site.spec import Site, SiteSpec, schema
+from controlplane.site.places import Kind, Use
+from controlplane.site.schema import schema
+from controlplane.site.spec import Site, SiteSpec
 
 _FIELD_PREFIX = re.compile(r"^([a-z_][a-z0-9_]*(?:\[[0-9]+\])*(?:\.[a-z0-9_]+(?:\[[0-9]+\])*)*):"
                            r" (.*)$", re.DOTALL)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from controlplane.errors import SettingsError
+from controlplane.render.filters import HTTP_FILTERS
 from controlplane.render.listeners import edge_limits
 from controlplane.render.rendering import HCM
-from controlplane.render.vhosts import HTTP_FILTERS
 from controlplane.settings import CDS_FILE, LDS_FILE, Settings
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from controlplane.site.fields import envoy_duration
-from controlplane.site.spec import Endpoint, Site, Upstream
+from controlplane.site.spec import Site
+from controlplane.site.upstreams import Endpoint, Upstream
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _LB = {"round_robin": "ROUND_ROBIN", "least_request": "LEAST_REQUEST", "random": "RANDOM"}

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.render import tls as tls_rendering
+from controlplane.render.filters import HTTP_FILTERS
 from controlplane.render.rendering import HCM, SiteResources
-from controlplane.render.vhosts import HTTP_FILTERS
 from controlplane.settings import RDS_FILE, Settings
 
 

@@ -46,7 +46,8 @@ from controlplane.render import allowlist
 from controlplane.render import overrides as hatch
 from controlplane.render import tls as tls_rendering
 from controlplane.render.clusters import cluster, cluster_name
-from controlplane.render.vhosts import access_log, virtual_host
+from controlplane.render.filters import access_log
+from controlplane.render.vhosts import virtual_host
 from controlplane.settings import Settings
 from controlplane.site.spec import Site
 

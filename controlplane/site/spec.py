@@ -9,30 +9,20 @@ docs and the editor hints cannot drift from what is accepted.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
-import posixpath
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import (
     BeforeValidator,
     Field,
-    ModelWrapValidatorHandler,
-    ValidationError,
-    field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails
 
-from controlplane.intake.paths import CONTROL_SOCKET_NAMES
 from controlplane.site.features import (
     Access,
     AccessLog,
     BasicAuth,
-    CircuitBreaker,
     Cors,
-    HealthCheck,
-    LbPolicy,
     RateLimit,
     Tls,
 )
@@ -41,17 +31,15 @@ from controlplane.site.fields import (
     Duration,
     HeaderEdits,
     Name,
-    PositiveDuration,
     Strict,
     duration_ms,
 )
 from controlplane.site.routes import Route
+from controlplane.site.upstreams import Endpoint, Upstream, UpstreamField
 
 __all__ = ["DNS_LABEL", "Duration", "Endpoint", "Route", "Site", "SiteSpec", "Upstream",
            "duration_ms"]
 
-MAX_SOCKET_PATH_BYTES = 107
-"""Envoy refuses a pipe path of 108 bytes or more (sun_path holds 108 with the NUL)."""
 
 def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, dict) else value
@@ -77,149 +65,8 @@ def _domain(value: Any) -> Any:
     return value
 
 
-class Endpoint(Strict):
-    """One upstream endpoint: a Unix socket (the usual case) or a TCP address."""
-
-    socket: str | None = Field(None, description="Absolute path of a Unix socket.")
-    address: str | None = Field(None, description="HOST:PORT with an IP host, [v6]:port.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _not_a_url(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            raise ValueError(endpoint_hint(value))
-        return value
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> Endpoint:
-        if (self.socket is None) == (self.address is None):
-            raise ValueError("give exactly one of 'socket' or 'address'")
-        if self.address is not None:
-            self.host_port()
-        return self
-
-    @field_validator("socket")
-    @classmethod
-    def _socket(cls, path: str | None) -> str | None:
-        """The spelling only. Where the path leads (its folder, Envoy's admin socket,
-        control sockets) is judged on the resolved path at every pass: `paths.Fence`."""
-        if path is not None:
-            _check_socket(path)
-            if path.rsplit("/", 1)[-1] in CONTROL_SOCKET_NAMES:
-                raise ValueError(f"{path!r} is a control socket (a container runtime's, the"
-                                 " kubelet's or D-Bus'); a site may not expose it")
-        return path
-
-    def host_port(self) -> tuple[str, int]:
-        assert self.address is not None
-        host, sep, port = self.address.rpartition(":")
-        host = host.removeprefix("[").removesuffix("]")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(
-                f"address: {self.address!r}: the host must be an IP address"
-                " (STATIC clusters do not resolve names)"
-            ) from None
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"address: {self.address!r}: the port must be 1-65535")
-        return host, int(port)
-
-
-def endpoint_hint(text: str) -> str:
-    """What to write instead of an endpoint given as a string (`http://127.0.0.1:8000`)."""
-    rest = text.split("://", 1)[-1] if "://" in text else text.removeprefix("unix:")
-    if rest.startswith("/"):
-        return f"{text!r} is not an endpoint; write {{socket: {rest}}}"
-    host_port = rest.split("/", 1)[0]
-    host = host_port.rpartition(":")[0].strip("[]") or host_port
-    try:
-        ipaddress.ip_address(host)
-        suggestion = host_port
-    except ValueError:
-        suggestion = "127.0.0.1:8000 (an IP address: clusters do not resolve names)"
-    return f"{text!r} is not an endpoint; write {{address: {suggestion}}}"
-
-
-_OPTIONS = ("lb_policy", "health_check", "circuit_breaker", "http2", "connect_timeout")
-
-
-def _options_hint(value: dict[str, Any]) -> str | None:
-    """Upstream options in the short form `{socket: ..., connect_timeout: 1s}`: point to
-    the mapping form, built from the user's own values."""
-    options = [k for k in value if k in _OPTIONS]
-    if not options:
-        return None
-    endpoint = ", ".join(f"{k}: {v}" for k, v in value.items() if k not in _OPTIONS)
-    rest = ", ".join(f"{k}: {value[k]}" for k in options)
-    return (f"{options[0]}: options need the mapping form of an upstream:"
-            f" {{endpoints: [{{{endpoint}}}], {rest}}}")
-
-
-def _check_socket(path: str) -> None:
-    """Absolute, no `..`, written plainly, short enough for Envoy."""
-    if not path.startswith("/"):
-        raise ValueError(f"{path!r}: the path must be absolute")
-    if ".." in path.split("/"):
-        raise ValueError(f"{path!r}: '..' is not allowed in the path")
-    if posixpath.normpath(path) != path:  # '//' or '/./' would dodge the checks below
-        raise ValueError(f"{path!r}: write the path plainly, as"
-                         f" {posixpath.normpath(path)!r}")
-    if "\x00" in path:
-        raise ValueError("NUL bytes are not allowed in the path")
-    size = len(path.encode())
-    if size > MAX_SOCKET_PATH_BYTES:
-        raise ValueError(f"path is {size} bytes; Envoy allows at most 107")
-
-
 # Before-validators run last-first: lower-case, then check.
 Domain = Annotated[str, BeforeValidator(_domain), BeforeValidator(_lower)]
-
-
-class Upstream(Strict):
-    """An upstream: its endpoints and how Envoy talks to them. A site file may also give
-    just an endpoint mapping or a list of endpoints (no options)."""
-
-    endpoints: Annotated[list[Endpoint], Field(min_length=1)] = Field(
-        description="The endpoints (sockets or addresses).")
-    lb_policy: LbPolicy = Field("round_robin", description="How requests are spread.")
-    health_check: HealthCheck | None = Field(None, description="Active HTTP health checks.")
-    circuit_breaker: CircuitBreaker | None = Field(None, description="Limits in flight.")
-    http2: bool = Field(False, description="Speak HTTP/2 (cleartext) to the endpoints.")
-    connect_timeout: PositiveDuration = Field("5s", description="Connection timeout.")
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _short_forms(cls, value: Any, handler: ModelWrapValidatorHandler[Upstream]) -> Upstream:
-        """`{socket: ...}` and `[...]` mean `{endpoints: [...]}`; errors keep the user's
-        paths (`upstream.socket`, `upstream[2].address`)."""
-        if isinstance(value, Upstream) or (isinstance(value, dict) and "endpoints" in value):
-            return handler(value)
-        hint = _options_hint(value) if isinstance(value, dict) else None
-        if hint is not None:
-            raise ValueError(hint)
-        single = not isinstance(value, list)
-        try:
-            return handler({"endpoints": [value] if single else value})
-        except ValidationError as exc:
-            raise ValidationError.from_exception_data(
-                exc.title, [_short_form_error(e, single) for e in exc.errors()]) from None
-
-
-def _short_form_error(error: Any, single: bool) -> InitErrorDetails:
-    loc = tuple(error["loc"])
-    loc = loc[1:] if loc[:1] == ("endpoints",) else loc
-    loc = loc[1:] if single and loc[:1] == (0,) else loc
-    details = InitErrorDetails(type=error["type"], loc=loc, input=error["input"])
-    if "ctx" in error:
-        details["ctx"] = error["ctx"]
-    return details
-
-
-UpstreamField = Annotated[
-    Upstream,
-    BeforeValidator(lambda v: v, json_schema_input_type=Endpoint | list[Endpoint] | Upstream),
-]
 
 
 class Overrides(Strict):
@@ -319,41 +166,3 @@ def digest_of(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()[:16]
 
 
-def schema() -> dict[str, Any]:
-    """The JSON Schema of a site file, for editors (`# yaml-language-server: $schema=`)."""
-    document = SiteSpec.model_json_schema()
-    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    document["title"] = "controlplane site file (v1)"
-    return document
-
-
-def reference() -> str:
-    """The site file reference as a Markdown table, generated from the JSON Schema so
-    the README cannot drift from what is accepted (a test compares them)."""
-    document = schema()
-    rows = ["| where | key | type | meaning |", "|---|---|---|---|"]
-    sections = [("site", document), *sorted(document["$defs"].items())]
-    for where, node in sections:
-        for key, prop in node.get("properties", {}).items():
-            required = key in node.get("required", [])
-            meaning = prop.get("description", "") + (" Required." if required else "")
-            rows.append(f"| {where} | `{key}` | {_type_of(prop)} | {meaning.strip()} |")
-    return "\n".join(rows) + "\n"
-
-
-def _type_of(prop: dict[str, Any]) -> str:
-    if "$ref" in prop:
-        return str(prop["$ref"]).rsplit("/", 1)[-1]
-    if "anyOf" in prop:
-        kinds = [_type_of(p) for p in prop["anyOf"] if p.get("type") != "null"]
-        return " or ".join(kinds)
-    if prop.get("type") == "array":
-        return f"list of {_type_of(prop.get('items', {}))}"
-    if "enum" in prop:
-        return "one of " + ", ".join(f"`{v}`" for v in prop["enum"]).replace("|", "\\|")
-    if prop.get("type") == "object":
-        values = [*prop.get("patternProperties", {}).values(), prop.get("additionalProperties")]
-        typed = [v for v in values if isinstance(v, dict) and v]
-        return f"map of name to {_type_of(typed[0])}" if typed else "mapping (Envoy fields)"
-    pattern = f" `{prop['pattern']}`".replace("|", "\\|") if "pattern" in prop else ""
-    return str(prop.get("type", "any")) + pattern
