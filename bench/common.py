@@ -31,7 +31,8 @@ from controlplane.errors import EnvoyUnavailable
 from controlplane.intake.checking import check_content
 from controlplane.render import rendering, snapshot
 from controlplane.render.rendering import SiteResources
-from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Listen, Settings
+from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Settings
+from controlplane.values import Listen
 from tests.parts import DaemonProcess, Envoy, Upstreams, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"

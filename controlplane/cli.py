@@ -27,7 +27,7 @@ from controlplane import configuring, logs, options, settings
 from controlplane.daemon import liveness, statusfile
 from controlplane.daemon.running import Daemon
 from controlplane.daemon.signals import daemon_signals
-from controlplane.envoy import diffing, publishing
+from controlplane.envoy import diffing, files
 from controlplane.envoy.admin import AdminClient
 from controlplane.envoy.verifying import Verifier
 from controlplane.errors import ControlPlaneError, EnvoyUnavailable, SettingsError, SiteError
@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("url", metavar="URL", help="e.g. http://blog.example.com/a?b=1")
     explain.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
                          help="a request header (repeat for more)")
+    _query_commands(command)
+    return parser
+
+
+def _query_commands(command: Any) -> None:
+    """The commands that read: what serves, the live diff, the status, the references."""
     command("diff", _diff, "compare what SITES_DIR would render with what the live Envoy"
             " holds (--admin-socket); exit 0 same, 1 different, 3 no Envoy", True)
     status_cmd = command("status", _status, "is the daemon alive, and what does each site serve")
@@ -116,7 +122,6 @@ def _parser() -> argparse.ArgumentParser:
                               help="print the settings reference as a Markdown table")
     completion = command("completion", _completion, "print a shell completion script")
     completion.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell")
-    return parser
 
 
 def _settings(args: argparse.Namespace) -> settings.Settings:
@@ -172,7 +177,7 @@ def _render(config: settings.Settings, args: argparse.Namespace) -> int:
                                          if c.resources is not None])
     ensure_folder(config.out_dir)
     with hold_lock(config.out_dir, "render"):  # never under a running daemon's feet
-        publishing.write_once(config.out_dir, target, pretty=args.pretty)
+        files.write_once(config.out_dir, target, pretty=args.pretty)
     print(f"wrote {config.out_dir}/{{cds,rds,lds}}.json", file=sys.stderr)
     return EXIT_OK
 

@@ -89,3 +89,19 @@ def unknown_environment(environ: Mapping[str, str]) -> list[str]:
         if close:
             hints.append(f"${name} is not a setting; did you mean ${close[0]}?")
     return hints
+
+
+FIXED = ("sites_dir", "out_dir", "state_dir", "listen", "listen_tls", "admin_socket",
+         "metrics", "max_connections", "stat_prefix", "route_config_name")
+"""Settings a running daemon keeps until restarted: the folders it watches and owns, the
+sockets it opened, and what the bootstrap (Envoy's own start) names."""
+
+
+def reloaded(current: Settings, fresh: Settings) -> tuple[Settings, list[str], list[str]]:
+    """SIGHUP's settings: `fresh`, but for the `FIXED` keys, which keep their values.
+    Also the keys kept and the keys changed, sorted."""
+    kept = {key: getattr(current, key) for key in FIXED
+            if getattr(fresh, key) != getattr(current, key)}
+    changed = sorted(key for key in type(fresh).model_fields
+                     if key not in kept and getattr(fresh, key) != getattr(current, key))
+    return fresh.replace(**kept), sorted(kept), changed

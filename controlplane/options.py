@@ -16,7 +16,8 @@ import shtab
 from pydantic.fields import FieldInfo
 
 from controlplane import __version__
-from controlplane.settings import Listen, Settings
+from controlplane.settings import Settings
+from controlplane.values import Listen
 
 ALIASES = {"out_dir": ("--out", "--out-dir"), "state_dir": ("--state", "--state-dir"),
            "sites_dir": ("--sites", "--sites-dir"), "admin_socket": ("--admin-socket",)}

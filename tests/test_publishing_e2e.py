@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from controlplane.envoy.admin import AdminClient, Counters
-from controlplane.envoy.publishing import Publisher, Report
+from controlplane.envoy.files import Report
+from controlplane.envoy.publishing import Publisher
 from controlplane.intake.checking import check_content
 from controlplane.render.rendering import CLUSTER, fragment
 from controlplane.render.snapshot import Snapshot, snapshot
-from controlplane.settings import Listen, Settings
+from controlplane.settings import Settings
+from controlplane.values import Listen
 from tests.parts import Envoy, free_port, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,8 @@ import pytest
 from controlplane.envoy import verifying
 from controlplane.intake.checking import check_content
 from controlplane.render import bootstraps, listeners, rendering, snapshot
-from controlplane.settings import Listen, Settings
+from controlplane.settings import Settings
+from controlplane.values import Listen
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"

@@ -12,7 +12,8 @@ import pytest
 
 from controlplane import configuring
 from controlplane.errors import SettingsError
-from controlplane.settings import Listen, Settings, from_mapping
+from controlplane.settings import Settings, from_mapping
+from controlplane.values import Listen
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -27,8 +27,17 @@ from typing import Any
 
 from controlplane import __version__
 from controlplane.daemon import statusfile
+from controlplane.daemon.statusfile import LAST_GOOD_DIR
+from controlplane.envoy.verifying import SCRATCH_DIR
+from controlplane.render.tls import SDS_FOLDER
 from controlplane.settings import Settings
-from controlplane.writing import STATE_MODE, ensure_folder, write_atomic
+from controlplane.writing import (
+    STATE_MODE,
+    ensure_folder,
+    remove_scratch,
+    remove_stale_temps,
+    write_atomic,
+)
 
 DAEMON_FILE = "daemon.json"
 STALE_SLACK_S = 30.0
@@ -196,3 +205,13 @@ def _no_status(settings: Settings, exc: Exception) -> Report:
                                                  "summary": text},
                 "looked_at": str(looked)}
     return Report(verdict=NO_STATUS, text=text, document=document)
+
+
+def sweep(settings: Settings) -> None:
+    """Remove what a killed daemon may have left: temp files of atomic writes in the
+    output, SDS, state and last-good folders, and validate's scratch folders."""
+    state = settings.state
+    for folder in (settings.out_dir, settings.out_dir / SDS_FOLDER, state,
+                   state / LAST_GOOD_DIR):
+        remove_stale_temps(folder)
+    remove_scratch(state / SCRATCH_DIR)

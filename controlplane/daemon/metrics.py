@@ -34,11 +34,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from controlplane import __version__
 from controlplane.daemon import statuspage
-from controlplane.daemon.reconciling import Outcome
+from controlplane.daemon.passes import Outcome
 from controlplane.daemon.statusfile import STATUS_FILE, clip_all
-from controlplane.envoy.publishing import Confirmation
+from controlplane.envoy.files import Confirmation
 from controlplane.errors import SiteError
-from controlplane.settings import Listen
+from controlplane.values import Listen
 
 HEALTH_SLACK_S = 30.0
 SITE_STATES = ("serving", "serving-last-good", "pending", "invalid")

@@ -14,16 +14,16 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import structlog
 
 from controlplane.daemon import statusfile
+from controlplane.daemon.passes import Clock, Outcome, blocked_by
 from controlplane.envoy.admin import AdminClient
-from controlplane.envoy.publishing import Confirmation, Publisher
+from controlplane.envoy.files import Confirmation
+from controlplane.envoy.publishing import Publisher
 from controlplane.envoy.verifying import Verifier
 from controlplane.errors import (
-    ControlPlaneError,
     EnvoyCannotBind,
     EnvoyUnavailable,
     OutputError,
@@ -45,27 +45,6 @@ from controlplane.settings import Settings
 from controlplane.site import places
 
 log = structlog.get_logger("controlplane")
-
-
-@dataclass(slots=True, kw_only=True)
-class Outcome:
-    """What one pass did; the daemon logs it as one event and writes it to the statusfile."""
-
-    added: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    invalid: list[str] = field(default_factory=list)
-    written: list[str] = field(default_factory=list)
-    rejected: list[ControlPlaneError] = field(default_factory=list)
-    errors: list[ControlPlaneError] = field(default_factory=list)
-    """Kept as the errors raised: each has its `kind` (metrics) and its message."""
-    confirmation: Confirmation = Confirmation.UNCONFIRMED
-    retry: bool = False
-    durations_ms: dict[str, float] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-    problems: dict[str, list[Problem]] = field(default_factory=dict)
-    warnings: dict[str, list[Problem]] = field(default_factory=dict)
-    """Per serving site: what to look at (a certificate expiring soon, a shadowed route)."""
 
 
 class Reconciler:
@@ -131,7 +110,7 @@ class Reconciler:
         """One reconciliation. `unfinished`: file names being written in place and not
         closed yet; their previous version stands in for them (a new one waits)."""
         outcome = Outcome()
-        clock = _Clock(outcome.durations_ms)
+        clock = Clock(outcome.durations_ms)
         checked = self._scan(outcome, unfinished)
         clock.lap("load_validate_render")
         if checked is None:  # no sites folder: what serves stays, if its paths still hold
@@ -240,7 +219,7 @@ class Reconciler:
             self._confirmed = {name: item.digest for name, item in serving.items()}
         binds = [e for e in report.rejected if isinstance(e, EnvoyCannotBind)]
         if binds:
-            self._blocked = _blocked_by(binds, serving)
+            self._blocked = blocked_by(binds, serving)
         elif report.rejected:
             self._blame(outcome, serving)
             return
@@ -318,28 +297,3 @@ class Reconciler:
         return "serving-last-good" if problems else "serving"
 
 
-def _blocked_by(binds: list[EnvoyCannotBind], serving: dict[str, Checked]) -> dict[
-        str, list[str]]:
-    """The sites a listener that cannot bind keeps from serving, with Envoy's reason:
-    the TLS sites for the HTTPS listener, every site for any other."""
-    blocked: dict[str, list[str]] = {}
-    for error in binds:
-        for listener, why in sorted(error.listeners.items()):
-            cause = (f"Envoy cannot open the {listener!r} listener: {why}; it is applied"
-                     " as soon as the address is free")
-            for name, item in serving.items():
-                tls_site = item.resources is not None and item.resources.tls is not None
-                if listener != "https" or tls_site:
-                    blocked.setdefault(name, []).append(cause)
-    return blocked
-
-
-class _Clock:
-    def __init__(self, into: dict[str, float]) -> None:
-        self._into = into
-        self._last = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self._into[stage] = round((now - self._last) * 1000, 2)
-        self._last = now

@@ -24,25 +24,24 @@ from collections.abc import Callable
 
 import structlog
 
+from controlplane import configuring, logs
 from controlplane.daemon import liveness
 from controlplane.daemon.metrics import Metrics, MetricsServer
 from controlplane.daemon.notify import Notifier
-from controlplane.daemon.reconciling import Outcome, Reconciler
-from controlplane.daemon.statusfile import LAST_GOOD_DIR, clip, clip_all
+from controlplane.daemon.passes import Outcome
+from controlplane.daemon.reconciling import Reconciler
+from controlplane.daemon.reporting import Reporter
+from controlplane.daemon.statusfile import clip
 from controlplane.daemon.watching import Signal, Watch
 from controlplane.envoy.admin import AdminClient
-from controlplane.envoy.publishing import Confirmation
 from controlplane.envoy.starting import EnvoyStart
 from controlplane.envoy.verifying import SCRATCH_DIR, Verifier
-from controlplane.errors import ControlPlaneError, OutputError, Problem, Stopping
-from controlplane.render.tls import SDS_FOLDER
+from controlplane.errors import ControlPlaneError, OutputError, Stopping
 from controlplane.settings import Settings
 from controlplane.writing import (
     ensure_folder,
     ensure_private_folder,
     hold_lock,
-    remove_scratch,
-    remove_stale_temps,
 )
 
 log = structlog.get_logger("controlplane")
@@ -50,26 +49,8 @@ MISSING_FOLDER_POLL_S = 1.0
 ENVOY_PROBE_S = 2.0
 """While quiet, Envoy's versions are read this often (one cheap text-readout request), so
 the status stops calling sites serving soon after Envoy dies or loads other files."""
-WARN_AGAIN_S = 24 * 3600.0
-"""A warning that stays (a certificate about to expire) is logged again this often."""
-MAX_NAMES = 1000
-"""Site names kept per list in one `pass` log line (then `and N more`): at most ~70 KB."""
 FREEZE_AFTER = 100
 """Sites added or changed in one pass after which the heap is frozen again (see _pass)."""
-FIXED = ("sites_dir", "out_dir", "state_dir", "listen", "listen_tls", "admin_socket",
-         "metrics", "max_connections", "stat_prefix", "route_config_name")
-"""Settings a running daemon keeps until restarted: the folders it watches and owns, the
-sockets it opened, and what the bootstrap (Envoy's own start) names."""
-
-
-def sweep(settings: Settings) -> None:
-    """Remove what a killed daemon may have left: temp files of atomic writes in the
-    output, SDS, state and last-good folders, and validate's scratch folders."""
-    state = settings.state
-    for folder in (settings.out_dir, settings.out_dir / SDS_FOLDER, state,
-                   state / LAST_GOOD_DIR):
-        remove_stale_temps(folder)
-    remove_scratch(state / SCRATCH_DIR)
 
 
 class Daemon:
@@ -85,10 +66,7 @@ class Daemon:
         self._reload = reload
         self._reload_requested = threading.Event()
         self._envoy = EnvoyStart(settings.admin_socket, settings, self.stop, self.signal.wake)
-        self._seen_problems: dict[str, list[Problem]] = {}
-        self._seen_warnings: dict[str, tuple[list[str], float]] = {}
-        self._confirmed = Confirmation.UNASKED
-        self._ready = False
+        self._reporter = Reporter(settings, self.notifier)
         self._watch_error: str | None = None
 
     def request_stop(self) -> None:
@@ -109,11 +87,11 @@ class Daemon:
             if ensure_private_folder(self.settings.state):
                 log.warning("state.narrowed", folder=str(self.settings.state), mode="0700",
                             detail="the state folder was readable by others")
-            sweep(self.settings)
+            liveness.sweep(self.settings)
             try:
                 self._run()
             finally:
-                sweep(self.settings)
+                liveness.sweep(self.settings)
 
     def _run(self) -> None:
         settings = self.settings
@@ -179,12 +157,10 @@ class Daemon:
         return watched
 
     def _loop(self, watch: Watch) -> None:
-        watched = self._watch(watch)
         self.signal.clear()  # the first pass looks at everything that ensure() signalled
         confirmed_mode = self._envoy.up.is_set()
         reconciler = self._reconciler()
-        outcome = self._pass(reconciler)
-        watch.also(reconciler.socket_folders)
+        watched, outcome = self._watched_pass(watch, reconciler)
         failures = int(outcome.retry)
         next_resync = time.monotonic() + self.settings.resync_s
         while not self.stop.is_set():
@@ -216,12 +192,18 @@ class Daemon:
                     or not watched or due is not None) and reconciler.envoy_runs_ours():
                 self.notifier.watchdog()
                 continue  # quiet, and Envoy still runs what was confirmed: no pass needed
-            watched = self._watch(watch)
-            outcome = self._pass(reconciler)
-            watch.also(reconciler.socket_folders)
+            watched, outcome = self._watched_pass(watch, reconciler)
             failures = failures + 1 if outcome.retry else 0
             if time.monotonic() >= next_resync or not outcome.retry:
                 next_resync = time.monotonic() + self.settings.resync_s
+
+    def _watched_pass(self, watch: Watch, reconciler: Reconciler) -> tuple[bool, Outcome]:
+        """(whether the sites folder is watched, the pass); then the folders of the
+        sockets and htpasswd files the pass found are watched too."""
+        watched = self._watch(watch)
+        outcome = self._pass(reconciler)
+        watch.also(reconciler.socket_folders)
+        return watched, outcome
 
     def _timeout(self, next_resync: float, retry: bool, failures: int,
                  watched: bool) -> tuple[float, float | None]:
@@ -256,22 +238,13 @@ class Daemon:
         except ControlPlaneError as exc:
             log.error("settings.reload.failed", error=str(exc), detail="keeping the old settings")
             return
-        kept = {key: getattr(self.settings, key) for key in FIXED
-                if getattr(fresh, key) != getattr(self.settings, key)}
-        changed = sorted(key for key in type(fresh).model_fields
-                         if key not in kept and getattr(fresh, key) != getattr(self.settings, key))
+        self.settings, kept, changed = configuring.reloaded(self.settings, fresh)
         if kept:
-            log.warning("settings.reload.needs_restart", keys=sorted(kept),
+            log.warning("settings.reload.needs_restart", keys=kept,
                         detail="these keep their old values until the daemon restarts")
-        self.settings = fresh.replace(**kept)
-        self._configure_logs(changed)
-        log.info("settings.reloaded", changed=changed)
-
-    def _configure_logs(self, changed: list[str]) -> None:
         if "log_level" in changed or "log_format" in changed:
-            from controlplane import logs
-
             logs.configure(self.settings.log_level, self.settings.log_format)
+        log.info("settings.reloaded", changed=changed)
 
     def _pass(self, reconciler: Reconciler) -> Outcome:
         started = time.perf_counter()
@@ -302,90 +275,22 @@ class Daemon:
         seconds = time.perf_counter() - started
         self.passes += 1
         if self.passes == 1 or len(outcome.added) + len(outcome.changed) >= FREEZE_AFTER:
-            # Move the long-lived objects (every site's model and resources) out of the
-            # cyclic GC's sight: a full collection over 10,000 sites costs ~170 ms and
-            # would land in the middle of a one-site change. Collect first, so no garbage
-            # is frozen with them.
-            gc.collect()
-            gc.freeze()
-        self._log(outcome, seconds)
+            _freeze_heap()
+        self._reporter.log(outcome, seconds)
         self.metrics.record(outcome, seconds, reconciler.site_states())
         self.metrics.certificates(reconciler.certificate_expiries())
         if self._awaiting_envoy():
             self.metrics.waiting(f"waiting for Envoy's admin socket {self.settings.admin_socket}")
-        self._tell_systemd(outcome)
+        self._reporter.tell_systemd(outcome, self._awaiting_envoy())
         return outcome
 
     def _awaiting_envoy(self) -> bool:
         return self.settings.admin_socket is not None and not self._envoy.up.is_set()
 
-    def _tell_systemd(self, outcome: Outcome) -> None:
-        """READY=1 after the first confirmed pass (or the first clean one without an
-        admin socket), then STATUS and watchdog beats."""
-        if not self.notifier.enabled:
-            return
-        waiting = self._awaiting_envoy()
-        good = not outcome.errors and not waiting and (
-            outcome.confirmation is Confirmation.CONFIRMED
-            or self.settings.admin_socket is None)
-        text = (f"{len(outcome.invalid)} invalid; last pass"
-                f" {'confirmed' if good else 'waiting for Envoy' if waiting else 'with errors'}")
-        if good and not self._ready:
-            self._ready = True
-            self.notifier.ready(text)
-        elif self._ready:
-            self.notifier.send("READY=1", f"STATUS={text}")  # also ends a RELOADING=1
-        else:
-            self.notifier.status(text)
-        self.notifier.watchdog()
-        if self.notifier.error:
-            log.warning("systemd.notify.failed", error=self.notifier.error)
-            self.notifier.error = None
 
-    def _log_warnings(self, warnings: dict[str, list[Problem]]) -> None:
-        """Each site's warnings when they change, and again once a day while they last."""
-        now = time.monotonic()
-        for name, found in warnings.items():
-            texts = [str(w) for w in found]
-            seen = self._seen_warnings.get(name)
-            if seen is None or seen[0] != texts or now - seen[1] >= WARN_AGAIN_S:
-                for text in clip_all(texts):
-                    log.warning("site.warning", site=name, warning=text)
-                self._seen_warnings[name] = (texts, now)
-        for name in set(self._seen_warnings) - set(warnings):
-            del self._seen_warnings[name]
-
-    def _log(self, outcome: Outcome, seconds: float) -> None:
-        for name, problems in outcome.problems.items():
-            if self._seen_problems.get(name) != problems:
-                for problem in clip_all([str(p) for p in problems]):
-                    log.warning("site.invalid", site=name, problem=problem)
-        fresh = set(outcome.added) | set(outcome.changed)
-        for name in sorted(set(self._seen_problems) - set(outcome.problems)):
-            if name in fresh:
-                log.info("site.valid_again", site=name)
-            elif name not in outcome.removed:
-                log.info("site.problems_gone", site=name,
-                         detail="its file was removed, or is back to the version that serves")
-        self._seen_problems = outcome.problems
-        self._log_warnings(outcome.warnings)
-        if outcome.confirmation is Confirmation.CONFIRMED and (
-                self._confirmed is Confirmation.UNCONFIRMED):
-            log.info("envoy.confirming_again", versions=outcome.versions)
-        self._confirmed = outcome.confirmation
-        changed = outcome.added or outcome.changed or outcome.removed or outcome.written
-        level = "warning" if outcome.errors or outcome.rejected else "info" if changed else "debug"
-        log.log(_LEVELS[level], "pass", added=clip_all(outcome.added, MAX_NAMES),
-                changed=clip_all(outcome.changed, MAX_NAMES),
-                removed=clip_all(outcome.removed, MAX_NAMES),
-                invalid=clip_all(outcome.invalid, MAX_NAMES),
-                rejected=clip_all([str(e) for e in outcome.rejected]), written=outcome.written,
-                confirmed=outcome.confirmation.as_status(),
-                errors=clip_all([str(e) for e in outcome.errors]),
-                versions=outcome.versions, stages_ms=outcome.durations_ms,
-                duration_ms=round(seconds * 1000, 2))
-
-
-_LEVELS = {"debug": 10, "info": 20, "warning": 30}
-
-
+def _freeze_heap() -> None:
+    """Move the long-lived objects (every site's model and resources) out of the cyclic
+    GC's sight: a full collection over 10,000 sites costs ~170 ms and would land in the
+    middle of a one-site change. Collect first, so no garbage is frozen with them."""
+    gc.collect()
+    gc.freeze()

@@ -28,7 +28,8 @@ from controlplane.demo import servers
 from controlplane.envoy.verifying import envoy_binary
 from controlplane.intake import checking, loading
 from controlplane.render import bootstraps
-from controlplane.settings import Listen, Settings
+from controlplane.settings import Settings
+from controlplane.values import Listen
 
 SCAN_S = 0.5
 

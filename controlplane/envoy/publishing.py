@@ -17,16 +17,13 @@ Without an admin socket the steps are written in the same order with a short gap
 
 from __future__ import annotations
 
-import contextlib
-import enum
-import json
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
+from controlplane.envoy import files
 from controlplane.envoy.admin import ALREADY_WRITTEN, AdminClient, Counters
+from controlplane.envoy.files import FILES, Confirmation, FileState, Report
 from controlplane.errors import (
     ControlPlaneError,
     EnvoyCannotBind,
@@ -34,59 +31,13 @@ from controlplane.errors import (
     EnvoyUnavailable,
     OutputError,
 )
-from controlplane.render.rendering import discovery_response, fragment
+from controlplane.render.rendering import discovery_response
 from controlplane.render.snapshot import Snapshot
 from controlplane.render.tls import SDS_FOLDER
-from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE, Settings
+from controlplane.settings import Settings
 from controlplane.writing import ensure_folder, write_atomic
 
-FILES = {"cds": CDS_FILE, "lds": LDS_FILE, "rds": RDS_FILE}
 _E = TypeVar("_E", bound=ControlPlaneError)
-
-
-class Confirmation(enum.Enum):
-    """Whether Envoy took what was written."""
-
-    CONFIRMED = "confirmed"
-    """Envoy's admin socket says it runs it."""
-    UNCONFIRMED = "unconfirmed"
-    """Not (yet): Envoy down, slow or rejecting, or the write failed."""
-    UNASKED = "unasked"
-    """Written, with no admin socket to ask."""
-
-    def as_status(self) -> bool | None:
-        """The status file's `confirmed`: true, false, or null (no admin socket)."""
-        return {Confirmation.CONFIRMED: True, Confirmation.UNCONFIRMED: False}.get(self)
-
-
-@dataclass(slots=True)
-class FileState:
-    """What one output file holds, and whether Envoy confirmed it."""
-
-    fragments: tuple[str, ...] = ()
-    version: str = ""
-    confirmed: Confirmation = Confirmation.UNCONFIRMED
-    last_confirmed: tuple[str, ...] | None = None
-    before: Counters | None = None
-    """Envoy's counters read just before this version was written, kept until it is
-    confirmed: a later pass still sees a rejection that came after a timeout. None when
-    unknown (a file found on disk at start)."""
-
-
-@dataclass(slots=True, kw_only=True)
-class Report:
-    """What one apply did; failures are kept as the errors raised, each naming its file."""
-
-    written: list[str] = field(default_factory=list)
-    asked: bool = False
-    """Envoy's admin socket was asked something in this apply (never without one)."""
-    rejected: list[EnvoyRejected] = field(default_factory=list)
-    unconfirmed: list[EnvoyUnavailable] = field(default_factory=list)
-    errors: list[ControlPlaneError] = field(default_factory=list)
-
-    @property
-    def confirmed(self) -> bool:
-        return not (self.rejected or self.unconfirmed or self.errors)
 
 
 class Publisher:
@@ -99,42 +50,12 @@ class Publisher:
         self._stop = stop
         self._salt = 0
         self._stale: set[str] = set()
-        self.files = {kind: self._read_existing(kind) for kind in FILES}
-        self._names = self._cluster_names_on_disk()
+        self.files = {kind: files.read_state(settings.out_dir, kind) for kind in FILES}
+        self._names = files.cluster_names(self.files["cds"].fragments)
         """Cluster fragment -> its name, for every fragment cds.json holds or may hold
         again (the last confirmed one); filled from the snapshots applied."""
-        self.secrets = self._read_secrets()
+        self.secrets = files.read_secrets(settings.out_dir)
         """What each SDS file holds, by secret name."""
-
-    def _read_existing(self, kind: str) -> FileState:
-        """A restart continues from what is on disk, so make-before-break still holds."""
-        try:
-            document = json.loads((self._settings.out_dir / FILES[kind]).read_bytes())
-            fragments = tuple(fragment(r, None) for r in document["resources"])
-            return FileState(fragments=fragments, version=str(document["version_info"]),
-                             confirmed=Confirmation.UNCONFIRMED)
-        except (OSError, ValueError, KeyError, TypeError):
-            return FileState(version="", confirmed=Confirmation.UNCONFIRMED)
-
-    def _read_secrets(self) -> dict[str, str]:
-        folder = self._settings.out_dir / SDS_FOLDER
-        found = {}
-        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-            try:
-                document = json.loads(path.read_bytes())
-                found[path.stem] = fragment(document["resources"][0], None)
-            except (OSError, ValueError, KeyError, TypeError, IndexError):
-                continue
-        return found
-
-    def _cluster_names_on_disk(self) -> dict[str, str]:
-        """The names of the clusters a previous run left in cds.json: the one place our
-        own output is read back, since that run's snapshot is gone."""
-        names = {}
-        for text in self.files["cds"].fragments:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                names[text] = str(json.loads(text)["name"])
-        return names
 
     def cluster_fragments(self) -> dict[str, str]:
         """Cluster name -> fragment of what cds.json holds."""
@@ -153,7 +74,7 @@ class Publisher:
         current = self.cluster_fragments()
         union = {**current, **target.clusters}
         if union != current or self.files["cds"].confirmed is Confirmation.UNCONFIRMED:
-            self._step(report, {"cds": _sorted(union)})
+            self._step(report, {"cds": tuple(union[name] for name in sorted(union))})
         if self._may_go_on(report):
             self._step(report, {"rds": files["rds"], "lds": files["lds"]})
         if self._may_go_on(report):
@@ -374,26 +295,3 @@ def _about(what: str, exc: _E) -> _E:
     return type(exc)(f"{what}: {exc}")
 
 
-def _sorted(clusters: dict[str, str]) -> tuple[str, ...]:
-    return tuple(clusters[name] for name in sorted(clusters))
-
-
-def out_paths(out_dir: Path) -> dict[str, Path]:
-    return {kind: out_dir / name for kind, name in FILES.items()}
-
-
-def write_once(out_dir: Path, target: Snapshot, *, pretty: bool = False) -> None:
-    """`render`: every file of the snapshot, written once in the make-before-break order
-    (certificates, clusters, routes, listeners), with no Envoy to confirm. `pretty`
-    indents the JSON for people to read."""
-    def encoded(fragments: list[str]) -> bytes:
-        _, data = discovery_response(fragments)
-        if pretty:
-            data = (json.dumps(json.loads(data), indent=2, sort_keys=True) + "\n").encode()
-        return data
-
-    for name, text in target.secrets.items():
-        ensure_folder(out_dir / SDS_FOLDER)
-        write_atomic(out_dir / SDS_FOLDER / f"{name}.json", encoded([text]))
-    for kind, fragments in target.files().items():
-        write_atomic(out_dir / FILES[kind], encoded(list(fragments)))

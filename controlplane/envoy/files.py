@@ -1,0 +1,126 @@
+"""The output files as the Publisher knows them: what each holds, whether Envoy took it
+(`Confirmation`), what one apply did (`Report`), what a previous run left on disk, and
+the one-shot write of `render`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controlplane.envoy.admin import Counters
+from controlplane.errors import (
+    ControlPlaneError,
+    EnvoyRejected,
+    EnvoyUnavailable,
+)
+from controlplane.render.rendering import discovery_response, fragment
+from controlplane.render.snapshot import Snapshot
+from controlplane.render.tls import SDS_FOLDER
+from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE
+from controlplane.writing import ensure_folder, write_atomic
+
+FILES = {"cds": CDS_FILE, "lds": LDS_FILE, "rds": RDS_FILE}
+
+
+class Confirmation(enum.Enum):
+    """Whether Envoy took what was written."""
+
+    CONFIRMED = "confirmed"
+    """Envoy's admin socket says it runs it."""
+    UNCONFIRMED = "unconfirmed"
+    """Not (yet): Envoy down, slow or rejecting, or the write failed."""
+    UNASKED = "unasked"
+    """Written, with no admin socket to ask."""
+
+    def as_status(self) -> bool | None:
+        """The status file's `confirmed`: true, false, or null (no admin socket)."""
+        return {Confirmation.CONFIRMED: True, Confirmation.UNCONFIRMED: False}.get(self)
+
+
+@dataclass(slots=True)
+class FileState:
+    """What one output file holds, and whether Envoy confirmed it."""
+
+    fragments: tuple[str, ...] = ()
+    version: str = ""
+    confirmed: Confirmation = Confirmation.UNCONFIRMED
+    last_confirmed: tuple[str, ...] | None = None
+    before: Counters | None = None
+    """Envoy's counters read just before this version was written, kept until it is
+    confirmed: a later pass still sees a rejection that came after a timeout. None when
+    unknown (a file found on disk at start)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Report:
+    """What one apply did; failures are kept as the errors raised, each naming its file."""
+
+    written: list[str] = field(default_factory=list)
+    asked: bool = False
+    """Envoy's admin socket was asked something in this apply (never without one)."""
+    rejected: list[EnvoyRejected] = field(default_factory=list)
+    unconfirmed: list[EnvoyUnavailable] = field(default_factory=list)
+    errors: list[ControlPlaneError] = field(default_factory=list)
+
+    @property
+    def confirmed(self) -> bool:
+        return not (self.rejected or self.unconfirmed or self.errors)
+
+
+def out_paths(out_dir: Path) -> dict[str, Path]:
+    return {kind: out_dir / name for kind, name in FILES.items()}
+
+
+def write_once(out_dir: Path, target: Snapshot, *, pretty: bool = False) -> None:
+    """`render`: every file of the snapshot, written once in the make-before-break order
+    (certificates, clusters, routes, listeners), with no Envoy to confirm. `pretty`
+    indents the JSON for people to read."""
+    def encoded(fragments: list[str]) -> bytes:
+        _, data = discovery_response(fragments)
+        if pretty:
+            data = (json.dumps(json.loads(data), indent=2, sort_keys=True) + "\n").encode()
+        return data
+
+    for name, text in target.secrets.items():
+        ensure_folder(out_dir / SDS_FOLDER)
+        write_atomic(out_dir / SDS_FOLDER / f"{name}.json", encoded([text]))
+    for kind, fragments in target.files().items():
+        write_atomic(out_dir / FILES[kind], encoded(list(fragments)))
+
+
+def read_state(out_dir: Path, kind: str) -> FileState:
+    """A restart continues from what is on disk, so make-before-break still holds."""
+    try:
+        document = json.loads((out_dir / FILES[kind]).read_bytes())
+        fragments = tuple(fragment(r, None) for r in document["resources"])
+        return FileState(fragments=fragments, version=str(document["version_info"]),
+                         confirmed=Confirmation.UNCONFIRMED)
+    except (OSError, ValueError, KeyError, TypeError):
+        return FileState(version="", confirmed=Confirmation.UNCONFIRMED)
+
+
+def read_secrets(out_dir: Path) -> dict[str, str]:
+    """What each SDS file a previous run left holds, by secret name."""
+    folder = out_dir / SDS_FOLDER
+    found = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            document = json.loads(path.read_bytes())
+            found[path.stem] = fragment(document["resources"][0], None)
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            continue
+    return found
+
+
+def cluster_names(fragments: tuple[str, ...]) -> dict[str, str]:
+    """Fragment -> name of the clusters a previous run left in cds.json: the one place
+    our own output is read back, since that run's snapshot is gone."""
+    names = {}
+    for text in fragments:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            names[text] = str(json.loads(text)["name"])
+    return names
