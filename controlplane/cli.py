@@ -28,7 +28,6 @@ from controlplane.daemon import liveness, statusfile
 from controlplane.daemon.running import Daemon
 from controlplane.daemon.signals import daemon_signals
 from controlplane.envoy import diffing, files
-from controlplane.envoy.admin import AdminClient
 from controlplane.envoy.verifying import Verifier
 from controlplane.errors import ControlPlaneError, EnvoyUnavailable, SettingsError, SiteError
 from controlplane.intake import checking, explaining, selecting
@@ -218,12 +217,12 @@ def _diff(config: settings.Settings, args: argparse.Namespace) -> int:
     target = snapshot.snapshot(config, [c.resources for c in selection.serving.values()
                                          if c.resources is not None])
     try:
-        dump = json.loads(AdminClient(config.admin_socket, config).get("/config_dump"))
-    except (EnvoyUnavailable, ValueError) as exc:
+        live = diffing.live_resources(config)
+    except EnvoyUnavailable as exc:
         print(f"controlplane: cannot read the live Envoy's configuration: {exc}",
               file=sys.stderr)
         return EXIT_ENVIRONMENT
-    difference = diffing.compare(diffing.rendered(target), diffing.live(dump))
+    difference = diffing.compare(diffing.rendered(target), live)
     sys.stdout.write(difference.diff)
     print(difference.summary(), file=sys.stderr)
     return EXIT_OK if difference.same else EXIT_INVALID

@@ -130,7 +130,7 @@ def test_the_daemon_logs_an_ignored_file_once_not_every_pass(tmp_path: Path) -> 
     (sites / "x.YML").write_text("domains: [x.example]\n")
     settings = Settings(sites_dir=sites, out_dir=tmp_path / "out", verify_with_envoy=False,
                         unconfirmed_gap_s=0)
-    reconciler = Reconciler(settings, verifier=None, admin=None, stop=threading.Event())
+    reconciler = Reconciler(settings, verifier=None, ask_envoy=False, stop=threading.Event())
     with capture_logs() as logs:
         reconciler.run_pass()
         reconciler.run_pass()

@@ -276,7 +276,7 @@ def test_a_pass_without_the_sites_folder_still_judges_the_paths_that_serve(
     settings = Settings(sites_dir=root / "sites", out_dir=root / "out", admin_socket=admin,
                         verify_with_envoy=False, unconfirmed_gap_s=0)
     (root / "out").mkdir()
-    reconciler = Reconciler(settings, verifier=None, admin=None, stop=threading.Event())
+    reconciler = Reconciler(settings, verifier=None, ask_envoy=False, stop=threading.Event())
     assert reconciler.run_pass().written == ["cds", "rds", "lds"]
     shutil.rmtree(root / "sites")
     assert reconciler.run_pass().removed == []
@@ -301,7 +301,7 @@ def test_a_cached_site_file_gets_its_paths_judged_again_at_every_pass(
     (root / "out").mkdir()
     settings = Settings(sites_dir=root / "sites", out_dir=root / "out", admin_socket=admin,
                         verify_with_envoy=False, unconfirmed_gap_s=0)
-    reconciler = Reconciler(settings, verifier=None, admin=None, stop=threading.Event())
+    reconciler = Reconciler(settings, verifier=None, ask_envoy=False, stop=threading.Event())
     assert reconciler.run_pass().problems == {}
     assert set(reconciler.socket_folders) == {f"{root}/sockets"}
     os.symlink(admin, root / "sockets" / "a.sock")
@@ -378,6 +378,6 @@ def test_htpasswd_folders_never_crowd_the_socket_folders_out_of_the_watch(
                                   f"basic_auth: {{htpasswd: {users}}}\n")
     settings = Settings(sites_dir=sites, out_dir=tmp_path / "out", verify_with_envoy=False,
                         socket_dirs=(tmp_path,), unconfirmed_gap_s=0)
-    reconciler = Reconciler(settings, verifier=None, admin=None, stop=threading.Event())
+    reconciler = Reconciler(settings, verifier=None, ask_envoy=False, stop=threading.Event())
     reconciler.run_pass()
     assert reconciler.socket_folders == [str(sockets), str(auth)]

@@ -19,7 +19,6 @@ import structlog
 
 from controlplane.daemon import statusfile
 from controlplane.daemon.passes import Clock, Outcome, blocked_by
-from controlplane.envoy.admin import AdminClient
 from controlplane.envoy.files import Confirmation
 from controlplane.envoy.publishing import Publisher
 from controlplane.envoy.verifying import Verifier
@@ -51,11 +50,12 @@ class Reconciler:
     """Keeps what the daemon knows between passes; `run_pass` is one reconciliation."""
 
     def __init__(self, settings: Settings, *, verifier: Verifier | None,
-                 admin: AdminClient | None, stop: threading.Event) -> None:
+                 ask_envoy: bool, stop: threading.Event) -> None:
+        """`ask_envoy`: confirm through Envoy's admin socket (once Envoy is up)."""
         self._settings = settings
         self._verifier = verifier
-        self._admin = admin
-        self._publisher = Publisher(settings, admin, stop)
+        self._publisher = (Publisher.asking(settings, stop) if ask_envoy
+                           else Publisher(settings, None, stop))
         self._cache: dict[str, tuple[tuple[int, ...], Checked]] = {}
         self._rejected: dict[str, str] = {}
         self._ignored: set[str] = set()
@@ -125,6 +125,7 @@ class Reconciler:
         clock.lap("write_confirm")
         self._record(outcome, selection, checked)
         self.socket_folders = self._socket_folders()
+        clock.lap("record")
         return outcome
 
     def _socket_folders(self) -> list[str]:
@@ -210,12 +211,12 @@ class Reconciler:
         outcome.written, outcome.rejected = report.written, list(report.rejected)
         outcome.errors.extend([*report.unconfirmed, *report.errors])
         outcome.versions = {k: f.version for k, f in self._publisher.files.items()}
-        outcome.confirmation = (Confirmation.UNASKED if self._admin is None
+        outcome.confirmation = (Confirmation.UNASKED if not self._publisher.asks_envoy
                                 else Confirmation.CONFIRMED if report.confirmed
                                 else Confirmation.UNCONFIRMED)
         outcome.retry = bool(report.unconfirmed or report.rejected or report.errors)
         self._envoy_ok = not any(isinstance(e, EnvoyUnavailable) for e in outcome.errors)
-        if report.confirmed and self._admin is not None:  # not merely written
+        if report.confirmed and self._publisher.asks_envoy:  # not merely written
             self._confirmed = {name: item.digest for name, item in serving.items()}
         binds = [e for e in report.rejected if isinstance(e, EnvoyCannotBind)]
         if binds:
@@ -290,7 +291,7 @@ class Reconciler:
         update or unable to bind a listener, or the output folder not writable."""
         if serving is None:
             return "invalid"
-        unasked = self._admin is None and self._settings.admin_socket is None
+        unasked = not self._publisher.asks_envoy and self._settings.admin_socket is None
         confirmed = unasked or (self._envoy_ok and self._confirmed.get(name) == serving.digest)
         if not confirmed or name in self._blocked:
             return "pending"

@@ -33,7 +33,6 @@ from controlplane.daemon.reconciling import Reconciler
 from controlplane.daemon.reporting import Reporter
 from controlplane.daemon.statusfile import clip
 from controlplane.daemon.watching import Signal, Watch
-from controlplane.envoy.admin import AdminClient
 from controlplane.envoy.starting import EnvoyStart
 from controlplane.envoy.verifying import SCRATCH_DIR, Verifier
 from controlplane.errors import ControlPlaneError, OutputError, Stopping
@@ -135,12 +134,10 @@ class Daemon:
 
     def _reconciler(self) -> Reconciler:
         settings = self.settings
-        admin = None
-        if settings.admin_socket is not None and self._envoy.up.is_set():
-            admin = AdminClient(settings.admin_socket, settings)
         verifier = (Verifier(settings, scratch=settings.state / SCRATCH_DIR, stop=self.stop)
                     if settings.verify_with_envoy else None)
-        return Reconciler(settings, verifier=verifier, admin=admin, stop=self.stop)
+        return Reconciler(settings, verifier=verifier, stop=self.stop,
+                          ask_envoy=settings.admin_socket is not None and self._envoy.up.is_set())
 
     def _watch(self, watch: Watch) -> bool:
         """(Re)start the watch; a folder that cannot be watched is polled, and said once."""
@@ -157,10 +154,12 @@ class Daemon:
         return watched
 
     def _loop(self, watch: Watch) -> None:
+        watched = self._watch(watch)
         self.signal.clear()  # the first pass looks at everything that ensure() signalled
         confirmed_mode = self._envoy.up.is_set()
         reconciler = self._reconciler()
-        watched, outcome = self._watched_pass(watch, reconciler)
+        outcome = self._pass(reconciler)
+        watch.also(reconciler.socket_folders)
         failures = int(outcome.retry)
         next_resync = time.monotonic() + self.settings.resync_s
         while not self.stop.is_set():
@@ -177,11 +176,7 @@ class Daemon:
             reloaded = self._reload_requested.is_set() or (
                 confirmed_mode != self._envoy.up.is_set())
             if reloaded:
-                self._apply_reload()
-                confirmed_mode = self._envoy.up.is_set()
-                fresh = self._reconciler()
-                fresh.carry_status(reconciler)
-                reconciler = fresh
+                reconciler, confirmed_mode = self._reloaded(reconciler)
             if self._awaiting_envoy() and not outcome.retry:
                 # The files are written; a later write could reach an Envoy that is just
                 # starting, unconfirmed. Wait: the first pass once Envoy is up is full.
@@ -196,6 +191,15 @@ class Daemon:
             failures = failures + 1 if outcome.retry else 0
             if time.monotonic() >= next_resync or not outcome.retry:
                 next_resync = time.monotonic() + self.settings.resync_s
+
+    def _reloaded(self, previous: Reconciler) -> tuple[Reconciler, bool]:
+        """After SIGHUP, or Envoy coming up or going away: a new reconciler on the
+        settings now in effect, with what the previous one reported per site."""
+        self._apply_reload()
+        mode = self._envoy.up.is_set()  # read before the reconciler that follows it
+        fresh = self._reconciler()
+        fresh.carry_status(previous)
+        return fresh, mode
 
     def _watched_pass(self, watch: Watch, reconciler: Reconciler) -> tuple[bool, Outcome]:
         """(whether the sites folder is watched, the pass); then the folders of the

@@ -17,7 +17,10 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from controlplane.envoy.admin import AdminClient
+from controlplane.errors import EnvoyBadAnswer
 from controlplane.render import rendering, snapshot
+from controlplane.settings import Settings
 
 Resources = dict[str, Any]
 """`KIND/NAME` -> the resource in canonical form (`Cluster/blog`, `virtual_host/blog`)."""
@@ -54,6 +57,16 @@ def rendered(target: snapshot.Snapshot) -> Resources:
                  target.routes]:
         found.update(_split(json.loads(text)))
     return found
+
+
+def live_resources(settings: Settings) -> Resources:
+    """What the live Envoy holds, from its admin `/config_dump`."""
+    assert settings.admin_socket is not None
+    text = AdminClient(settings.admin_socket, settings).get("/config_dump")
+    try:
+        return live(json.loads(text))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EnvoyBadAnswer(f"/config_dump is not Envoy's configuration: {exc}") from None
 
 
 def live(dump: Mapping[str, Any]) -> Resources:

@@ -43,6 +43,18 @@ _E = TypeVar("_E", bound=ControlPlaneError)
 class Publisher:
     """Owns the output folder; knows what each file holds; applies a target in order."""
 
+    @classmethod
+    def asking(cls, settings: Settings, stop: threading.Event) -> Publisher:
+        """A Publisher that confirms each step through Envoy's admin socket (none
+        without `admin_socket`)."""
+        admin = None if settings.admin_socket is None else AdminClient(settings.admin_socket,
+                                                                       settings)
+        return cls(settings, admin, stop)
+
+    @property
+    def asks_envoy(self) -> bool:
+        return self._admin is not None
+
     def __init__(self, settings: Settings, admin: AdminClient | None,
                  stop: threading.Event) -> None:
         self._settings = settings

@@ -12,14 +12,23 @@ leave out every bad site.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from controlplane.envoy.verifying import Verifier
 from controlplane.errors import Problem, bounded
 from controlplane.intake import claims, paths, validating
 from controlplane.intake.checking import Checked
 from controlplane.render import tls
+from controlplane.render.rendering import SiteResources
+
+
+class Verdicts(Protocol):
+    """Envoy's own verdict on candidates (`envoy/verifying`'s Verifier): problems per
+    site name for the ones Envoy refuses."""
+
+    def verify(self, candidates: Sequence[SiteResources],
+               sources: dict[str, str]) -> dict[str, list[Problem]]: ...
 
 
 @dataclass(slots=True, kw_only=True)
@@ -32,7 +41,7 @@ class Selection:
 
 
 def select(checked: dict[str, Checked], last_good: dict[str, Checked],
-           verifier: Verifier | None, max_certificates: int | None = None,
+           verifier: Verdicts | None, max_certificates: int | None = None,
            fence: paths.Fence | None = None) -> Selection:
     """Which version of each site serves: the new one when it passes every check, else
     its last good one, else none. The paths of both are judged first (`fence`, built for
