@@ -2,8 +2,8 @@
 
     ControlPlaneError
     ├── SiteError            permanent for this content: the user must edit the file.
-    │                        Carries the file, the field path and the reason; many are
-    │                        collected into a SiteErrors so all are reported at once.
+    │                        Carries every `Problem` found (file, line, field, reason),
+    │                        at most `MAX_PROBLEMS`, so all are reported at once.
     ├── SettingsError        permanent: a bad flag or settings file; the CLI exits 2.
     ├── FolderBusy           permanent while it lasts: another controlplane owns the
     │                        output folder (its lock file); the CLI exits 3.
@@ -21,8 +21,9 @@
         └── EnvoyBinaryError the binary could not be run at all (missing, crashed).
 
 Each class carries `kind` (the label of `controlplane_errors_total`) and `retry` (whether
-the daemon should try again soon by itself). Only the CLI turns these into exit codes;
-the daemon turns them into status and log events.
+a later pass can help by itself). Errors and Problems stay objects through a pass (its
+`Outcome` holds them); only the edges turn them into text: the status file, the log, the
+metrics (by `kind`) and the CLI (exit codes).
 """
 
 from __future__ import annotations

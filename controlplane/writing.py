@@ -1,10 +1,13 @@
-"""Edge I/O for the output: atomic, idempotent publication of one file at a time.
+"""Edge I/O for every file the daemon writes (Envoy's files, the status file, the
+last-good store): atomic, idempotent publication of one file at a time, its folders,
+and the clean-up of what a killed process left.
 
 Envoy reloads a dynamic file only when a new file is renamed over it, and its watch
 follows the folder's inode, so: write a temp file in the same folder, set its mode on
-the handle, fsync, `os.replace`, fsync the folder. The folder itself is never replaced.
-Unchanged content is not rewritten. On any error the temp file is removed and the old
-file stays as it was. The order of files across a pass is the reconciler's business.
+the handle, fsync, `os.replace`, fsync the folder (`durable=False` leaves the syncs to
+a caller that writes a batch). The folder itself is never replaced. Unchanged content
+is not rewritten. On any error the temp file is removed and the old file stays as it
+was. The order of Envoy's files is the Publisher's business (`envoy/publishing`).
 
 One process writes a folder at a time: `hold_lock` takes an exclusive `flock` on
 `FOLDER/.controlplane.lock` (Envoy ignores the file) for as long as the writer lives.

@@ -153,8 +153,9 @@ def test_sites_folder_removed_and_recreated(node: Node, load: Load) -> None:
     saved = node.folder / "saved-sites"
     shutil.copytree(node.sites, saved, symlinks=True)
     shutil.rmtree(node.sites)
-    time.sleep(0.3)  # let the daemon see the folder gone; stable must keep serving
-    assert node.serves("stable.example.com", "stable /")
+    wait_for(lambda: any("the sites folder is missing" in e for e in node.status().get(
+        "last_pass", {}).get("errors", [])), 10, "the daemon to see the folder gone")
+    assert node.serves("stable.example.com", "stable /")  # what serves stays
     shutil.copytree(saved, node.sites, symlinks=True)
     sock = node.upstreams.start("back")
     node.put("back", node.site("back", ["back.example.com"], sock))

@@ -1,8 +1,10 @@
 """A small real HTTP/1.1 server on a Unix socket, for when nginx is not installed.
 
 Used by `make demo` and by the end-to-end tests as the stand-in upstream: it answers
-`GET /...` with `NAME PATH` and the request's Host, so a test can see which site and
-which path reached it. Run as `python -m controlplane.demo.unixhttp SOCKET NAME`.
+every `GET` with the body `NAME PATH` and an `X-Upstream: NAME` header, and echoes the
+`X-Forwarded-For` and `X-Real-IP` it got as `X-Seen-*` headers, so a test can see which
+site, which path and which client address reached it. The socket is made 0666 and
+removed on SIGTERM. Run as `python -m controlplane.demo.unixhttp SOCKET NAME`.
 """
 
 from __future__ import annotations
