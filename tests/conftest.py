@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import leaks
 from tests.parts import Envoy, Upstreams, upstream_kinds
 
 
@@ -44,6 +45,15 @@ def envoy_factory(short_tmp: Path) -> Iterator[list[Envoy]]:
     finally:
         for envoy in started:
             envoy.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> Iterator[None]:
+    """A test that leaves a thread or a process running fails (after a grace period)."""
+    threads, processes = leaks.threads(), leaks.descendants()
+    yield
+    left = leaks.leaked(threads, processes)
+    assert not left, f"the test left these running: {left}"
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,64 @@
+"""What a test leaves behind: threads of this process and processes below it.
+
+The autouse guard in `conftest.py` takes both before each test and fails the test when,
+after a grace period for things that are ending, more remain than it found. Processes
+and threads that a fixture of a wider scope started exist before and after, so they are
+not counted. Zombies (exited, not reaped) hold no resources and are not counted.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+GRACE_S = 5.0
+
+
+def descendants(root: int | None = None) -> dict[int, str]:
+    """Live processes below `root` (this process): pid -> command line."""
+    root = os.getpid() if root is None else root
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if fields[0] == "Z":
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        commands[int(entry.name)] = command
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = commands[pid]
+                frontier.append(pid)
+    return found
+
+
+def threads() -> set[threading.Thread]:
+    return set(threading.enumerate())
+
+
+def leaked(before_threads: set[threading.Thread], before_processes: dict[int, str],
+           grace_s: float = GRACE_S) -> list[str]:
+    """What is still there after `grace_s` that was not before (empty when clean)."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        extra_threads = [t for t in threads() - before_threads if t.is_alive()]
+        extra = {pid: cmd for pid, cmd in descendants().items() if pid not in before_processes}
+        if not (extra_threads or extra) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return ([f"thread {t.name!r}" for t in extra_threads]
+            + [f"process {pid}: {cmd[:200]}" for pid, cmd in sorted(extra.items())])
