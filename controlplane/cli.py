@@ -51,15 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # flush at exit from failing again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except SettingsError as exc:
-        print(f"controlplane: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except SiteError as exc:
-        print(f"controlplane: {exc}", file=sys.stderr)
-        return EXIT_INVALID
     except ControlPlaneError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return (EXIT_USAGE if isinstance(exc, SettingsError)
+                else EXIT_INVALID if isinstance(exc, SiteError) else EXIT_ENVIRONMENT)
     except OSError as exc:
         print(f"controlplane: {_os_error(exc)}", file=sys.stderr)
         return EXIT_ENVIRONMENT
