@@ -49,11 +49,21 @@ def envoy_factory(short_tmp: Path) -> Iterator[list[Envoy]]:
 
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
-    """A test that leaves a thread or a process running fails (after a grace period)."""
+    """A test that leaves a thread or a process running fails (after a grace period);
+    what a long-lived helper owns is the module guard's to judge."""
+    threads, processes = leaks.threads(), leaks.descendants(owned=False)
+    yield
+    left = leaks.leaked(threads, processes, owned=False)
+    assert not left, f"the test left these running: {left}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_leaks_in_module() -> Iterator[None]:
+    """Once a module's fixtures are torn down, nothing it started runs on."""
     threads, processes = leaks.threads(), leaks.descendants()
     yield
     left = leaks.leaked(threads, processes)
-    assert not left, f"the test left these running: {left}"
+    assert not left, f"the module left these running: {left}"
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,7 @@ import yaml
 from controlplane.demo import servers
 from controlplane.envoy.verifying import envoy_binary
 from controlplane.settings import Settings
+from tests import leaks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,11 +96,13 @@ class Upstreams:
         home = self.folder.parent / f"nginx-{name}"
         started = servers.start(name, self.folder / f"{name}.sock", self.kind, home)
         self._started.append(started)
+        leaks.own(started.process.pid)
         return started.socket
 
     def close(self) -> None:
         for started in self._started:
             started.stop()
+            leaks.disown(started.process.pid)
 
 
 class Envoy:
@@ -142,6 +145,7 @@ class Envoy:
                 [str(envoy_binary(Settings())), "-c", str(bootstrap), "--disable-hot-restart",
                  "--log-level", "warning", "--drain-time-s", "1"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        leaks.own(self.process.pid)
         wait_for(self._live, 20, "Envoy's admin /ready")
 
     def _live(self) -> bool:
@@ -181,6 +185,7 @@ class Envoy:
     def stop(self) -> None:
         if self.process is not None:
             _stop(self.process)
+            leaks.disown(self.process.pid)
 
 
 class DaemonProcess:
@@ -193,6 +198,7 @@ class DaemonProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "controlplane", *settings, "run", *args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        leaks.own(self.process.pid)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         found = []
@@ -205,6 +211,7 @@ class DaemonProcess:
 
     def stop(self) -> int:
         _stop(self.process)
+        leaks.disown(self.process.pid)
         return int(self.process.returncode)
 
 
