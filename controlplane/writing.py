@@ -35,11 +35,12 @@ LOCK_FILE = ".controlplane.lock"
 def write_atomic(path: Path, data: bytes, mode: int = OUTPUT_MODE, *, force: bool = False,
                  durable: bool = True) -> bool:
     """Publish `data` at `path`; False when the file already held exactly these bytes.
-    `durable=False` skips the fsyncs (the caller syncs the folder once for a batch); the
-    rename is atomic either way."""
+    `durable=False` skips the fsyncs (the caller syncs the folder once for a batch), and
+    so does a folder in memory (`in_memory`); the rename is atomic either way."""
     if not force and _same(path, data):
         return False
     folder = path.parent
+    durable = durable and not in_memory(folder)
     try:
         fd, temp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX + path.name + ".")
     except OSError as exc:
@@ -67,6 +68,35 @@ def _same(path: Path, data: bytes) -> bool:
             return handle.read(len(data) + 1) == data
     except OSError:
         return False
+
+
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+_memory: dict[int, bool] = {}
+
+
+def in_memory(folder: Path) -> bool:
+    """The folder is on a filesystem in memory (tmpfs, ramfs: `/dev/shm`, an emptyDir
+    with `medium: Memory`), whose files do not outlive a reboot however they are
+    synced: an fsync there buys nothing. Known per device (`st_dev`), from the kernel's
+    mount table; unknown counts as a disk."""
+    try:
+        device = os.stat(folder).st_dev
+    except OSError:
+        return False
+    if device not in _memory:
+        _memory[device] = _filesystem_of(device) in MEMORY_FILESYSTEMS
+    return _memory[device]
+
+
+def _filesystem_of(device: int) -> str:
+    """The filesystem type of a device, from /proc/self/mountinfo ("" if not found)."""
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == wanted and " - " in line:
+                return line.split(" - ", 1)[1].split()[0]
+    return ""
 
 
 def sync_folder(folder: Path) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from controlplane import writing
 from controlplane.errors import OutputError
 from controlplane.writing import TEMP_PREFIX, remove_stale_temps, write_atomic
 
@@ -54,3 +57,17 @@ def test_stale_temps_are_removed(tmp_path: Path) -> None:
     (tmp_path / "cds.json").write_text("{}")
     remove_stale_temps(tmp_path)
     assert os.listdir(tmp_path) == ["cds.json"]
+
+
+def test_a_folder_in_memory_is_known_as_such(tmp_path: Path) -> None:
+    """/dev/shm is tmpfs on Linux: fsync there buys nothing; the repository's own
+    folder, and a missing one, count as disks (their writes stay fsync'd)."""
+    assert writing.in_memory(Path("/dev/shm"))
+    assert not writing.in_memory(Path(__file__).parent)
+    assert not writing.in_memory(tmp_path / "missing")
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        assert writing.write_atomic(shm / "a.json", b"{}")
+        assert (shm / "a.json").read_bytes() == b"{}"
+    finally:
+        shutil.rmtree(shm)
