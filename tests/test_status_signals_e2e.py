@@ -45,7 +45,7 @@ def test_status_of_a_live_then_killed_daemon(short_tmp: Path) -> None:
     daemon = DaemonProcess(short_tmp, [str(sites), "--out", str(out), "--no-envoy",
                                        "--metrics", f"127.0.0.1:{free_port()}"])
     try:
-        wait_for(lambda: (out / ".controlplane" / "statusfile.json").exists(), 10, "a status")
+        wait_for(lambda: (out / ".controlplane" / "status.json").exists(), 10, "a status")
         code, text, document = _status("--out", str(out))
         pid = daemon.process.pid
         assert (code, document["verdict"], document["daemon"]["pid"]) == (0, "ok", pid)
@@ -75,7 +75,7 @@ def test_status_after_a_clean_stop_says_when(short_tmp: Path) -> None:
     sites.mkdir()
     daemon = DaemonProcess(short_tmp, [str(sites), "--out", str(out), "--no-envoy"])
     try:
-        wait_for(lambda: (out / ".controlplane" / "statusfile.json").exists(), 10, "a status")
+        wait_for(lambda: (out / ".controlplane" / "status.json").exists(), 10, "a status")
         assert daemon.stop() == 0
         code, text, _ = _status("--out", str(out))
         assert code == 3 and text.startswith("daemon: not running (stopped at 20")
@@ -106,7 +106,7 @@ def test_status_without_a_status_file_names_where_it_looked(tmp_path: Path) -> N
     running daemon's."""
     code, text, document = _status("--out", str(tmp_path / "elsewhere"))
     assert code == 3 and document["verdict"] == "no status"
-    assert f"no status at {tmp_path}/elsewhere/.controlplane/statusfile.json" in text
+    assert f"no status at {tmp_path}/elsewhere/.controlplane/status.json" in text
     assert "give it those of the running daemon" in text
 
 
@@ -172,7 +172,7 @@ def test_state_folder_is_private_and_out_folder_readable_under_umask_077(
              "--state", str(state), "--no-envoy"], stdout=handle, stderr=subprocess.STDOUT,
             preexec_fn=lambda: os.umask(0o077))
     try:
-        wait_for(lambda: (state / "statusfile.json").exists(), 10, "the first pass")
+        wait_for(lambda: (state / "status.json").exists(), 10, "the first pass")
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)

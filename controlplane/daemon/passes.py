@@ -20,7 +20,7 @@ from controlplane.intake.checking import (
 
 @dataclass(slots=True, kw_only=True)
 class Outcome:
-    """What one pass did; the daemon logs it as one event and writes it to the statusfile."""
+    """What one pass did; the daemon logs it as one event and writes it to the status file."""
 
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)

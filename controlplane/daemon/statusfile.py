@@ -47,7 +47,10 @@ def clip_all(texts: list[str], limit: int = MAX_ENTRIES) -> list[str]:
 
 def clip_problems(problems: list[Problem], limit: int = MAX_ENTRIES) -> list[Problem]:
     """At most `limit` problems, each reason clipped, then one saying how many more."""
-    kept = [dataclasses.replace(p, reason=clip(p.reason)) for p in problems[:limit]]
+    if not problems:
+        return []
+    kept = [p if len(p.reason) <= MAX_TEXT else dataclasses.replace(p, reason=clip(p.reason))
+            for p in problems[:limit]]
     if len(problems) > limit:
         kept.append(Problem(problems[0].file, "", f"and {len(problems) - limit} more"))
     return kept
