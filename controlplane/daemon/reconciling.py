@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 
 import structlog
 
@@ -37,11 +36,11 @@ from controlplane.intake.checking import (
     check_entry,
     fence_of,
     scan,
+    watched_folders,
 )
 from controlplane.intake.selecting import Selection, select
 from controlplane.render import snapshot
 from controlplane.settings import Settings
-from controlplane.site import places
 
 log = structlog.get_logger("controlplane")
 
@@ -57,6 +56,9 @@ class Reconciler:
         self._publisher = (Publisher.asking(settings, stop) if ask_envoy
                            else Publisher(settings, None, stop))
         self._cache: dict[str, tuple[tuple[int, ...], Checked]] = {}
+        self._generation = 0
+        """Counts new entries in the cache and the last good store (see _socket_folders)."""
+        self._folders_key: tuple[int, int, int] | None = None
         self._rejected: dict[str, str] = {}
         self._ignored: set[str] = set()
         self.socket_folders: list[str] = []
@@ -129,18 +131,13 @@ class Reconciler:
         return outcome
 
     def _socket_folders(self) -> list[str]:
-        """Socket folders first, then htpasswd folders: the watch takes only the first few,
-        and a site's htpasswd files must not crowd out the sockets' folders."""
-        items = [*(c for _, c in self._cache.values()), *self.last_good.values()]
-
-        def folders(wanted: Callable[[places.Use], bool]) -> list[str]:
-            written = {os.path.dirname(u.path) for c in items for u in c.uses
-                       if wanted(u) and u.path.startswith("/")}
-            return sorted(written | {os.path.realpath(f) for f in written})
-
-        sockets = folders(lambda u: u.kind == "socket")
-        others = folders(lambda u: u.field == "basic_auth.htpasswd")
-        return [*sockets, *(f for f in others if f not in sockets)]
+        """Worked out again only when a checked version or a last good one came or went."""
+        key = (self._generation, len(self._cache), len(self.last_good))
+        if key != self._folders_key:
+            self._folders_key = key
+            self.socket_folders = watched_folders(
+                [*(c for _, c in self._cache.values()), *self.last_good.values()])
+        return self.socket_folders
 
     def _scan(self, outcome: Outcome, unfinished: frozenset[str]) -> dict[str, Checked] | None:
         def check(entry: loading.Entry) -> Checked | None:
@@ -182,6 +179,7 @@ class Reconciler:
         else:
             item = check_entry(entry, self._settings)
             self._cache[entry.name] = (entry.fingerprint, item)
+            self._generation += 1
         reason = self._rejected.get(item.digest)
         if reason is not None and not item.problems:
             item = Checked(name=item.name, source=item.source, digest=item.digest,
@@ -254,6 +252,7 @@ class Reconciler:
         statusfile.save_last_good(state, {name: item.content or b""
                                           for name, item in fresh.items()})
         self.last_good.update(fresh)
+        self._generation += bool(fresh)
         self._serving = dict(serving)
 
     def _record(self, outcome: Outcome, selection: Selection,

@@ -181,7 +181,8 @@ def write_status(state_dir: Path, sites: str, last_pass: PassStatus) -> None:
     document = {**asdict(last_pass), "at": iso_time(last_pass.at)}
     data = (f'{{"last_pass": {json.dumps(document, sort_keys=True)},\n'
             f'"sites": {sites}}}\n').encode()
-    write_atomic(state_dir / STATUS_FILE, data, STATE_MODE)
+    # Not fsync'd: the status is a report written anew every pass, not state to recover.
+    write_atomic(state_dir / STATUS_FILE, data, STATE_MODE, durable=False)
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ here and judged at every pass (`selecting`), never cached with the rest.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -174,3 +175,17 @@ def scan(settings: Settings, check: Callable[[loading.Entry], Checked | None]) -
         elif (item := check(entry)) is not None:
             checked[entry.name] = item
     return Scan(checked=checked, ignored=ignored)
+
+
+def watched_folders(items: list[Checked]) -> list[str]:
+    """The folders of the sites' sockets, then of their htpasswd files (as written and
+    resolved): the watch takes only the first few, and a site's htpasswd files must not
+    crowd out the sockets' folders."""
+    def folders(wanted: Callable[[places.Use], bool]) -> list[str]:
+        written = {os.path.dirname(u.path) for c in items for u in c.uses
+                   if wanted(u) and u.path.startswith("/")}
+        return sorted(written | {os.path.realpath(f) for f in written})
+
+    sockets = folders(lambda u: u.kind == "socket")
+    others = folders(lambda u: u.field == "basic_auth.htpasswd")
+    return [*sockets, *(f for f in others if f not in sockets)]

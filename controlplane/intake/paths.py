@@ -3,9 +3,9 @@
 
 Resolved: symlinks of the file and of every folder on the way, aliases such as
 `/var/run` -> `/run`, hard links (by device and inode), and `/proc` magic links (the
-path's identity must be the resolved path's). A `Fence` is built for one pass from the
-settings and forgotten after it: a symlink can be planted after any check, so nothing
-here is cached across passes (see "Security model" in the README).
+path's identity must be the resolved path's). A `Fence` is built for one pass and
+forgotten after it: a symlink can be planted after any check, so nothing here is cached
+across passes (see "Security model" in the README).
 
 - `socket` (an upstream Envoy connects to): under `socket_dirs`, not Envoy's admin socket
   nor a known control socket (container runtimes, the kubelet, systemd, D-Bus), by path
@@ -61,8 +61,9 @@ class Fence:
     """Loopback ports of Envoy's own listeners and the daemon's metrics: a TCP upstream
     there would loop requests back or publish the daemon's endpoints."""
     _folders: dict[str, str] = field(default_factory=dict)
-    """Resolved folders, memoised for this pass only (sites share socket folders)."""
+    """Resolved folders and (`_resolved`) paths, for this pass only: sites share folders."""
     _socket_prefixes: tuple[str, ...] = ()
+    _resolved: dict[str, tuple[str, os.stat_result | None]] = field(default_factory=dict)
     _open: dict[str, str | None] = field(default_factory=dict)
     """The world-writable warning of each resolved socket folder, for this pass only."""
 
@@ -108,6 +109,11 @@ class Fence:
 
     def resolve(self, path: str) -> tuple[str, os.stat_result | None]:
         """The resolved path, and the lstat of what the path names (None: missing)."""
+        if path not in self._resolved:
+            self._resolved[path] = self._resolve(path)
+        return self._resolved[path]
+
+    def _resolve(self, path: str) -> tuple[str, os.stat_result | None]:
         folder, _, name = posixpath.normpath(path).rpartition("/")
         if not name:
             return _real(path), None
