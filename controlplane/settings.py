@@ -204,7 +204,8 @@ class Settings(BaseModel):
     """A full rescan this often, for events inotify dropped silently (seconds)."""
 
     confirm_timeout_s: Annotated[float, Field(gt=0)] = 5.0
-    """How long to wait for Envoy to confirm one step before reporting a timeout (seconds)."""
+    """How long to wait for Envoy to confirm one step before reporting a timeout (seconds);
+    at least 1.5 ms per cluster, since Envoy applies about 1,000 clusters a second."""
 
     unconfirmed_gap_s: Annotated[float, Field(ge=0)] = 0.25
     """Without an admin socket: the pause between ordered steps (seconds)."""

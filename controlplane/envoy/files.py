@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from controlplane.errors import (
     ControlPlaneError,
     EnvoyRejected,
     EnvoyUnavailable,
+    OutputError,
 )
 from controlplane.render.rendering import discovery_response, fragment
 from controlplane.render.snapshot import Snapshot
@@ -124,3 +126,31 @@ def cluster_names(fragments: tuple[str, ...]) -> dict[str, str]:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             names[text] = str(json.loads(text)["name"])
     return names
+
+
+def write_secrets(out_dir: Path, held: dict[str, str], report: Report,
+                  secrets: Mapping[str, str]) -> None:
+    """New or changed SDS files, one secret each (Envoy takes one per file); `held` is
+    what each SDS file holds, kept up to date."""
+    folder = out_dir / SDS_FOLDER
+    for name, text in sorted(secrets.items()):
+        if held.get(name) == text and (folder / f"{name}.json").exists():
+            continue
+        ensure_folder(folder)
+        _, data = discovery_response([text])
+        write_atomic(folder / f"{name}.json", data)
+        held[name] = text
+        report.written.append(f"{SDS_FOLDER}/{name}.json")
+
+
+def remove_secrets(out_dir: Path, held: dict[str, str], report: Report,
+                   secrets: Mapping[str, str]) -> None:
+    """The SDS files no confirmed listener names any more (not in `secrets`)."""
+    for name in sorted(set(held) - set(secrets)):
+        try:
+            (out_dir / SDS_FOLDER / f"{name}.json").unlink(missing_ok=True)
+        except OSError as exc:
+            report.errors.append(OutputError(f"removing {SDS_FOLDER}/{name}.json:"
+                                             f" {exc.strerror}"))
+            continue
+        del held[name]
