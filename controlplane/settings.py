@@ -181,6 +181,11 @@ class Settings(BaseModel):
     """Per-site access logs must lie under one of these folders, or be /dev/stdout or
     /dev/stderr (empty: anywhere absolute). Envoy opens them with its own rights."""
 
+    page_dirs: Folders = (Path("/var/www"), Path("/srv/www"), Path("/usr/share/nginx/html"))
+    """Error pages must lie under the sites folder or one of these folders: the daemon reads
+    each page and Envoy serves it to anyone, so a site may not name any file the daemon
+    can read."""
+
     max_file_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024
     """Site files larger than this are refused unread (bytes)."""
 

@@ -102,6 +102,6 @@ def test_hashes_envoy_cannot_check_are_refused(tmp_path: Path, line: str, expect
             f"basic_auth: {{htpasswd: {users}}}\n")
     checked = check_content("a", "a.yaml", text.encode(), Settings(verify_with_envoy=False))
     found = [str(p) for p in checked.problems]
-    assert any(expected in p and p.startswith("a.yaml: basic_auth.htpasswd:") for p in found), (
+    assert any(expected in p and p.startswith("a.yaml:3: basic_auth.htpasswd:") for p in found), (
         found)
     assert not any("carol" in p for p in found)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from controlplane.envoy import verifying
-from controlplane.intake.checking import check_content
-from controlplane.render import bootstraps, listeners, rendering, snapshot
+from controlplane.intake.checking import Checked, check_content
+from controlplane.render import bootstraps, listeners, rendering, snapshot, tls
 from controlplane.settings import Settings
 from controlplane.values import Listen
 
@@ -23,15 +23,34 @@ SETTINGS = Settings(out_dir=Path("/srv/envoy/dynamic"), listen=Listen(host="0.0.
 
 
 def _render_examples(folder: str = "sites") -> dict[str, bytes]:
-    resources = []
-    for path in sorted((REPO / "config" / folder).glob("*.yaml")):
-        checked = check_content(path.stem, path.name, path.read_bytes(), SETTINGS)
+    resources, renames = [], {str(REPO / "config"): "/srv/config"}
+    for path in sorted((REPO / "config" / folder).glob("[!_]*.yaml")):
+        checked = check_content(path.stem, str(path), path.read_bytes(), SETTINGS)
         assert checked.resources is not None, checked.problems
         resources.append(checked.resources)
+        renames.update(_portable_secret(checked))
     target = snapshot.snapshot(SETTINGS, resources)
     files = {**target.files(), "sds": tuple(target.secrets.values())}
-    return {f"{kind}.json": rendering.discovery_response(list(fragments))[1]
+    return {f"{kind}.json": rendering.discovery_response([_renamed(f, renames)
+                                                          for f in fragments])[1]
             for kind, fragments in files.items()}
+
+
+def _portable_secret(checked: Checked) -> dict[str, str]:
+    """Relative file paths are anchored at this checkout's folder: the golden files name
+    `/srv/config` instead, and the secret that the paths name, as it would be there."""
+    if checked.site is None or checked.site.spec.tls is None:
+        return {}
+    spec = checked.site.spec.tls
+    moved = spec.model_copy(update={k: _renamed(getattr(spec, k), {
+        str(REPO / "config"): "/srv/config"}) for k in ("cert", "key")})
+    return {tls.secret_name(spec): tls.secret_name(moved)}
+
+
+def _renamed(text: str, renames: dict[str, str]) -> str:
+    for old, new in renames.items():
+        text = text.replace(old, new)
+    return text
 
 
 @pytest.mark.parametrize("folder", ["sites", "examples/features"])

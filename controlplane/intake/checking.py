@@ -21,6 +21,7 @@ from controlplane.intake import (
     claims,
     htpasswd,
     loading,
+    pages,
     paths,
     reading,
     shadowing,
@@ -64,36 +65,49 @@ class Checked:
 
 def check_content(name: str, source: str, content: bytes, settings: Settings) -> Checked:
     digest = digest_of(content)
+    reads: tuple[tuple[str, tuple[int, ...]], ...] = ()
     try:
         document = loading.parse(content, source)
         site = validating.validate(name, source, digest, document)
-        reads, secret = _read_htpasswd(site)
-        try:
-            resources = rendering.render_site(site, settings, htpasswd=secret)
-        except SiteError as exc:  # the hatch's problems know their field, not its line
+        reads += _files_read(site)
+        try:  # problems found after validation know their field, not its line
+            resources = rendering.render_site(site, settings, htpasswd=_read_htpasswd(site),
+                                              pages=pages.read_pages(site))
+        except SiteError as exc:
             raise SiteError(validating.locate(exc.problems, document)) from None
         uses = validating.path_uses(site, document)
         uses += claims.sockets(resources, {u.path for u in uses})
     except SiteError as exc:
-        return Checked(name=name, source=source, digest=digest, problems=exc.problems)
+        return Checked(name=name, source=source, digest=digest, problems=exc.problems,
+                       reads=reads)
     except Exception as exc:  # a site file must never take the daemon down
         problem = Problem(source, "envoy", f"cannot be rendered: {type(exc).__name__}: {exc}")
-        return Checked(name=name, source=source, digest=digest, problems=(problem,))
+        return Checked(name=name, source=source, digest=digest, problems=(problem,),
+                       reads=reads)
     return Checked(name=name, source=source, digest=digest, content=content, site=site,
                    resources=resources, domains=tuple(site.spec.domains), uses=uses,
                    warnings=tuple(shadowing.shadowed(site, document.lines)), reads=reads)
 
 
-def _read_htpasswd(site: Site) -> tuple[tuple[tuple[str, tuple[int, ...]], ...], str | None]:
-    """The site's htpasswd file, judged: its fingerprint and digest, or SiteError."""
+def _files_read(site: Site) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The files outside the site file whose content goes into its render (htpasswd,
+    pages), with their fingerprints now: kept even when they are refused, so fixing one
+    makes the site checked again."""
+    spec = site.spec
+    named = [*([spec.basic_auth.htpasswd] if spec.basic_auth else []),
+             *(path for _, path in sorted((spec.error_pages or {}).items()))]
+    return tuple((path, reading.fingerprint(path)) for path in named)
+
+
+def _read_htpasswd(site: Site) -> str | None:
+    """The digest of the site's htpasswd file, judged; or SiteError."""
     spec = site.spec.basic_auth
     if spec is None:
-        return (), None
-    seen = reading.fingerprint(spec.htpasswd)
+        return None
     found, problems = htpasswd.inspect(site.source, spec.htpasswd)
     if problems:
         raise SiteError(problems)
-    return ((spec.htpasswd, seen),), found
+    return found
 
 
 def fence_of(settings: Settings) -> paths.Fence:
@@ -104,6 +118,7 @@ def fence_of(settings: Settings) -> paths.Fence:
         private=[(settings.sites_dir, "sites folder"), (settings.out_dir, "out folder"),
                  (settings.state, "state folder")],
         exclusive_upstreams=settings.exclusive_upstreams,
+        page_dirs=[settings.sites_dir, *settings.page_dirs],
         own_ports={port: what for port, what in (
             (settings.metrics.port if settings.metrics else 0, "the daemon's metrics port"),
             (settings.stats_listen.port if settings.stats_listen else 0,
@@ -178,14 +193,14 @@ def scan(settings: Settings, check: Callable[[loading.Entry], Checked | None]) -
 
 
 def watched_folders(items: list[Checked]) -> list[str]:
-    """The folders of the sites' sockets, then of their htpasswd files (as written and
-    resolved): the watch takes only the first few, and a site's htpasswd files must not
-    crowd out the sockets' folders."""
+    """The folders of the sites' sockets, then of their htpasswd files and error pages (as
+    written and resolved): the watch takes only the first few, and a site's other files
+    must not crowd out the sockets' folders."""
     def folders(wanted: Callable[[places.Use], bool]) -> list[str]:
         written = {os.path.dirname(u.path) for c in items for u in c.uses
                    if wanted(u) and u.path.startswith("/")}
         return sorted(written | {os.path.realpath(f) for f in written})
 
     sockets = folders(lambda u: u.kind == "socket")
-    others = folders(lambda u: u.field == "basic_auth.htpasswd")
+    others = folders(lambda u: u.field == "basic_auth.htpasswd" or u.kind == "page")
     return [*sockets, *(f for f in others if f not in sockets)]

@@ -76,17 +76,20 @@ def upstreams(uses: tuple[Use, ...], fence: Fence) -> tuple[tuple[str, str, str,
 
 def written_files(serving: dict[str, tuple[str, tuple[Use, ...]]], fence: Fence) -> dict[
         str, list[tuple[str, str]]]:
-    """Site -> (field, reason) for each file it makes Envoy append to that some site
-    (itself included) has Envoy read, a certificate or a key: log lines would corrupt it."""
+    """Site -> (field, reason) for each file it makes Envoy append to, or serve as an error
+    page, that some site (itself included) has Envoy read, a certificate, a key or an
+    htpasswd file: log lines would corrupt it, a page would publish it."""
     read = {fence.resolve(u.path)[0]: (source, u.field) for source, uses in serving.values()
             for u in uses if u.kind == "read"}
     found: dict[str, list[tuple[str, str]]] = {}
     for name, (_, uses) in serving.items():
         for use in uses:
-            target = fence.resolve(use.path)[0] if use.kind == "write" else None
+            target = fence.resolve(use.path)[0] if use.kind in ("write", "page") else None
             if target in read:
                 source, field = read[target]
+                harm = ("Envoy would append log lines to it: name a log file"
+                        if use.kind == "write" else "Envoy would serve it to anyone as an"
+                        " error page: name a page")
                 found.setdefault(name, []).append((use.field, (
-                    f"{use.path!r} is the {field} of {source}; Envoy would append log lines"
-                    " to it: name a log file")))
+                    f"{use.path!r} is the {field} of {source}; {harm}")))
     return found

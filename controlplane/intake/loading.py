@@ -10,6 +10,7 @@ objects, duplicate keys, complex keys and deep nesting.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from controlplane.errors import Problem, SiteError, field_path
 from controlplane.site.spec import DNS_LABEL
 
 SUFFIXES = (".yaml", ".yml")
+DEFAULTS = "_defaults.yaml"
+"""The sites folder's shared defaults (`intake/defaults`): never a site (no DNS label)."""
 MAX_DEPTH = 32
 MAX_NODES = 10_000
 """YAML values (scalars and collections) in one site file. A real site has a few hundred;
@@ -78,11 +81,22 @@ def scan_all(folder: Path) -> tuple[list[Entry], list[Problem]]:
     entries, ignored = [], []
     with os.scandir(folder) as listing:
         for item in listing:
+            if item.name == DEFAULTS:
+                continue  # read as every site's defaults (`intake/defaults`), not as a site
             if is_site_name(item.name):
                 entries.append(_entry(folder, item))
-            elif not is_junk(item.name):
+            elif not is_junk(item.name) and not _is_files_folder(item):
                 ignored.append(Problem(item.path, "", _ignored_reason(item)))
     return sorted(entries, key=lambda e: e.location), sorted(ignored, key=lambda p: p.file)
+
+
+def _is_files_folder(item: os.DirEntry[str]) -> bool:
+    """`_files/`: a folder of the files sites name by relative paths (pages, certificates),
+    skipped in silence; `_` starts no site's name (a DNS label)."""
+    try:
+        return item.name.startswith("_") and item.is_dir()
+    except OSError:
+        return False
 
 
 def _ignored_reason(item: os.DirEntry[str]) -> str:
@@ -268,6 +282,15 @@ def _check_graph(root: yaml.Node, where: str, lines: dict[tuple[str | int, ...],
             stack.extend(reversed(_mapping_children(node, path, where)))
 
 
+_STATUS = re.compile(r"[1-9][0-9]{2}")
+"""The one kind of number a key may be: an HTTP status (`error_pages: {503: ...}`)."""
+
+
+def _plain_key(key: yaml.ScalarNode) -> bool:
+    return key.tag == "tag:yaml.org,2002:str" or (
+        key.tag == "tag:yaml.org,2002:int" and _STATUS.fullmatch(key.value) is not None)
+
+
 def _mapping_children(
     node: yaml.MappingNode, path: tuple[str | int, ...], where: str,
 ) -> list[tuple[yaml.Node, tuple[str | int, ...], int]]:
@@ -278,8 +301,9 @@ def _mapping_children(
         if key.tag == "tag:yaml.org,2002:merge":
             raise SiteError([Problem(where, field, "YAML merge keys ('<<') are not allowed",
                                      key.start_mark.line + 1)])
-        if not isinstance(key, yaml.ScalarNode) or key.tag != "tag:yaml.org,2002:str":
-            raise SiteError([Problem(where, field, "keys must be plain strings",
+        if not isinstance(key, yaml.ScalarNode) or not _plain_key(key):
+            raise SiteError([Problem(where, field, "keys must be plain strings (or an HTTP"
+                                     " status, as under error_pages)",
                                      key.start_mark.line + 1)])
         if key.value in keys:
             raise SiteError([Problem(where, field, "duplicate key", key.start_mark.line + 1)])

@@ -57,6 +57,8 @@ class Fence:
     forbidden_paths: dict[str, str] = field(default_factory=dict)
     exclusive_upstreams: bool = False
     """Each upstream belongs to one site (setting `exclusive_upstreams`)."""
+    page_dirs: tuple[str, ...] = ()
+    """Resolved folders error pages must lie under (the sites folder and `page_dirs`)."""
     own_ports: dict[int, str] = field(default_factory=dict)
     """Loopback ports of Envoy's own listeners and the daemon's metrics: a TCP upstream
     there would loop requests back or publish the daemon's endpoints."""
@@ -71,8 +73,9 @@ class Fence:
     def now(cls, *, socket_dirs: Iterable[Path | str], log_dirs: Iterable[Path | str],
             admin_socket: Path | None, private: Iterable[tuple[Path, str]],
             own_ports: dict[int, str] | None = None,
-            exclusive_upstreams: bool = False) -> Fence:
+            exclusive_upstreams: bool = False, page_dirs: Iterable[Path | str] = ()) -> Fence:
         fence = cls(exclusive_upstreams=exclusive_upstreams,
+                    page_dirs=tuple(dict.fromkeys(_real(d) for d in page_dirs)),
                     socket_dirs=tuple(dict.fromkeys(_real(d) for d in socket_dirs)),
                     log_dirs=tuple(dict.fromkeys(_real(d) for d in log_dirs)),
                     private=tuple((_real(p), what) for p, what in private),
@@ -105,6 +108,8 @@ class Fence:
             return self._address(use.path)
         if use.kind == "write":
             return self._write(use.path)
+        if use.kind == "page":
+            return self._page(use.path)
         return self._read(use.path)
 
     def resolve(self, path: str) -> tuple[str, os.stat_result | None]:
@@ -240,6 +245,17 @@ class Fence:
             return Verdict(problem=f"{shown} is a {_kind(found.st_mode)}, not a regular file;"
                            " Envoy would block or fail reading it")
         return Verdict()
+
+
+    def _page(self, path: str) -> Verdict:
+        """An error page: served to anyone, so only from the sites folder or page_dirs."""
+        resolved, _ = self.resolve(path)
+        if not _under(resolved, self.page_dirs):
+            return Verdict(problem=f"{_shown(path, resolved)} is outside the sites folder and"
+                           f" the page folders ({', '.join(self.page_dirs)}); Envoy would"
+                           " serve it to anyone: put the page beside the site file, or"
+                           " under a folder of the setting `page_dirs`")
+        return self._read(path)
 
 
 def _through(path: str) -> str:

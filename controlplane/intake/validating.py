@@ -8,6 +8,8 @@ keys get a suggestion when a known key is close (`domain` -> `domains`).
 from __future__ import annotations
 
 import difflib
+import os
+import posixpath
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -39,7 +41,26 @@ def validate(name: str, where: str, digest: str, document: Document) -> Site:
         spec = SiteSpec.model_validate(document.data)
     except ValidationError as exc:
         raise SiteError([_problem(where, error, document) for error in exc.errors()]) from None
+    spec = anchored(spec, posixpath.dirname(os.path.abspath(where)))
     return Site(name=name, spec=spec, source=where, digest=digest)
+
+
+def anchored(spec: SiteSpec, folder: str) -> SiteSpec:
+    """The spec with each relative file path (certificates, htpasswd, error pages) taken
+    from `folder`, the site file's: Envoy and every check then see absolute paths."""
+    def anchor(path: str) -> str:
+        return path if path.startswith("/") else posixpath.join(folder, path)
+
+    update: dict[str, Any] = {}
+    if spec.tls is not None:
+        update["tls"] = spec.tls.model_copy(update={"cert": anchor(spec.tls.cert),
+                                                    "key": anchor(spec.tls.key)})
+    if spec.basic_auth is not None:
+        update["basic_auth"] = spec.basic_auth.model_copy(
+            update={"htpasswd": anchor(spec.basic_auth.htpasswd)})
+    if spec.error_pages is not None:
+        update["error_pages"] = {code: anchor(p) for code, p in spec.error_pages.items()}
+    return spec.model_copy(update=update) if update else spec
 
 
 def path_uses(site: Site, document: Document) -> tuple[Use, ...]:
@@ -68,6 +89,9 @@ def path_uses(site: Site, document: Document) -> tuple[Use, ...]:
         uses.append(Use(field="basic_auth.htpasswd", kind="read",
                         path=spec.basic_auth.htpasswd,
                         line=document.lines.get(("basic_auth", "htpasswd"))))
+    for code, page in sorted((spec.error_pages or {}).items()):
+        uses.append(Use(field=f"error_pages.{code}", kind="page", path=page,
+                        line=document.lines.get(("error_pages", str(code)))))
     return tuple(uses)
 
 
@@ -104,6 +128,9 @@ def _document_path(loc: Iterable[str | int], data: Any) -> tuple[str | int, ...]
     node = data
     for part in loc:
         if isinstance(part, int) and isinstance(node, Mapping):
+            if part in node:  # a status under error_pages: a key, not an index
+                path.append(str(part))
+                node = node[part]
             continue
         if isinstance(part, str) and _is_tag(part) and not (
                 isinstance(node, Mapping) and part in node):

@@ -1,5 +1,6 @@
 """The listener's constant HTTP filters, and a site's features as their per-route
-configs (IP access lists, rate limits, CORS, compression, basic auth), with its access log.
+configs (error pages, IP access lists, rate limits, CORS, compression, basic auth), with
+its access log.
 
 The listener installs the filters once, all disabled (`HTTP_FILTERS`); a site switches
 one on for its own virtual host with `typed_per_filter_config` (Envoy's `FilterConfig`
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from controlplane.render.responses import CUSTOM_RESPONSE, LISTENER_FILTER, Page, custom_response
 from controlplane.site.features import Access, AccessLog, Cors, RateLimit
 from controlplane.site.fields import duration_ms, envoy_duration
 from controlplane.site.spec import Site
@@ -28,6 +30,7 @@ CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
 HTTP_FILTERS: tuple[dict[str, Any], ...] = (
+    LISTENER_FILTER,
     {"name": RBAC, "disabled": True, "typed_config": {"@type": f"{_API}.rbac.v3.RBAC"}},
     {"name": RATE_LIMIT, "disabled": True, "typed_config": {
         "@type": f"{_API}.local_ratelimit.v3.LocalRateLimit", "stat_prefix": "rate_limit"}},
@@ -39,14 +42,17 @@ HTTP_FILTERS: tuple[dict[str, Any], ...] = (
         "compressor_library": {"name": "gzip", "typed_config": {"@type": GZIP}}}},
     {"name": ROUTER, "typed_config": {"@type": f"{_API}.router.v3.Router"}},
 )
-"""The HTTP filters of every HttpConnectionManager, in order: deny early, then limit,
-then CORS (its preflights need no password), then ask for one, then compress; all off
-until a virtual host turns one on."""
+"""The HTTP filters of every HttpConnectionManager, in order: error pages (first, so they
+see every later filter's replies), deny early, then limit, then CORS (its preflights need
+no password), then ask for one, then compress; all off until a virtual host turns one on."""
 
 
-def site_features(site: Site) -> dict[str, Any]:
+def site_features(site: Site, pages: tuple[Page, ...] = ()) -> dict[str, Any]:
     """`typed_per_filter_config`: each feature the site uses turns its filter on."""
     spec, configs = site.spec, {}
+    responses = custom_response(pages, spec.basic_auth.realm if spec.basic_auth else None)
+    if responses is not None:
+        configs[CUSTOM_RESPONSE] = responses
     if spec.access is not None:
         configs[RBAC] = _rbac(spec.access)
     if spec.rate_limit is not None:

@@ -27,6 +27,7 @@ from envoy.extensions.compression.gzip.compressor.v3 import gzip_pb2
 from envoy.extensions.filters.http.basic_auth.v3 import basic_auth_pb2
 from envoy.extensions.filters.http.compressor.v3 import compressor_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.custom_response.v3 import custom_response_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -35,11 +36,17 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
+from envoy.extensions.http.custom_response.local_response_policy.v3 import (
+    local_response_policy_pb2,
+)
 from envoy.extensions.http.original_ip_detection.xff.v3 import xff_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import status_code_input_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from xds.type.matcher.v3 import cel_pb2 as cel_matcher_pb2
+from xds.type.matcher.v3 import http_inputs_pb2
 
 from controlplane.errors import Problem, SiteError
 from controlplane.render import allowlist
@@ -47,6 +54,7 @@ from controlplane.render import overrides as hatch
 from controlplane.render import tls as tls_rendering
 from controlplane.render.clusters import cluster, cluster_name
 from controlplane.render.filters import access_log
+from controlplane.render.responses import Page
 from controlplane.render.vhosts import virtual_host
 from controlplane.settings import Settings
 from controlplane.site.spec import Site
@@ -71,7 +79,8 @@ _MESSAGES: dict[str, type[Message]] = {
 # Imported for their side effect: the Any types inside the resources must be registered.
 _ = (basic_auth_pb2, router_pb2, file_pb2, cel_pb2, gzip_pb2, compressor_pb2, cors_pb2,
      local_rate_limit_pb2, rbac_pb2, tls_inspector_pb2, http_protocol_options_pb2,
-     proxy_protocol_pb2, xff_pb2)
+     proxy_protocol_pb2, xff_pb2, custom_response_pb2, local_response_policy_pb2,
+     status_code_input_pb2, cel_matcher_pb2, http_inputs_pb2)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,14 +113,14 @@ class SiteResources:
 
 
 def render_site(site: Site, settings: Settings | None = None, *,
-                htpasswd: str | None = None) -> SiteResources:
+                htpasswd: str | None = None, pages: tuple[Page, ...] = ()) -> SiteResources:
     """Render one site, merge its overrides, and check every resource against Envoy's
     API types; a failure names the site file and the Envoy field. `htpasswd` is the
-    digest of the site's htpasswd file, which the daemon read."""
+    digest of the site's htpasswd file, `pages` its error pages, which the daemon read."""
     settings = settings or Settings()
     clusters = tuple((cluster_name(site, u), _cluster(site, u, settings.buffer_limit_bytes))
                      for u in site.upstream_names())
-    vhost = _virtual_host(site, settings, htpasswd)
+    vhost = _virtual_host(site, settings, htpasswd, pages)
     for name, rendered in clusters:
         check_types(rendered, CLUSTER, site.source, f"cluster {name}")
     check_types(vhost, "virtual_host", site.source, "virtual_host")
@@ -142,9 +151,10 @@ def _cluster(site: Site, upstream: str, buffer_limit: int) -> dict[str, Any]:
     return rendered
 
 
-def _virtual_host(site: Site, settings: Settings, htpasswd: str | None) -> dict[str, Any]:
+def _virtual_host(site: Site, settings: Settings, htpasswd: str | None,
+                  pages: tuple[Page, ...]) -> dict[str, Any]:
     port = settings.https_redirect_port or settings.listen_tls.port
-    vhost = virtual_host(site, port, htpasswd)
+    vhost = virtual_host(site, port, htpasswd, pages)
     override = site.spec.envoy.virtual_host if site.spec.envoy else None
     if override:
         own = frozenset(cluster_name(site, u) for u in site.upstream_names())

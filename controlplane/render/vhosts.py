@@ -12,6 +12,7 @@ from controlplane.render.allowlist import ROUTE
 from controlplane.render.clusters import cluster_name
 from controlplane.render.filters import BASIC_AUTH, FILTER_CONFIG, site_features
 from controlplane.render.overrides import confine
+from controlplane.render.responses import Page
 from controlplane.site.fields import HeaderEdits, envoy_duration
 from controlplane.site.formats import literal
 from controlplane.site.routes import HeaderMatch, QueryMatch, Redirect, Route
@@ -23,9 +24,11 @@ _CATCH_ALL = Route.model_validate({"prefix": "/"})
 """The route of a site without `routes`: everything to its one upstream."""
 
 
-def virtual_host(site: Site, https_port: int, htpasswd: str | None = None) -> dict[str, Any]:
+def virtual_host(site: Site, https_port: int, htpasswd: str | None = None,
+                 pages: tuple[Page, ...] = ()) -> dict[str, Any]:
     """The site's virtual host; `https_port` is where its HTTP -> HTTPS redirects point;
-    `htpasswd` is the digest of the site's htpasswd file (a changed file, a new version)."""
+    `htpasswd` is the digest of the site's htpasswd file (a changed file, a new version);
+    `pages` its error pages as read."""
     routes = site.spec.routes or [_CATCH_ALL]
     rendered: list[dict[str, Any]] = []
     for number, route in enumerate(routes):
@@ -38,7 +41,7 @@ def virtual_host(site: Site, https_port: int, htpasswd: str | None = None) -> di
     vhost: dict[str, Any] = {"name": site.name, "domains": list(site.spec.domains),
                              "routes": rendered}
     vhost.update(header_fields(site.spec.request_headers, site.spec.response_headers))
-    features = site_features(site)
+    features = site_features(site, pages)
     if features:
         vhost["typed_per_filter_config"] = features
     if htpasswd is not None:

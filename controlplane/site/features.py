@@ -33,7 +33,19 @@ def _cidr(text: str) -> str:
         raise ValueError(f"{text!r} is not an IP address or CIDR block") from None
 
 
+def file_path(path: str) -> str:
+    """A file the site names for reading: absolute, or relative to the site file's folder
+    (so an example can ship its files beside it); no `..`, no NUL."""
+    if not path or ".." in path.split("/") or "\x00" in path:
+        raise ValueError(f"{path!r}: '..' and NUL are not allowed in the path")
+    if posixpath.normpath(path) != path.rstrip("/") or path.endswith("/"):
+        raise ValueError(f"{path!r}: write the path plainly, as {posixpath.normpath(path)!r}")
+    return path
+
+
 AbsolutePath = Annotated[str, AfterValidator(absolute_path)]
+FilePath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(file_path)]
+"""Absolute, or relative to the folder of the site file (`validating` anchors it)."""
 Cidr = Annotated[str, AfterValidator(_cidr)]
 Count = Annotated[int, Field(ge=1, le=1_000_000_000)]
 
@@ -41,8 +53,10 @@ Count = Annotated[int, Field(ge=1, le=1_000_000_000)]
 class Tls(Strict):
     """Serve the site over HTTPS (SNI on its domains) with these certificate files."""
 
-    cert: AbsolutePath = Field(description="PEM certificate chain file (e.g. fullchain.pem).")
-    key: AbsolutePath = Field(description="PEM private key file.")
+    cert: FilePath = Field(description="PEM certificate chain file (e.g. fullchain.pem);"
+                           " absolute, or relative to the site file's folder.")
+    key: FilePath = Field(description="PEM private key file; absolute, or relative to the"
+                          " site file's folder.")
     min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version.")
     alpn: Annotated[list[Literal["h2", "http/1.1"]], Field(min_length=1)] = Field(
         ["h2", "http/1.1"], description="ALPN protocols offered, in order.")
@@ -53,9 +67,20 @@ class Tls(Strict):
 class BasicAuth(Strict):
     """HTTP basic authentication of the site's requests against an htpasswd file."""
 
-    htpasswd: AbsolutePath = Field(description="An htpasswd file of `user:{SHA}hash` lines"
-                                   " (`htpasswd -s`); Envoy reads it, and again when it"
-                                   " changes.")
+    htpasswd: FilePath = Field(description="An htpasswd file of `user:{SHA}hash` lines"
+                               " (`htpasswd -s`); Envoy reads it, and again when it"
+                               " changes. Absolute, or relative to the site file's folder.")
+    realm: Annotated[str, Field(min_length=1, max_length=64,
+                                pattern=r"^[A-Za-z0-9 .,:;!?@#&()+=/_'-]+$")] | None = Field(
+        None, description="The realm the browser shows in its password prompt (the 401's"
+        " `WWW-Authenticate: Basic realm=\"...\"`); default: Envoy's, the request's URL.")
+
+
+ErrorCode = Literal[400, 401, 403, 404, 413, 429, 431, 500, 502, 503, 504]
+"""The statuses of Envoy's own replies a site may give a page for: no route (404), an
+access list (403), a password asked (401), a rate limit (429), a bad or oversized request
+(400, 413, 431), the upstream down, failing or slow (503, 502, 504, 500)."""
+ErrorPages = Annotated[dict[ErrorCode, FilePath], Field(min_length=1)]
 
 
 class Cors(Strict):

@@ -74,7 +74,8 @@ PROCESS_LINKS = ("/proc", "/dev/fd")
 `/dev/fd/3`): the daemon would resolve its own, Envoy reaches its own."""
 
 
-Kind = Literal["socket", "read", "write", "address"]
+Kind = Literal["socket", "read", "write", "address", "page"]
+"""`page`: an error page the daemon reads and Envoy serves to anyone."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,6 +23,7 @@ from controlplane.site.features import (
     AccessLog,
     BasicAuth,
     Cors,
+    ErrorPages,
     RateLimit,
     Tls,
 )
@@ -96,6 +97,10 @@ class SiteSpec(Strict):
     access_log: AccessLog | None = Field(None, description="An access log of this site.")
     basic_auth: BasicAuth | None = Field(None, description="Ask for a user and password"
                                          " (routes may opt out with 'basic_auth: false').")
+    error_pages: ErrorPages | None = Field(
+        None, description="A page (`.html`, `.txt` or `.json` file, at most 64 KiB) for each"
+        " status of Envoy's own replies, by status: `{503: pages/503.html}`; absolute, or"
+        " relative to the site file's folder. Upstream responses pass unchanged.")
     stats_prefix: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", max_length=60)] | None = Field(
         None, description="Name of the site's upstream and route stats (default: the name).")
     request_headers: HeaderEdits | None = Field(None, description="Edit request headers.")
