@@ -254,8 +254,14 @@ def _filters(site: Site, request: Request) -> tuple[str, ...]:
         found.append(f"rate_limit ({spec.rate_limit.requests} per {spec.rate_limit.per})")
     if spec.cors is not None:
         found.append("cors")
+    if spec.forward_auth is not None:
+        found.append("forward_auth (unless the route opts out)")
+    if spec.basic_auth is not None:
+        found.append("basic_auth (unless the route opts out)")
     if spec.compression:
         found.append("compression")
+    if spec.error_pages is not None:
+        found.append(f"error_pages ({', '.join(str(c) for c in sorted(spec.error_pages))})")
     if spec.access_log is not None:
         found.append("access_log")
     return tuple(found)

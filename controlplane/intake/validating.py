@@ -21,6 +21,7 @@ from pydantic_core import ErrorDetails
 
 from controlplane.errors import Problem, SiteError, field_path, parse_field_path
 from controlplane.intake.loading import Document
+from controlplane.site.auth import AUTH
 from controlplane.site.places import Kind, Use
 from controlplane.site.schema import schema
 from controlplane.site.spec import Site, SiteSpec
@@ -68,7 +69,9 @@ def path_uses(site: Site, document: Document) -> tuple[Use, ...]:
     the field the user wrote it in (`upstream.socket`, `upstreams.api.endpoints.1.address`)."""
     uses = []
     for upstream in site.upstream_names():
-        base: tuple[str | int, ...] = ("upstreams", upstream) if upstream else ("upstream",)
+        base: tuple[str | int, ...] = (
+            ("forward_auth", "upstream") if upstream == AUTH else
+            ("upstreams", upstream) if upstream else ("upstream",))
         for i, endpoint in enumerate(site.endpoints(upstream)):
             key: Kind = "socket" if endpoint.socket is not None else "address"
             spelled = [(*base, "endpoints", i, key), (*base, i, key), (*base, key)]

@@ -1,6 +1,6 @@
 """The listener's constant HTTP filters, and a site's features as their per-route
-configs (error pages, IP access lists, rate limits, CORS, compression, basic auth), with
-its access log.
+configs (error pages, IP access lists, rate limits, CORS, forward and basic auth,
+compression), with its access log.
 
 The listener installs the filters once, all disabled (`HTTP_FILTERS`); a site switches
 one on for its own virtual host with `typed_per_filter_config` (Envoy's `FilterConfig`
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from controlplane.render import authz
 from controlplane.render.responses import CUSTOM_RESPONSE, LISTENER_FILTER, Page, custom_response
+from controlplane.site.auth import AUTH
 from controlplane.site.features import Access, AccessLog, Cors, RateLimit
 from controlplane.site.fields import duration_ms, envoy_duration
 from controlplane.site.spec import Site
@@ -35,6 +37,7 @@ HTTP_FILTERS: tuple[dict[str, Any], ...] = (
     {"name": RATE_LIMIT, "disabled": True, "typed_config": {
         "@type": f"{_API}.local_ratelimit.v3.LocalRateLimit", "stat_prefix": "rate_limit"}},
     {"name": CORS, "disabled": True, "typed_config": {"@type": f"{_API}.cors.v3.Cors"}},
+    *authz.LISTENER_FILTERS,
     {"name": BASIC_AUTH, "disabled": True, "typed_config": {
         "@type": f"{_API}.basic_auth.v3.BasicAuth", "users": {"inline_string": NOBODY}}},
     {"name": COMPRESSOR, "disabled": True, "typed_config": {
@@ -44,7 +47,9 @@ HTTP_FILTERS: tuple[dict[str, Any], ...] = (
 )
 """The HTTP filters of every HttpConnectionManager, in order: error pages (first, so they
 see every later filter's replies), deny early, then limit, then CORS (its preflights need
-no password), then ask for one, then compress; all off until a virtual host turns one on."""
+no password), then ask the auth service (its vouched headers stripped from the client's
+request first), then ask for a password, then compress; all off until a virtual host
+turns one on."""
 
 
 def site_features(site: Site, pages: tuple[Page, ...] = ()) -> dict[str, Any]:
@@ -62,6 +67,9 @@ def site_features(site: Site, pages: tuple[Page, ...] = ()) -> dict[str, Any]:
     if spec.compression:
         configs[COMPRESSOR] = {"@type": f"{_API}.compressor.v3.CompressorPerRoute",
                                "overrides": {}}
+    if spec.forward_auth is not None:
+        configs.update(authz.configs(spec.forward_auth, f"{site.name}/{AUTH}",
+                                     envoy_duration(spec.forward_auth.timeout)))
     if spec.basic_auth is not None:
         configs[BASIC_AUTH] = {"@type": f"{_API}.basic_auth.v3.BasicAuthPerRoute",
                                "users": {"filename": spec.basic_auth.htpasswd}}

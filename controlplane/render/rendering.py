@@ -28,6 +28,8 @@ from envoy.extensions.filters.http.basic_auth.v3 import basic_auth_pb2
 from envoy.extensions.filters.http.compressor.v3 import compressor_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.custom_response.v3 import custom_response_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -80,7 +82,8 @@ _MESSAGES: dict[str, type[Message]] = {
 _ = (basic_auth_pb2, router_pb2, file_pb2, cel_pb2, gzip_pb2, compressor_pb2, cors_pb2,
      local_rate_limit_pb2, rbac_pb2, tls_inspector_pb2, http_protocol_options_pb2,
      proxy_protocol_pb2, xff_pb2, custom_response_pb2, local_response_policy_pb2,
-     status_code_input_pb2, cel_matcher_pb2, http_inputs_pb2)
+     status_code_input_pb2, cel_matcher_pb2, http_inputs_pb2, ext_authz_pb2,
+     header_mutation_pb2)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

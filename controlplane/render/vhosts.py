@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from controlplane.render.allowlist import ROUTE
+from controlplane.render.authz import EXT_AUTHZ
 from controlplane.render.clusters import cluster_name
 from controlplane.render.filters import BASIC_AUTH, FILTER_CONFIG, site_features
 from controlplane.render.overrides import confine
@@ -34,9 +35,10 @@ def virtual_host(site: Site, https_port: int, htpasswd: str | None = None,
     for number, route in enumerate(routes):
         main = _route(site, route)
         if site.spec.tls is not None and site.spec.tls.redirect and route.https_redirect:
-            rendered.append(_no_password(_to_https(site, main["match"], https_port), site))
-        if route.basic_auth is False:
-            main = _no_password(main, site)
+            rendered.append(_opted_out(_to_https(site, main["match"], https_port), site,
+                                       basic=True, forward=True))
+        main = _opted_out(main, site, basic=route.basic_auth is False,
+                          forward=route.forward_auth is False)
         rendered.append(_merged_route(site, number, main, route))
     vhost: dict[str, Any] = {"name": site.name, "domains": list(site.spec.domains),
                              "routes": rendered}
@@ -49,13 +51,18 @@ def virtual_host(site: Site, https_port: int, htpasswd: str | None = None,
     return vhost
 
 
-def _no_password(route: dict[str, Any], site: Site) -> dict[str, Any]:
-    """A route of a site with basic_auth that asks for none: opted out, or the redirect
-    to HTTPS (the password is asked over HTTPS, never sent in the clear first)."""
-    if site.spec.basic_auth is None:
+def _opted_out(route: dict[str, Any], site: Site, *, basic: bool,
+               forward: bool) -> dict[str, Any]:
+    """A route that asks for no password (`basic`) or no auth service (`forward`): opted
+    out, or the redirect to HTTPS (credentials are asked over HTTPS, never sent in the
+    clear first)."""
+    off = [name for name, wanted, used in (
+        (BASIC_AUTH, basic, site.spec.basic_auth), (EXT_AUTHZ, forward,
+                                                    site.spec.forward_auth)) if wanted and used]
+    if not off:
         return route
     return {**route, "typed_per_filter_config": {
-        BASIC_AUTH: {"@type": FILTER_CONFIG, "disabled": True}}}
+        name: {"@type": FILTER_CONFIG, "disabled": True} for name in off}}
 
 
 def _merged_route(site: Site, number: int, main: dict[str, Any], route: Route) -> dict[str, Any]:

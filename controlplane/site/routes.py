@@ -168,6 +168,9 @@ class Route(Strict):
     basic_auth: Literal[False] | None = Field(
         None, description="false: this route needs no password on a site with basic_auth"
         " (a health check, a public page).")
+    forward_auth: Literal[False] | None = Field(
+        None, description="false: this route is not checked by the site's forward_auth"
+        " service (a health check, the login page).")
     envoy: dict[str, Any] | None = Field(None, description="Envoy Route fields merged into"
                                          " this route (see 'The envoy: escape hatch').")
 

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from controlplane.site.auth import AUTH, ForwardAuth
 from controlplane.site.features import (
     Access,
     AccessLog,
@@ -97,6 +98,9 @@ class SiteSpec(Strict):
     access_log: AccessLog | None = Field(None, description="An access log of this site.")
     basic_auth: BasicAuth | None = Field(None, description="Ask for a user and password"
                                          " (routes may opt out with 'basic_auth: false').")
+    forward_auth: ForwardAuth | None = Field(
+        None, description="Ask an auth service about each request (routes may opt out"
+        " with 'forward_auth: false').")
     error_pages: ErrorPages | None = Field(
         None, description="A page (`.html`, `.txt` or `.json` file, at most 64 KiB) for each"
         " status of Envoy's own replies, by status: `{503: pages/503.html}`; absolute, or"
@@ -118,9 +122,10 @@ class SiteSpec(Strict):
             raise ValueError("routes: required when 'upstreams' names several upstreams")
         for i, route in enumerate(self.routes or ()):
             self._check_reference(f"routes[{i + 1}]", route)
-            if route.basic_auth is False and self.basic_auth is None:
-                raise ValueError(f"routes[{i + 1}].basic_auth: false opts a route out of the"
-                                 " site's basic_auth, which this site does not have")
+            for key in ("basic_auth", "forward_auth"):
+                if getattr(route, key) is False and getattr(self, key) is None:
+                    raise ValueError(f"routes[{i + 1}].{key}: false opts a route out of the"
+                                     f" site's {key}, which this site does not have")
         unknown = set((self.envoy and self.envoy.clusters) or ()) - set(self.upstreams or ())
         if unknown:
             raise ValueError(f"envoy.clusters: {', '.join(sorted(unknown))}: not a name under"
@@ -154,9 +159,13 @@ class Site:
     digest: str
 
     def upstream_names(self) -> tuple[str, ...]:
-        return tuple(sorted(self.spec.upstreams)) if self.spec.upstreams else ("",)
+        """The site's upstreams (`""`: its one `upstream`), the auth service's (`AUTH`) last."""
+        names = tuple(sorted(self.spec.upstreams)) if self.spec.upstreams else ("",)
+        return (*names, AUTH) if self.spec.forward_auth is not None else names
 
     def upstream(self, name: str) -> Upstream:
+        if name == AUTH and self.spec.forward_auth is not None:
+            return self.spec.forward_auth.upstream
         if self.spec.upstreams is None:
             assert self.spec.upstream is not None
             return self.spec.upstream
