@@ -19,6 +19,7 @@ from controlplane.errors import Problem, SiteError
 from controlplane.intake import (
     certificates,
     claims,
+    defaults,
     htpasswd,
     loading,
     pages,
@@ -64,18 +65,22 @@ class Checked:
 
 
 def check_content(name: str, source: str, content: bytes, settings: Settings) -> Checked:
-    digest = digest_of(content)
-    reads: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    shared = defaults.load(os.path.dirname(os.path.abspath(source)), settings.max_file_bytes)
+    # The defaults are part of the version: a change to them is a new version of each site.
+    digest = digest_of(content + b"\x00" + shared.content if shared.content else content)
+    reads: tuple[tuple[str, tuple[int, ...]], ...] = ((shared.source, shared.fingerprint),)
     try:
-        document = loading.parse(content, source)
-        site = validating.validate(name, source, digest, document)
+        merged = defaults.apply(loading.parse(content, source), shared, source)
+        document = merged.document
+        site = validating.validate(name, source, digest, document, merged)
         reads += _files_read(site)
         try:  # problems found after validation know their field, not its line
             resources = rendering.render_site(site, settings, htpasswd=_read_htpasswd(site),
                                               pages=pages.read_pages(site))
         except SiteError as exc:
-            raise SiteError(validating.locate(exc.problems, document)) from None
-        uses = validating.path_uses(site, document)
+            raise SiteError(validating.locate(exc.problems, document, merged)) from None
+        uses = tuple(dataclasses.replace(u, line=None) if u.field.partition(".")[0] in (
+            merged.inherited_keys()) else u for u in validating.path_uses(site, document))
         uses += claims.sockets(resources, {u.path for u in uses})
     except SiteError as exc:
         return Checked(name=name, source=source, digest=digest, problems=exc.problems,

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from controlplane.errors import Problem, SiteError, field_path, parse_field_path
+from controlplane.intake.defaults import Merged, placed
 from controlplane.intake.loading import Document
 from controlplane.site.auth import AUTH
 from controlplane.site.places import Kind, Use
@@ -31,7 +32,8 @@ _FIELD_PREFIX = re.compile(r"^([a-z_][a-z0-9_]*(?:\[[0-9]+\])*(?:\.[a-z0-9_]+(?:
 _SCHEMA = schema()
 
 
-def validate(name: str, where: str, digest: str, document: Document) -> Site:
+def validate(name: str, where: str, digest: str, document: Document,
+             merged: Merged | None = None) -> Site:
     """One site's document -> Site, or SiteError with every problem in the file (at most
     `MAX_PROBLEMS`, then one line saying how many more). Where its paths lead is judged
     at every pass, on the resolved paths (`paths.Fence`), not here."""
@@ -41,7 +43,8 @@ def validate(name: str, where: str, digest: str, document: Document) -> Site:
     try:
         spec = SiteSpec.model_validate(document.data)
     except ValidationError as exc:
-        raise SiteError([_problem(where, error, document) for error in exc.errors()]) from None
+        raise SiteError([_problem(where, error, document, merged)
+                         for error in exc.errors()]) from None
     spec = anchored(spec, posixpath.dirname(os.path.abspath(where)))
     return Site(name=name, spec=spec, source=where, digest=digest)
 
@@ -98,7 +101,8 @@ def path_uses(site: Site, document: Document) -> tuple[Use, ...]:
     return tuple(uses)
 
 
-def _problem(where: str, error: ErrorDetails, document: Document) -> Problem:
+def _problem(where: str, error: ErrorDetails, document: Document,
+             merged: Merged | None = None) -> Problem:
     path = _document_path(error["loc"], document.data)
     reason = str(error["msg"]).removeprefix("Value error, ")
     matched = _FIELD_PREFIX.match(reason)
@@ -112,15 +116,24 @@ def _problem(where: str, error: ErrorDetails, document: Document) -> Problem:
     elif "input" in error and error["type"].endswith("_type"):
         reason = f"{reason}, got {type(error['input']).__name__} {_short(error['input'])}"
     line = _line(path, document)
-    return Problem(where, field_path(path), reason, line)
+    file, note = placed(merged, where, path)
+    return Problem(file, field_path(path), reason + note, line)
 
 
-def locate(problems: Iterable[Problem], document: Document) -> list[Problem]:
+def locate(problems: Iterable[Problem], document: Document,
+           merged: Merged | None = None) -> list[Problem]:
     """The problems, each with the line of its field when it had none (problems found
-    after validation, such as the escape hatch's, know only the field)."""
-    return [p if p.line is not None or not p.field else Problem(
-        p.file, p.field, p.reason, _line(parse_field_path(p.field), document))
-        for p in problems]
+    after validation, such as the escape hatch's, know only the field), and in the
+    defaults file when the field was inherited."""
+    found = []
+    for p in problems:
+        if p.line is not None or not p.field:
+            found.append(p)
+            continue
+        path = parse_field_path(p.field)
+        file, note = placed(merged, p.file, path)
+        found.append(Problem(file, p.field, p.reason + note, _line(path, document)))
+    return found
 
 
 def _document_path(loc: Iterable[str | int], data: Any) -> tuple[str | int, ...]:
