@@ -186,6 +186,11 @@ class Settings(BaseModel):
     each page and Envoy serves it to anyone, so a site may not name any file the daemon
     can read."""
 
+    tcp_min_port: Annotated[int, Field(ge=1, le=65535)] = 1024
+    """A TCP site (`kind: tcp`) may listen only on this port or above: set it lower to let
+    sites take privileged ports (Envoy must then be allowed to bind them). Envoy's own
+    ports, the daemon's and the node's control-plane ports are refused whatever it is."""
+
     max_file_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024
     """Site files larger than this are refused unread (bytes)."""
 

@@ -42,17 +42,30 @@ class Outcome:
 def blocked_by(binds: list[EnvoyCannotBind], serving: dict[str, Checked]) -> dict[
         str, list[str]]:
     """The sites a listener that cannot bind keeps from serving, with Envoy's reason:
-    the TLS sites for the HTTPS listener, every site for any other."""
+    the TLS and passthrough sites for the HTTPS listener, a TCP site for its own, every
+    HTTP site for the HTTP listener."""
     blocked: dict[str, list[str]] = {}
     for error in binds:
         for listener, why in sorted(error.listeners.items()):
             cause = (f"Envoy cannot open the {listener!r} listener: {why}; it is applied"
                      " as soon as the address is free")
             for name, item in serving.items():
-                tls_site = item.resources is not None and item.resources.tls is not None
-                if listener != "https" or tls_site:
+                if _behind(listener, name, item):
                     blocked.setdefault(name, []).append(cause)
     return blocked
+
+
+def _behind(listener: str, name: str, item: Checked) -> bool:
+    """Whether the site is served by that listener: a TCP site by its own, `tcp-NAME`; a
+    TLS or passthrough site by `https`; every HTTP site by the others (`http`)."""
+    resources = item.resources
+    if resources is None:
+        return False
+    if listener.startswith("tcp-"):
+        return listener == f"tcp-{name}"
+    if listener == "https":
+        return resources.tls is not None or resources.passthrough is not None
+    return resources.tcp_listener is None and resources.passthrough is None
 
 
 class Clock:

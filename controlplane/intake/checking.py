@@ -26,8 +26,10 @@ from controlplane.intake import (
     paths,
     reading,
     shadowing,
+    streams,
     validating,
 )
+from controlplane.intake.loading import Document
 from controlplane.render import rendering
 from controlplane.settings import Settings
 from controlplane.site import places
@@ -70,7 +72,12 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
     digest = digest_of(content + b"\x00" + shared.content if shared.content else content)
     reads: tuple[tuple[str, tuple[int, ...]], ...] = ((shared.source, shared.fingerprint),)
     try:
-        merged = defaults.apply(loading.parse(content, source), shared, source)
+        parsed = loading.parse(content, source)
+        kind = streams.kind_of(parsed, source)
+        merged = defaults.apply(parsed, shared, source, kind)
+        if kind != "http":
+            return _check_stream(name, source, digest, content, merged.document, settings,
+                                 reads)
         document = merged.document
         site = validating.validate(name, source, digest, document, merged)
         reads += _files_read(site)
@@ -92,6 +99,18 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
     return Checked(name=name, source=source, digest=digest, content=content, site=site,
                    resources=resources, domains=tuple(site.spec.domains), uses=uses,
                    warnings=tuple(shadowing.shadowed(site, document.lines)), reads=reads)
+
+
+def _check_stream(name: str, source: str, digest: str, content: bytes, document: Document,
+                  settings: Settings, reads: tuple[tuple[str, tuple[int, ...]], ...]
+                  ) -> Checked:
+    """A TCP or passthrough site: validated, rendered, its places listed (SiteError
+    goes to the caller)."""
+    site = streams.validate(name, source, digest, document)
+    resources = rendering.render_stream(site, settings)
+    uses = streams.path_uses(site, document)
+    return Checked(name=name, source=source, digest=digest, content=content,
+                   resources=resources, domains=resources.domains, uses=uses, reads=reads)
 
 
 def _files_read(site: Site) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -124,6 +143,7 @@ def fence_of(settings: Settings) -> paths.Fence:
                  (settings.state, "state folder")],
         exclusive_upstreams=settings.exclusive_upstreams,
         page_dirs=[settings.sites_dir, *settings.page_dirs],
+        min_listen_port=settings.tcp_min_port,
         own_ports={port: what for port, what in (
             (settings.metrics.port if settings.metrics else 0, "the daemon's metrics port"),
             (settings.stats_listen.port if settings.stats_listen else 0,

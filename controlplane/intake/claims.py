@@ -36,7 +36,14 @@ def names(resources: SiteResources) -> tuple[tuple[str, str, str, str], ...]:
     their stats names, the virtual host, route and filter stats prefixes, the HTTPS filter
     chain, the secret (shared only when its content is the same)."""
     stats_field = "stats_prefix" if any("alt_stat_name" in c for _, c in resources.clusters) else ""
-    names = [("virtual host", str(resources.virtual_host.get("name")), "", "")]
+    names = [("virtual host", str(resources.virtual_host.get("name")), "", "")
+             ] if resources.virtual_host else []
+    if resources.tcp_listener is not None:
+        names.append(("listener", str(resources.tcp_listener["name"]), "", ""))
+        port = resources.tcp_listener["address"]["socket_address"]["port_value"]
+        names.append(("listen port", str(port), "listen", ""))
+    if resources.passthrough is not None:
+        names.append(("HTTPS filter chain", resources.name, "", ""))
     for name, cluster in resources.clusters:
         names.append(("cluster", name, "", ""))
         names.append(("cluster stats name", str(cluster.get("alt_stat_name", name)),

@@ -27,7 +27,8 @@ from controlplane.intake.reading import fingerprint, read_bounded
 
 FILENAME = DEFAULTS
 INHERITABLE = {"http": ("cors", "rate_limit", "access", "compression", "access_log",
-                        "basic_auth", "error_pages", "request_headers", "response_headers")}
+                        "basic_auth", "error_pages", "request_headers", "response_headers"),
+               "tcp": (), "tls-passthrough": ()}
 """The keys the defaults may give each kind of site."""
 Path = tuple[str | int, ...]
 

@@ -59,6 +59,8 @@ class Fence:
     """Each upstream belongs to one site (setting `exclusive_upstreams`)."""
     page_dirs: tuple[str, ...] = ()
     """Resolved folders error pages must lie under (the sites folder and `page_dirs`)."""
+    min_listen_port: int = 1024
+    """A TCP site may listen on this port or above (setting `tcp_min_port`)."""
     own_ports: dict[int, str] = field(default_factory=dict)
     """Loopback ports of Envoy's own listeners and the daemon's metrics: a TCP upstream
     there would loop requests back or publish the daemon's endpoints."""
@@ -73,8 +75,9 @@ class Fence:
     def now(cls, *, socket_dirs: Iterable[Path | str], log_dirs: Iterable[Path | str],
             admin_socket: Path | None, private: Iterable[tuple[Path, str]],
             own_ports: dict[int, str] | None = None,
-            exclusive_upstreams: bool = False, page_dirs: Iterable[Path | str] = ()) -> Fence:
-        fence = cls(exclusive_upstreams=exclusive_upstreams,
+            exclusive_upstreams: bool = False, page_dirs: Iterable[Path | str] = (),
+            min_listen_port: int = 1024) -> Fence:
+        fence = cls(exclusive_upstreams=exclusive_upstreams, min_listen_port=min_listen_port,
                     page_dirs=tuple(dict.fromkeys(_real(d) for d in page_dirs)),
                     socket_dirs=tuple(dict.fromkeys(_real(d) for d in socket_dirs)),
                     log_dirs=tuple(dict.fromkeys(_real(d) for d in log_dirs)),
@@ -110,6 +113,8 @@ class Fence:
             return self._write(use.path)
         if use.kind == "page":
             return self._page(use.path)
+        if use.kind == "listen":
+            return self._listen(use.path)
         return self._read(use.path)
 
     def resolve(self, path: str) -> tuple[str, os.stat_result | None]:
@@ -246,6 +251,19 @@ class Fence:
                            " Envoy would block or fail reading it")
         return Verdict()
 
+
+    def _listen(self, address: str) -> Verdict:
+        """A TCP site's listen address: never a port of Envoy's own listeners or the
+        daemon's (at any address: a bind there takes the port from them), nor a port of
+        the node's control plane, nor below `tcp_min_port`."""
+        port = int(address.rpartition(":")[2])
+        what = self.own_ports.get(port) or CONTROL_PORTS.get(port)
+        if what is not None:
+            return Verdict(problem=f"port {port} is {what}; a TCP site may not listen there")
+        if port < self.min_listen_port:
+            return Verdict(problem=f"port {port} is below {self.min_listen_port}; ports"
+                           " below it need the setting `tcp_min_port`")
+        return Verdict()
 
     def _page(self, path: str) -> Verdict:
         """An error page: served to anyone, so only from the sites folder or page_dirs."""

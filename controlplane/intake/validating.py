@@ -43,7 +43,7 @@ def validate(name: str, where: str, digest: str, document: Document,
     try:
         spec = SiteSpec.model_validate(document.data)
     except ValidationError as exc:
-        raise SiteError([_problem(where, error, document, merged)
+        raise SiteError([problem_of(where, error, document, merged)
                          for error in exc.errors()]) from None
     spec = anchored(spec, posixpath.dirname(os.path.abspath(where)))
     return Site(name=name, spec=spec, source=where, digest=digest)
@@ -101,8 +101,10 @@ def path_uses(site: Site, document: Document) -> tuple[Use, ...]:
     return tuple(uses)
 
 
-def _problem(where: str, error: ErrorDetails, document: Document,
-             merged: Merged | None = None) -> Problem:
+def problem_of(where: str, error: ErrorDetails, document: Document,
+               merged: Merged | None = None) -> Problem:
+    """One pydantic error as a Problem at the user's field and line (in the defaults file
+    when the value was inherited)."""
     path = _document_path(error["loc"], document.data)
     reason = str(error["msg"]).removeprefix("Value error, ")
     matched = _FIELD_PREFIX.match(reason)

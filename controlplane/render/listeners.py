@@ -41,16 +41,18 @@ def served(settings: Settings) -> Delivery:
 
 def validated(settings: Settings, sites: Sequence[SiteResources]) -> Delivery:
     """The listeners of the scratch bootstrap: the route file's content inline."""
-    routes = route_config(settings, [r.virtual_host for r in sites])
+    routes = route_config(settings, [r.virtual_host for r in sites if r.virtual_host])
     return Delivery(routes={"route_config": routes}, http=("127.0.0.1", 1),
                     https=("127.0.0.1", 2), static_secrets=True, null_logs=True)
 
 
 def listeners(settings: Settings, sites: Sequence[SiteResources],
               delivery: Delivery | None = None) -> list[dict[str, Any]]:
-    """The HTTP listener, and the HTTPS listener while some site has TLS. Routes come
-    through RDS from a file and site features are per-virtual-host filter configs, so
-    the listeners change only when a TLS site or an access log comes, goes or changes."""
+    """The HTTP listener; the HTTPS listener while some site has TLS or passes TLS through
+    (its chains chosen by SNI); and each TCP site's own listener. Routes come through RDS
+    from a file and site features are per-virtual-host filter configs, so the listeners
+    change only when a TLS, passthrough or TCP site or an access log comes, goes or
+    changes."""
     delivery = delivery or served(settings)
     logs = [_null_log(r.access_log) if delivery.null_logs else r.access_log
             for r in sites if r.access_log is not None]
@@ -60,10 +62,13 @@ def listeners(settings: Settings, sites: Sequence[SiteResources],
     chains = [tls_rendering.filter_chain(
         r.name, list(r.tls.domains),
         r.tls.static_context if delivery.static_secrets else r.tls.context, manager)
-        for r in sites if r.tls is not None]
+        if r.tls is not None else dict(r.passthrough or {})
+        for r in sites if r.tls is not None or r.passthrough is not None]
     if chains:
         found.append(_listener(settings, "https", delivery.https, chains,
                                tls_rendering.TLS_INSPECTOR_FILTER))
+    found.extend({**r.tcp_listener, **listener_filters(settings)}
+                 for r in sites if r.tcp_listener is not None)
     return found
 
 

@@ -38,6 +38,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.http.custom_response.local_response_policy.v3 import (
     local_response_policy_pb2,
 )
@@ -51,7 +52,7 @@ from xds.type.matcher.v3 import cel_pb2 as cel_matcher_pb2
 from xds.type.matcher.v3 import http_inputs_pb2
 
 from controlplane.errors import Problem, SiteError
-from controlplane.render import allowlist
+from controlplane.render import allowlist, streams
 from controlplane.render import overrides as hatch
 from controlplane.render import tls as tls_rendering
 from controlplane.render.clusters import cluster, cluster_name
@@ -60,6 +61,7 @@ from controlplane.render.responses import Page
 from controlplane.render.vhosts import virtual_host
 from controlplane.settings import Settings
 from controlplane.site.spec import Site
+from controlplane.site.streams import StreamSite
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -83,7 +85,7 @@ _ = (basic_auth_pb2, router_pb2, file_pb2, cel_pb2, gzip_pb2, compressor_pb2, co
      local_rate_limit_pb2, rbac_pb2, tls_inspector_pb2, http_protocol_options_pb2,
      proxy_protocol_pb2, xff_pb2, custom_response_pb2, local_response_policy_pb2,
      status_code_input_pb2, cel_matcher_pb2, http_inputs_pb2, ext_authz_pb2,
-     header_mutation_pb2)
+     header_mutation_pb2, tcp_proxy_pb2)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +115,12 @@ class SiteResources:
     virtual_host_json: str
     tls: SiteTls | None = None
     access_log: dict[str, Any] | None = None
+    tcp_listener: dict[str, Any] | None = None
+    """A TCP site's own listener (its listener filters added by `listeners`)."""
+    passthrough: dict[str, Any] | None = None
+    """A passthrough site's filter chain on the HTTPS listener."""
+    domains: tuple[str, ...] = ()
+    """A passthrough site's SNI names."""
 
 
 def render_site(site: Site, settings: Settings | None = None, *,
@@ -139,6 +147,27 @@ def render_site(site: Site, settings: Settings | None = None, *,
     return SiteResources(name=site.name, digest=digest, clusters=clusters, virtual_host=vhost,
                          cluster_json=cluster_json, virtual_host_json=vhost_json,
                          tls=site_tls, access_log=log)
+
+
+def render_stream(site: StreamSite, settings: Settings | None = None) -> SiteResources:
+    """Render a TCP or passthrough site: its cluster, and its listener or filter chain,
+    each checked against Envoy's types. It has no virtual host."""
+    settings = settings or Settings()
+    rendered = streams.cluster(site, settings.buffer_limit_bytes)
+    check_types(rendered, CLUSTER, site.source, f"cluster {site.name}")
+    if site.spec.kind == "tcp":
+        own = streams.tcp_listener(site, settings.buffer_limit_bytes)
+        check_types(own, LISTENER, site.source, "listener")
+        extra, chain = fragment(own, None), None
+    else:
+        own, chain = None, streams.chain(site)
+        check_types({"name": "x", "filter_chains": [chain]}, LISTENER, site.source, "chain")
+        extra = fragment(chain, None)
+    cluster_json = ((site.name, fragment(rendered, CLUSTER)),)
+    return SiteResources(name=site.name, digest=_hash([cluster_json[0][1], extra]),
+                         clusters=((site.name, rendered),), virtual_host={},
+                         cluster_json=cluster_json, virtual_host_json="", tcp_listener=own,
+                         passthrough=chain, domains=tuple(site.spec.domains or ()))
 
 
 def _cluster(site: Site, upstream: str, buffer_limit: int) -> dict[str, Any]:

@@ -46,6 +46,7 @@ def snapshot(settings: Settings, sites: Sequence[SiteResources]) -> Snapshot:
     secrets = {r.tls.secret_name: r.tls.secret_json for r in ordered if r.tls is not None}
     return Snapshot(
         clusters={name: text for r in ordered for name, text in r.cluster_json},
-        routes=route_configuration(settings, [r.virtual_host_json for r in ordered]),
+        routes=route_configuration(settings, [r.virtual_host_json for r in ordered
+                                              if r.virtual_host_json]),
         listeners=tuple(fragment(item, LISTENER) for item in listeners(settings, ordered)),
         secrets={name: secrets[name] for name in sorted(secrets)})

@@ -74,8 +74,9 @@ PROCESS_LINKS = ("/proc", "/dev/fd")
 `/dev/fd/3`): the daemon would resolve its own, Envoy reaches its own."""
 
 
-Kind = Literal["socket", "read", "write", "address", "page"]
-"""`page`: an error page the daemon reads and Envoy serves to anyone."""
+Kind = Literal["socket", "read", "write", "address", "page", "listen"]
+"""`page`: an error page the daemon reads and Envoy serves to anyone; `listen`: the
+address a TCP site's own listener binds."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,11 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 from controlplane.site.spec import SiteSpec
+from controlplane.site.streams import StreamSpec
 
 
 def schema() -> dict[str, Any]:
-    """The JSON Schema of a site file, for editors (`# yaml-language-server: $schema=`)."""
+    """The JSON Schema of a site file, for editors (`# yaml-language-server: $schema=`):
+    an HTTP site; a TCP or passthrough site is `#/$defs/StreamSpec`."""
     document = SiteSpec.model_json_schema()
+    streams = StreamSpec.model_json_schema()
+    document["$defs"].update(streams.pop("$defs", {}))
+    document["$defs"]["StreamSpec"] = streams
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     document["title"] = "controlplane site file (v1)"
     return document

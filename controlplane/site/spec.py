@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BeforeValidator,
@@ -83,6 +83,8 @@ class Overrides(Strict):
 class SiteSpec(Strict):
     """A site file: the domains it serves and where their requests go."""
 
+    kind: Literal["http"] = Field("http", description="`http` (the default); `tcp` and"
+                                  " `tls-passthrough` sites are StreamSpec.")
     domains: Annotated[list[Domain], Field(min_length=1)] = Field(
         description="Host names, lower-cased; '*.example.com' and '*' allowed.",
     )
