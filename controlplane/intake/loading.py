@@ -19,11 +19,13 @@ from typing import Any
 import yaml
 
 from controlplane.errors import Problem, SiteError, field_path
+from controlplane.intake.naming import DEFAULTS as DEFAULTS
+from controlplane.intake.naming import SUFFIXES as SUFFIXES
+from controlplane.intake.naming import ignored_reason, is_files_folder
+from controlplane.intake.naming import is_junk as is_junk
+from controlplane.intake.naming import is_site_name as is_site_name
 from controlplane.site.spec import DNS_LABEL
 
-SUFFIXES = (".yaml", ".yml")
-DEFAULTS = "_defaults.yaml"
-"""The sites folder's shared defaults (`intake/defaults`): never a site (no DNS label)."""
 MAX_DEPTH = 32
 MAX_NODES = 10_000
 """YAML values (scalars and collections) in one site file. A real site has a few hundred;
@@ -58,18 +60,6 @@ class Document:
     lines: dict[tuple[str | int, ...], int]
 
 
-def is_junk(filename: str) -> bool:
-    """Editors' and tools' leftovers (dotfiles, `~`, swap and temp files, vim's `4913`),
-    and the `..data` links of a Kubernetes ConfigMap: skipped in silence."""
-    return filename.startswith(".") or filename.endswith(("~", ".swp", ".swx", ".tmp")) or (
-        filename == "4913")
-
-
-def is_site_name(filename: str) -> bool:
-    """Names that are read as site files: `NAME.yaml` or `NAME.yml`, not junk."""
-    return filename.endswith(SUFFIXES) and not is_junk(filename)
-
-
 def scan(folder: Path) -> list[Entry]:
     """The site entries of `folder`, sorted by name. Missing folder: FileNotFoundError."""
     return scan_all(folder)[0]
@@ -85,33 +75,9 @@ def scan_all(folder: Path) -> tuple[list[Entry], list[Problem]]:
                 continue  # read as every site's defaults (`intake/defaults`), not as a site
             if is_site_name(item.name):
                 entries.append(_entry(folder, item))
-            elif not is_junk(item.name) and not _is_files_folder(item):
-                ignored.append(Problem(item.path, "", _ignored_reason(item)))
+            elif not is_junk(item.name) and not is_files_folder(item):
+                ignored.append(Problem(item.path, "", ignored_reason(item)))
     return sorted(entries, key=lambda e: e.location), sorted(ignored, key=lambda p: p.file)
-
-
-def _is_files_folder(item: os.DirEntry[str]) -> bool:
-    """`_files/`: a folder of the files sites name by relative paths (pages, certificates),
-    skipped in silence; `_` starts no site's name (a DNS label)."""
-    try:
-        return item.name.startswith("_") and item.is_dir()
-    except OSError:
-        return False
-
-
-def _ignored_reason(item: os.DirEntry[str]) -> str:
-    stem = item.name.rsplit(".", 1)[0]
-    try:
-        folder = item.is_dir()
-    except OSError:
-        folder = False
-    if folder:
-        return "ignored: a folder; only NAME.yaml files directly in the sites folder are read"
-    if item.name.lower().endswith(SUFFIXES):
-        return f"ignored: the suffix must be lower-case; rename it to {stem.lower()}.yaml"
-    if item.name.lower().endswith(".json"):
-        return f"ignored: site files are YAML; rename it to {stem}.yaml (JSON is YAML too)"
-    return "ignored: not a site file; site files are named NAME.yaml"
 
 
 def _entry(folder: Path, item: os.DirEntry[str]) -> Entry:

@@ -22,7 +22,6 @@ across passes (see "Security model" in the README).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import posixpath
 import stat
@@ -31,16 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controlplane.site.places import (
-    CONTROL_PORTS,
     CONTROL_SOCKET_FOLDERS,
     CONTROL_SOCKET_NAMES,
     CONTROL_SOCKET_PATHS,
     KERNEL_FOLDERS,
-    METADATA_ADDRESSES,
     PROCESS_LINKS,
     STANDARD_STREAMS,
     Use,
     Verdict,
+    address_verdict,
+    listen_verdict,
 )
 
 
@@ -108,13 +107,13 @@ class Fence:
         if use.kind == "socket":
             return self._socket(use.path)
         if use.kind == "address":
-            return self._address(use.path)
+            return address_verdict(use.path, self.own_ports)
         if use.kind == "write":
             return self._write(use.path)
         if use.kind == "page":
             return self._page(use.path)
         if use.kind == "listen":
-            return self._listen(use.path)
+            return listen_verdict(use.path, self.own_ports, self.min_listen_port)
         return self._read(use.path)
 
     def resolve(self, path: str) -> tuple[str, os.stat_result | None]:
@@ -136,28 +135,6 @@ class Fence:
         except OSError:
             return full, None
         return (_real(full), found) if stat.S_ISLNK(found.st_mode) else (full, found)
-
-    def _address(self, address: str) -> Verdict:
-        """A TCP upstream `HOST:PORT` (an IP host): not link-local (cloud metadata at
-        169.254.169.254), unspecified or multicast, nor one of our own loopback ports."""
-        host, _, port = address.rpartition(":")
-        ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
-        if str(ip) in METADATA_ADDRESSES:
-            return Verdict(problem=f"{address!r} is a cloud metadata service (it hands out"
-                           " the node's credentials); a site may not expose it")
-        if ip.is_link_local:
-            return Verdict(problem=f"{address!r} is link-local (cloud metadata services"
-                           " answer at 169.254.169.254); a site may not expose it")
-        if ip.is_unspecified or ip.is_multicast:
-            return Verdict(problem=f"{address!r} is not one host's address")
-        what = self.own_ports.get(int(port)) if ip.is_loopback else None
-        if what is not None:
-            return Verdict(problem=f"{address!r} is {what}; a site may not route to it")
-        control = CONTROL_PORTS.get(int(port))
-        if control is not None:
-            return Verdict(problem=f"{address!r}: port {port} is {control}'s; a site may not"
-                           " route to the node's control plane")
-        return Verdict()
 
     def _socket(self, path: str) -> Verdict:
         if not path.startswith("/"):
@@ -251,19 +228,6 @@ class Fence:
                            " Envoy would block or fail reading it")
         return Verdict()
 
-
-    def _listen(self, address: str) -> Verdict:
-        """A TCP site's listen address: never a port of Envoy's own listeners or the
-        daemon's (at any address: a bind there takes the port from them), nor a port of
-        the node's control plane, nor below `tcp_min_port`."""
-        port = int(address.rpartition(":")[2])
-        what = self.own_ports.get(port) or CONTROL_PORTS.get(port)
-        if what is not None:
-            return Verdict(problem=f"port {port} is {what}; a TCP site may not listen there")
-        if port < self.min_listen_port:
-            return Verdict(problem=f"port {port} is below {self.min_listen_port}; ports"
-                           " below it need the setting `tcp_min_port`")
-        return Verdict()
 
     def _page(self, path: str) -> Verdict:
         """An error page: served to anyone, so only from the sites folder or page_dirs."""

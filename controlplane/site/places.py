@@ -6,6 +6,7 @@ judging, on resolved paths, is `intake/paths`'s.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
@@ -95,3 +96,41 @@ class Verdict:
 
     problem: str | None = None
     warning: str | None = None
+
+
+def address_verdict(address: str, own_ports: dict[int, str]) -> Verdict:
+    """A TCP upstream `HOST:PORT` (an IP host): not link-local (cloud metadata at
+    169.254.169.254), unspecified or multicast, nor one of our own loopback ports
+    (`own_ports`), nor a port of the node's control plane."""
+    host, _, port = address.rpartition(":")
+    ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    if str(ip) in METADATA_ADDRESSES:
+        return Verdict(problem=f"{address!r} is a cloud metadata service (it hands out"
+                       " the node's credentials); a site may not expose it")
+    if ip.is_link_local:
+        return Verdict(problem=f"{address!r} is link-local (cloud metadata services"
+                       " answer at 169.254.169.254); a site may not expose it")
+    if ip.is_unspecified or ip.is_multicast:
+        return Verdict(problem=f"{address!r} is not one host's address")
+    what = own_ports.get(int(port)) if ip.is_loopback else None
+    if what is not None:
+        return Verdict(problem=f"{address!r} is {what}; a site may not route to it")
+    control = CONTROL_PORTS.get(int(port))
+    if control is not None:
+        return Verdict(problem=f"{address!r}: port {port} is {control}'s; a site may not"
+                       " route to the node's control plane")
+    return Verdict()
+
+
+def listen_verdict(address: str, own_ports: dict[int, str], min_port: int) -> Verdict:
+    """A TCP site's listen address: never a port of Envoy's own listeners or the daemon's
+    (at any address: a bind there takes the port from them), nor a port of the node's
+    control plane, nor below `tcp_min_port` (`min_port`)."""
+    port = int(address.rpartition(":")[2])
+    what = own_ports.get(port) or CONTROL_PORTS.get(port)
+    if what is not None:
+        return Verdict(problem=f"port {port} is {what}; a TCP site may not listen there")
+    if port < min_port:
+        return Verdict(problem=f"port {port} is below {min_port}; ports below it need the"
+                       " setting `tcp_min_port`")
+    return Verdict()
