@@ -26,7 +26,7 @@ def _decide(path: str, headers: dict[str, str]) -> Answer:
     if cookie == "session=good":
         return 200, {"X-User": "alice", "X-Other": "not vouched"}, b""
     if cookie == "session=slow":
-        RELEASE.wait(5)
+        RELEASE.wait(2)
         return 200, {"X-User": "late"}, b""
     return 302, {"Location": "https://login.example/", "Set-Cookie": "next=/"}, b"log in\n"
 

@@ -36,6 +36,10 @@ def _handler(answer: Callable[[str, dict[str, str]], Answer],
             for key, value in extra.items():
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(body)))
+            # One request a connection: no handler thread outlives its test waiting for
+            # the next request of Envoy's pooled connection.
+            self.send_header("Connection", "close")
+            self.close_connection = True
             self.end_headers()
             self.wfile.write(body)
 
