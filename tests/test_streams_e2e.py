@@ -132,7 +132,8 @@ def test_an_unknown_name_is_refused_and_http_still_serves(
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
         _tls(tls_port, "c.pass.example")
     assert running.serves("web.example", "web /")
-    assert running.status()["sites"]["db"]["state"] == "serving"
+    wait_for(lambda: running.status()["sites"]["db"]["state"] == "serving", 30,
+             "the TCP site confirmed as serving")
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -166,3 +167,18 @@ def test_hostile_or_wrong_stream_sites_are_refused(tmp_path: Path, text: str, ex
     assert main(["check", str(tmp_path), "--no-envoy"]) == 1
     err = capsys.readouterr().err
     assert expected in err, err
+
+
+def test_explain_leaves_stream_sites_out(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`explain` answers for HTTP sites beside TCP and passthrough sites, and a
+    passthrough domain is no HTTP site's (Envoy's 404 on plain HTTP)."""
+    (tmp_path / "db.yaml").write_text("kind: tcp\nlisten: 127.0.0.1:7001\n"
+                                      "upstream: {socket: /tmp/db.sock}\n")
+    (tmp_path / "vault.yaml").write_text("kind: tls-passthrough\ndomains: [v.example]\n"
+                                         "upstream: {socket: /tmp/v.sock}\n")
+    (tmp_path / "web.yaml").write_text("domains: [w.example]\nupstream: {socket: /tmp/w.sock}\n")
+    assert main(["explain", str(tmp_path), "http://w.example/", "--no-envoy"]) == 0
+    assert "site: web" in capsys.readouterr().out
+    assert main(["explain", str(tmp_path), "http://v.example/", "--no-envoy"]) == 1
+    assert "404: no site serves the host 'v.example'" in capsys.readouterr().out

@@ -91,7 +91,9 @@ def explain(request: Request, serving: Mapping[str, Checked], settings: Settings
     if _ESCAPED_SLASH.search(request.path) and settings.escaped_slashes == (
             "unescape_and_redirect"):
         return Answer(action="redirect to the unescaped path (escaped_slashes)")
-    sites = {name: item for name, item in serving.items() if item.resources is not None}
+    # HTTP sites only: TCP and passthrough sites have no virtual host.
+    sites = {name: item for name, item in serving.items()
+             if item.resources is not None and item.resources.virtual_host}
     name = _virtual_host(request.host, {n: i.domains for n, i in sites.items()})
     if name is None:
         return Answer(action=f"404: no site serves the host {request.host!r}")
@@ -110,6 +112,8 @@ def _site(item: Checked) -> tuple[Site, dict[tuple[str | int, ...], int]]:
     """The serving version's Site and the line of each field (for the route's line)."""
     assert item.content is not None
     document = loading.parse(item.content, item.source)
+    if item.site is not None:  # as checked: with the sites folder's defaults under it
+        return item.site, document.lines
     site = validating.validate(item.name, item.source, item.digest, document)
     return site, document.lines
 
