@@ -187,7 +187,8 @@ class Daemon:
                 watch.fallback_reason = None
             timeout, due = self._timeout(next_resync, outcome.retry, failures, watched)
             woken = self.signal.wait_batch(timeout, settings.debounce_quiet_s,
-                                           settings.debounce_max_s, self.stop)
+                                           settings.debounce_max_s, self.stop,
+                                           settings.debounce_complete_s)
             if self.stop.is_set():
                 break
             self.metrics.beat()
