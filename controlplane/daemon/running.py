@@ -34,7 +34,8 @@ from controlplane.daemon.reporting import Reporter
 from controlplane.daemon.statusfile import clip
 from controlplane.daemon.watching import Signal, Watch
 from controlplane.envoy.starting import EnvoyStart
-from controlplane.envoy.verifying import SCRATCH_DIR, Verifier
+from controlplane.envoy.twinning import Twin, TwinVerifier
+from controlplane.envoy.verifying import SCRATCH_DIR, Verifier, envoy_binary
 from controlplane.errors import ControlPlaneError, OutputError, Stopping
 from controlplane.settings import Settings
 from controlplane.writing import (
@@ -67,6 +68,8 @@ class Daemon:
         self._envoy = EnvoyStart(settings.admin_socket, settings, self.stop, self.signal.wake)
         self._reporter = Reporter(settings, self.notifier)
         self._watch_error: str | None = None
+        self._twin: Twin | None = None
+        """The validation twin, started by the loop's thread (it dies with that thread)."""
 
     def request_stop(self) -> None:
         """Stop soon: from a signal handler or another thread."""
@@ -114,6 +117,8 @@ class Daemon:
             watch.stop()
             if waiter is not None:
                 waiter.join(timeout=5)
+            if self._twin is not None:
+                self._twin.stop()
             if server is not None:
                 server.close()
             if info:
@@ -134,10 +139,23 @@ class Daemon:
 
     def _reconciler(self) -> Reconciler:
         settings = self.settings
-        verifier = (Verifier(settings, scratch=settings.state / SCRATCH_DIR, stop=self.stop)
-                    if settings.verify_with_envoy else None)
-        return Reconciler(settings, verifier=verifier, stop=self.stop,
+        return Reconciler(settings, verifier=self._verifier(), stop=self.stop,
                           ask_envoy=settings.admin_socket is not None and self._envoy.up.is_set())
+
+    def _verifier(self) -> Verifier | None:
+        settings, scratch = self.settings, self.settings.state / SCRATCH_DIR
+        wanted = settings.verify_with_envoy and settings.validator == "twin"
+        if self._twin is not None and (not wanted or self._twin.binary != envoy_binary(settings)):
+            self._twin.stop()  # a reload turned it off, or names another Envoy
+            self._twin = None
+        if not settings.verify_with_envoy:
+            return None
+        if settings.validator == "process":
+            return Verifier(settings, scratch=scratch, stop=self.stop)
+        if self._twin is None:
+            self._twin = Twin(settings, self.stop)
+            self._twin.start()  # answers within a second; `--mode validate` until then
+        return TwinVerifier(settings, self._twin, scratch=scratch, stop=self.stop)
 
     def _watch(self, watch: Watch) -> bool:
         """(Re)start the watch; a folder that cannot be watched is polled, and said once."""
@@ -169,7 +187,8 @@ class Daemon:
                 watch.fallback_reason = None
             timeout, due = self._timeout(next_resync, outcome.retry, failures, watched)
             woken = self.signal.wait_batch(timeout, settings.debounce_quiet_s,
-                                           settings.debounce_max_s, self.stop)
+                                           settings.debounce_max_s, self.stop,
+                                           settings.debounce_complete_s)
             if self.stop.is_set():
                 break
             self.metrics.beat()

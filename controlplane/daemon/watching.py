@@ -6,7 +6,12 @@ loop does) never wakes us again: only mutation events are subscribed to. Names a
 filtered here; the scan filters them, so no event is ever wrongly dropped.
 
 `Signal.wait_batch` is the debounce: after the first event, wait until the folder has
-been quiet for `quiet` seconds, but never longer than `max_wait` after that event.
+been quiet for `quiet` seconds, but never longer than `max_wait` after that event. An
+event that says a site file is complete (closed after writing, or renamed in from a name
+that is not a site file: the atomic save) needs no quiet window: the pass starts once
+nothing came for `coalesce` seconds (1-2 ms, which gathers the events of one tool's
+write). Any other event in the batch (a site file deleted or renamed away, as editors do
+before writing the new one; a folder swapped in) keeps its quiet window.
 
 A file written in place (IN_MODIFY) is unfinished until its writer closes it
 (IN_CLOSE_WRITE): `Signal.unfinished` names such files, so a pass keeps their previous
@@ -38,6 +43,8 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
+from controlplane.intake.loading import is_site_name
+
 MAX_ALSO = 8
 """At most this many socket folders are watched besides the sites folder."""
 MUTATIONS = [
@@ -53,36 +60,49 @@ class Signal:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._first: float | None = None
-        self._last = 0.0
+        self._last: float | None = None
+        """The last event that needs the quiet window (None: none in this batch)."""
+        self._last_complete: float | None = None
+        """The last event of a complete site file."""
         self._writing: dict[str, float] = {}
         """File name -> when a write without a close was first seen."""
         self.count = 0
+        self.completes = 0
+        """Events of complete site files among `count` (tests read them)."""
 
-    def notify(self) -> None:
+    def notify(self, complete: bool = False) -> None:
+        """Something changed; `complete`: a site file is whole now (closed, renamed in)."""
         with self._lock:
             now = time.monotonic()
             if self._first is None:
                 self._first = now
-            self._last = now
+            if complete:
+                self._last_complete = now
+                self.completes += 1
+            else:
+                self._last = now
             self.count += 1
         self._event.set()
 
     def wait_batch(self, timeout: float, quiet: float, max_wait: float,
-                   stop: threading.Event) -> bool:
-        """True when a batch of events is complete; False on timeout or stop."""
+                   stop: threading.Event, coalesce: float | None = None) -> bool:
+        """True when a batch of events is complete; False on timeout or stop.
+        `coalesce` (default `quiet`): the wait after an event of a complete file."""
         if not self._event.wait(timeout) or stop.is_set():
             return False
+        after_complete = quiet if coalesce is None else coalesce
         while not stop.is_set():
             with self._lock:
-                first, last = self._first or 0.0, self._last
-            now = time.monotonic()
-            remaining = min(last + quiet, first + max_wait) - now
+                first, last, complete = self._first, self._last, self._last_complete
+            quiet_until = max(last + quiet if last is not None else 0.0,
+                              complete + after_complete if complete is not None else 0.0)
+            if first is not None:
+                quiet_until = min(quiet_until, first + max_wait)
+            remaining = quiet_until - time.monotonic()
             if remaining <= 0:
                 break
             stop.wait(remaining)
-        with self._lock:
-            self._first = None
-            self._event.clear()
+        self.clear()
         return not stop.is_set()
 
     def writing(self, name: str) -> None:
@@ -117,7 +137,7 @@ class Signal:
     def clear(self) -> None:
         """Forget what was signalled so far (a full pass is about to look anyway)."""
         with self._lock:
-            self._first = None
+            self._first = self._last = self._last_complete = None
             self._event.clear()
 
     def wake(self) -> None:
@@ -130,14 +150,18 @@ class Handler(FileSystemEventHandler):
         self._signal = signal
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        source = os.path.basename(os.fsdecode(event.src_path))
         if isinstance(event, FileModifiedEvent):
-            self._signal.writing(os.path.basename(os.fsdecode(event.src_path)))
+            self._signal.writing(source)
             return  # the close (or the bounded wait) starts the pass
+        complete = isinstance(event, FileClosedEvent) and is_site_name(source)
         if isinstance(event, FileMovedEvent):
-            self._signal.finished(os.path.basename(os.fsdecode(event.dest_path)))
+            target = os.path.basename(os.fsdecode(event.dest_path))
+            self._signal.finished(target)
+            complete = is_site_name(target) and not is_site_name(source)
         if isinstance(event, FileClosedEvent | FileDeletedEvent | FileMovedEvent):
-            self._signal.finished(os.path.basename(os.fsdecode(event.src_path)))
-        self._signal.notify()
+            self._signal.finished(source)
+        self._signal.notify(complete)
 
 
 class Watch:
@@ -172,7 +196,9 @@ class Watch:
         try:
             from watchdog.observers.inotify import InotifyObserver
 
-            observer: BaseObserver = InotifyObserver()
+            # Full events: a file renamed in from another folder is a move (from ""), not
+            # a creation, so it counts as complete; one renamed out, a move to "".
+            observer: BaseObserver = InotifyObserver(generate_full_events=True)
             observer.schedule(handler, str(self._folder), recursive=False,
                               event_filter=MUTATIONS)
             observer.start()

@@ -178,14 +178,17 @@ class AdminClient:
         return "^(" + "|".join(p.replace(".", r"\.") for p in self._prefixes.values()) + r")\."
 
     def confirm(self, kind: str, before: Counters, version: str, timeout: float,
-                stop: threading.Event | None = None) -> Counters:
+                stop: threading.Event | None = None, poll_s: float = POLL_S,
+                max_poll_s: float = MAX_POLL_S) -> Counters:
         """Wait until Envoy accepted `version` of one file; raise on rejection or timeout.
 
         `before` is read before the rename; pass `ALREADY_WRITTEN` to re-check a file
-        written in an earlier pass (then only `version_text` has to match)."""
+        written in an earlier pass (then only `version_text` has to match). `poll_s`
+        and `max_poll_s`: the first pause between reads and the longest (an Envoy that
+        serves nobody, the validation twin, is asked more often)."""
         deadline = time.monotonic() + timeout
         waiter = stop if stop is not None else threading.Event()
-        pause, polls = POLL_S, 0
+        pause, polls = poll_s, 0
         while True:
             try:
                 polls += 1
@@ -216,7 +219,7 @@ class AdminClient:
                 raise EnvoyTimeout(f"Envoy did not confirm {kind} version {version}"
                                    f" within {timeout:g}s (it serves {now.version!r})")
             waiter.wait(pause)
-            pause = min(pause * 2, MAX_POLL_S)  # each /stats read costs Envoy's main thread
+            pause = min(pause * 2, max_poll_s)  # each /stats read costs Envoy's main thread
 
 
 def _counters(values: dict[str, object], prefix: str) -> Counters:

@@ -196,8 +196,13 @@ class Publisher:
         for kind, state in self.files.items():
             now = counters.get(kind)
             if now is not None and state.before is not None and (
-                    now.success < state.before.success):
-                state.before = None  # Envoy restarted: its counters began again
+                    now.success < state.before.success or (
+                        now.version == state.version and now.success <= state.before.success)):
+                # Envoy restarted: its counters began again. Also when they have come back
+                # to where they were: one Envoy takes the version written only by an update
+                # after `before` was read, which moves `update_success`; so it is a new
+                # Envoy that loaded the file at its start.
+                state.before = None
             if state.confirmed is Confirmation.UNCONFIRMED and state.before is None and (
                     now is not None and now.version == state.version != ""):
                 state.confirmed, state.last_confirmed = Confirmation.CONFIRMED, state.fragments

@@ -107,7 +107,7 @@ class Verifier:
             self._require_working_binary()
             return (f"envoy --mode validate failed without a reason (exit {done.returncode}):"
                     f" {output.strip()[-300:]}")
-        return _short_reason(" ".join(match.group(1).split()))
+        return short_reason(" ".join(match.group(1).split()))
 
     def _invoke(self, bootstrap: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         """`envoy --mode validate` on a scratch file: an argument list, no shell, a timeout."""
@@ -154,7 +154,7 @@ class Verifier:
         self._binary_ok = True
 
 
-def _short_reason(reason: str) -> str:
+def short_reason(reason: str) -> str:
     """A proto constraint failure comes after a dump of the whole scratch bootstrap:
     keep the innermost cause, which names the Envoy message and field
     (`ClusterValidationError.ConnectTimeout: value must be greater than 0s`)."""
