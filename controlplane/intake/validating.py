@@ -69,7 +69,7 @@ def anchored(spec: SiteSpec, folder: str) -> SiteSpec:
 
 def path_uses(site: Site, document: Document) -> tuple[Use, ...]:
     """Every path (and TCP address) the site makes Envoy connect to, read or write, with
-    the field the user wrote it in (`upstream.socket`, `upstreams.api.endpoints.1.address`)."""
+    the field the user wrote it in (`upstream.socket`, `upstreams.api.endpoints[2].address`)."""
     uses = []
     for upstream in site.upstream_names():
         base: tuple[str | int, ...] = (
@@ -79,7 +79,7 @@ def path_uses(site: Site, document: Document) -> tuple[Use, ...]:
             key: Kind = "socket" if endpoint.socket is not None else "address"
             spelled = [(*base, "endpoints", i, key), (*base, i, key), (*base, key)]
             path = next((p for p in spelled if p in document.lines), spelled[0])
-            uses.append(Use(field=".".join(str(p) for p in path), kind=key,
+            uses.append(Use(field=field_path(path), kind=key,
                             path=endpoint.socket or str(endpoint.address),
                             line=document.lines.get(path)))
     spec = site.spec
