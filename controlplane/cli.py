@@ -30,7 +30,7 @@ from controlplane.daemon.signals import daemon_signals
 from controlplane.envoy import diffing, files
 from controlplane.envoy.verifying import Verifier
 from controlplane.errors import ControlPlaneError, EnvoyUnavailable, SettingsError, SiteError
-from controlplane.intake import checking, explaining, selecting
+from controlplane.intake import checking, explaining, probing, selecting
 from controlplane.render import bootstraps, snapshot
 from controlplane.site import schema
 from controlplane.writing import ensure_folder, hold_lock
@@ -159,7 +159,13 @@ def _report(selection: selecting.Selection, as_json: bool = False) -> int:
 
 
 def _check(config: settings.Settings, args: argparse.Namespace) -> int:
-    return _report(_select(config), args.json)
+    selection = _select(config)
+    fence = checking.fence_of(config)
+    for name, item in selection.serving.items():
+        found = probing.warnings(item.source, item.uses, fence)
+        if found:
+            selection.warnings.setdefault(name, []).extend(found)
+    return _report(selection, args.json)
 
 
 def _render(config: settings.Settings, args: argparse.Namespace) -> int:

@@ -191,12 +191,13 @@ class Envoy:
 class DaemonProcess:
     """`controlplane run` as a real child process."""
 
-    def __init__(self, folder: Path, args: list[str], config: Path | None = None) -> None:
+    def __init__(self, folder: Path, args: list[str], config: Path | None = None,
+                 prefix: tuple[str, ...] = ()) -> None:
         self.log = folder / "daemon.log"
         settings = ["--config", str(config)] if config is not None else []
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "controlplane", *settings, "run", *args],
+                [*prefix, sys.executable, "-m", "controlplane", *settings, "run", *args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         leaks.own(self.process.pid)
 
@@ -266,8 +267,10 @@ class Node:
 
     def __init__(self, folder: Path, kind: str, extra_args: tuple[str, ...] = (),
                  tell_admin: bool = True, config: Path | None = None,
-                 shared_upstreams: bool = False) -> None:
+                 shared_upstreams: bool = False, daemon_prefix: tuple[str, ...] = ()) -> None:
         self.folder = folder
+        self.daemon_prefix = daemon_prefix
+        """Run the daemon through this (e.g. `setpriv` to drop root's file capabilities)."""
         self.sites = folder / "sites"
         self.out = folder / "out"
         self.port = free_port()
@@ -292,7 +295,7 @@ class Node:
         self.daemon = DaemonProcess(self.folder, [
             str(self.sites), "--out", str(self.out), "--listen", f"127.0.0.1:{self.port}",
             *(["--admin-socket", str(self.envoy.admin_socket)] if self.tell_admin else []),
-            *self.extra_args], config=self.config)
+            *self.extra_args], config=self.config, prefix=self.daemon_prefix)
 
     def site(self, name: str, domains: list[str], socket_path: Path, extra: str = "") -> str:
         return (f"domains: {json.dumps(domains)}\nupstream:\n  socket: {socket_path}\n{extra}")

@@ -164,8 +164,11 @@ def test_check_json_lists_problems_and_warnings(tmp_path: Path,
     document = json.loads(capsys.readouterr().out)
     assert (document["sites"], document["valid"], document["invalid"]) == (2, 1, 1)
     warnings = [p for p in document["problems"] if p["severity"] == "warning"]
-    assert [w["field"] for w in warnings] == ["upstream.socket"]  # /tmp: anyone may write
+    # /tmp: anyone may write there; and no socket is there yet (a warning, not an error)
+    assert [w["field"] for w in warnings] == ["upstream.socket", "upstream.socket"]
     assert "writable by every user" in warnings[0]["reason"]
+    assert warnings[1]["reason"].startswith("missing: no socket at /tmp/good.sock yet")
+    assert "`listen unix:/tmp/good.sock;`" in warnings[1]["reason"]
     assert [p for p in document["problems"] if p["severity"] == "error"] == [{
         "file": str(tmp_path / "bad.yaml"), "line": 3, "field": "upstream.sockt",
         "reason": "unknown key; did you mean 'socket'?", "severity": "error",

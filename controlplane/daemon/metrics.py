@@ -81,6 +81,12 @@ class Metrics:
             "controlplane_certificate_expiry_timestamp_seconds",
             "When each serving TLS site's certificate expires (Unix time; judged again at"
             " least every 6 hours).", ["site"], registry=self.registry)
+        self.upstream_up = Gauge(
+            "controlplane_upstream_up",
+            "1 when a serving site's upstream endpoint accepts connections (a socket that is"
+            " up) and Envoy, where the site has health checks, finds it healthy; else 0.",
+            ["site", "endpoint"], registry=self.registry)
+        self._upstream_seen: dict[tuple[str, str], bool] = {}
 
     def beat(self) -> None:
         """The loop is alive (called every time it comes round)."""
@@ -113,6 +119,16 @@ class Metrics:
         self.certificate_expiry.clear()
         for site, expiry in sorted(expiries.items()):
             self.certificate_expiry.labels(site).set(expiry)
+
+    def upstreams(self, rows: list[tuple[str, str, bool]]) -> None:
+        """One series per followed endpoint of each serving site; the rest are dropped."""
+        wanted = {(site, endpoint): up for site, endpoint, up in rows}
+        for labels in set(self._upstream_seen) - set(wanted):  # never a scrape with none
+            self.upstream_up.remove(*labels)
+        for labels, up in wanted.items():
+            if self._upstream_seen.get(labels) != up:
+                self.upstream_up.labels(*labels).set(1 if up else 0)
+        self._upstream_seen = wanted
 
     def waiting(self, reason: str) -> None:
         """Not ready, though nothing failed: Envoy is not up yet (start-up, not a fault)."""

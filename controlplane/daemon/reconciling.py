@@ -16,7 +16,7 @@ import time
 
 import structlog
 
-from controlplane.daemon import statusfile
+from controlplane.daemon import statusfile, tracking
 from controlplane.daemon.passes import Clock, Outcome, blocked_by
 from controlplane.envoy.files import Confirmation
 from controlplane.envoy.publishing import Publisher
@@ -66,6 +66,7 @@ class Reconciler:
         the daemon watches them, so a symlink planted (or removed) there is judged, and a
         changed htpasswd file applied, at the next pass."""
         self.status = statusfile.StatusFile(settings.state)
+        self.upstreams = tracking.Tracker(settings=settings)
         self._confirmed: dict[str, str] = {}
         """Site -> the digest Envoy last confirmed running (a fully confirmed apply)."""
         self._envoy_ok = False
@@ -101,7 +102,7 @@ class Reconciler:
     def carry_status(self, previous: Reconciler) -> None:
         """Take over what `previous` reported per site (a reload or Envoy coming up
         builds a new reconciler): a site whose state stays keeps its `changed_at`."""
-        self.status = previous.status
+        self.status, self.upstreams = previous.status, previous.upstreams
 
     def envoy_runs_ours(self) -> bool:
         """Envoy answers and runs the versions last written (True without an admin
@@ -271,7 +272,7 @@ class Reconciler:
                 problems=problems, serving=serving.digest if serving else None,
                 changed_at=now, warnings=statusfile.clip_problems(list(selection.warnings.get(
                     name, ()))), certificate_expiry=serving.expires_at if serving else None)
-        self.status.update(sites)
+        self.status.update(sites, self.upstreams.after_pass(selection.serving))
         last = statusfile.PassStatus(
             at=now, added=outcome.added, changed=outcome.changed, removed=outcome.removed,
             invalid=outcome.invalid, written=outcome.written,

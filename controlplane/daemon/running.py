@@ -38,11 +38,7 @@ from controlplane.envoy.twinning import Twin, TwinVerifier
 from controlplane.envoy.verifying import SCRATCH_DIR, Verifier, envoy_binary
 from controlplane.errors import ControlPlaneError, OutputError, Stopping
 from controlplane.settings import Settings
-from controlplane.writing import (
-    ensure_folder,
-    ensure_private_folder,
-    hold_lock,
-)
+from controlplane.writing import ensure_folder, ensure_private_folder, hold_lock
 
 log = structlog.get_logger("controlplane")
 MISSING_FOLDER_POLL_S = 1.0
@@ -186,12 +182,14 @@ class Daemon:
                 log.warning("watch.polling", reason=watch.fallback_reason)
                 watch.fallback_reason = None
             timeout, due = self._timeout(next_resync, outcome.retry, failures, watched)
+            timeout = min(timeout, reconciler.upstreams.due_in() + 0.005)  # a socket to see
             woken = self.signal.wait_batch(timeout, settings.debounce_quiet_s,
                                            settings.debounce_max_s, self.stop,
                                            settings.debounce_complete_s)
             if self.stop.is_set():
                 break
             self.metrics.beat()
+            reconciler.upstreams.refresh_status(reconciler.status, self.metrics.upstreams)
             reloaded = self._reload_requested.is_set() or (
                 confirmed_mode != self._envoy.up.is_set())
             if reloaded:
@@ -302,6 +300,7 @@ class Daemon:
         self._reporter.log(outcome, seconds)
         self.metrics.record(outcome, seconds, reconciler.site_states())
         self.metrics.certificates(reconciler.certificate_expiries())
+        self.metrics.upstreams(reconciler.upstreams.rows())
         if self._awaiting_envoy():
             self.metrics.waiting(f"waiting for Envoy's admin socket {self.settings.admin_socket}")
         self._reporter.tell_systemd(outcome, self._awaiting_envoy())

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +74,9 @@ class SiteStatus:
     cover a domain, a route that never matches, a world-writable socket folder."""
     certificate_expiry: float | None = None
     """When the serving version's certificate expires (Unix time), for TLS sites."""
+    upstream: dict[str, Any] | None = None
+    """`state`, the worst of its sockets', and per endpoint its `state`, `since`, a `hint`
+    and Envoy's `health` verdict (README "Upstreams")."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -98,18 +102,21 @@ class StatusFile:
         self.sites: dict[str, SiteStatus] = {}
         self._json = "{}"
         self._lines: dict[str, tuple[SiteStatus, str]] = {}
+        self._last: PassStatus | None = None
 
-    def update(self, found: dict[str, SiteStatus]) -> None:
-        """This pass's status of every site. One whose state, version and problems stay
-        keeps its `changed_at`."""
+    def update(self, found: dict[str, SiteStatus],
+               upstream: Callable[[str], Any] = lambda _: None) -> None:
+        """This pass's status of every site, with the `upstream` of each serving one. One
+        whose state, version and problems stay keeps its `changed_at`."""
         sites: dict[str, SiteStatus] = {}
         changed = set(found) != set(self.sites)
         for name, new in found.items():
-            old = self.sites.get(name)
+            new.upstream, old = upstream(name) if new.serving else None, self.sites.get(name)
             same = old is not None and (old.state, old.serving, old.problems) == (
                 new.state, new.serving, new.problems)
-            if same and old is not None and (old.warnings, old.certificate_expiry) == (
-                    new.warnings, new.certificate_expiry):
+            if same and old is not None and (
+                    old.warnings, old.certificate_expiry, old.upstream) == (
+                    new.warnings, new.certificate_expiry, new.upstream):
                 sites[name] = old
                 continue
             if same and old is not None:
@@ -122,7 +129,18 @@ class StatusFile:
 
     def write(self, last_pass: PassStatus) -> None:
         """The status file from the sites' status and this pass."""
+        self._last = last_pass
         write_status(self._state_dir, self._json, last_pass)
+
+    def set_upstreams(self, reports: dict[str, dict[str, Any] | None]) -> None:
+        """Between passes: new `upstream` entries of sites, written with the last pass."""
+        names = set(reports) & set(self.sites)
+        if self._last is None or not names:
+            return
+        for name in names:
+            self.sites[name] = dataclasses.replace(self.sites[name], upstream=reports[name])
+        self._json = _sites_json(self.sites, self._lines)
+        self.write(self._last)
 
 
 def _sites_json(sites: dict[str, SiteStatus], cache: dict[str, tuple[SiteStatus, str]]) -> str:
@@ -147,6 +165,7 @@ def _site_dict(site: SiteStatus) -> dict[str, Any]:
             "warnings": [problem_dict(w, "warning") for w in site.warnings],
             "certificate_expiry": (None if site.certificate_expiry is None
                                    else iso_time(site.certificate_expiry)),
+            "upstream": site.upstream,
             "changed_at": iso_time(site.changed_at)}
 
 
@@ -220,14 +239,19 @@ def load_last_good(state_dir: Path) -> dict[str, bytes]:
 def table(document: dict[str, Any], now: float) -> str:
     """The status file as a table for people: one line per site with its state and since
     when, then the last pass."""
-    rows = [("SITE", "STATE", "SINCE", "SERVING", "PROBLEMS")]
+    rows = [("SITE", "STATE", "SINCE", "SERVING", "UPSTREAM", "PROBLEMS")]
+    hints: list[str] = []
     for name, site in document.get("sites", {}).items():
         problems = "; ".join(_message(p) for p in site["problems"]) or "-"
+        upstream, found = _upstream(site.get("upstream"))
         rows.append((name, site["state"], _when(site.get("changed_at"), now),
-                     site["serving"] or "-", problems))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
+                     site["serving"] or "-", upstream, problems))
+        hints.extend(f"  {name}: {line}" for line in found)
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5]
              for r in rows]
+    if hints:
+        lines += ["", "upstreams not serving:", *hints]
     last = document.get("last_pass") or {}
     if last:
         confirmed = {True: "confirmed by Envoy", False: "NOT confirmed by Envoy",
@@ -237,6 +261,23 @@ def table(document: dict[str, Any], now: float) -> str:
                      f" versions {last['versions']}")
         lines.extend(f"  error: {e}" for e in last["errors"])
     return "\n".join(lines)
+
+
+def _upstream(report: Any) -> tuple[str, list[str]]:
+    """A site's upstream in a word (`up`, `missing`, `up, 1 unhealthy`), and a line per
+    endpoint that does not serve, with its hint."""
+    if not isinstance(report, dict):
+        return "-", []
+    lines, unhealthy = [], 0
+    for endpoint, entry in sorted((report.get("endpoints") or {}).items()):
+        state, health = entry.get("state"), entry.get("health")
+        if health not in (None, "healthy"):
+            unhealthy += 1
+            lines.append(f"{endpoint}: Envoy's health check: {health}")
+        if state not in (None, "up"):
+            lines.append(f"{endpoint}: {state}: {entry.get('hint', '')}")
+    word = str(report.get("state") or "-")
+    return (f"{word}, {unhealthy} unhealthy" if unhealthy else word), lines
 
 
 def _message(problem: Any) -> str:

@@ -59,7 +59,7 @@ def _row(name: str, site: Mapping[str, Any]) -> str:
         f"<td>{_e(name)}</td><td class={kind}>{_e(state)}</td>",
         f"<td>{_e(', '.join(str(d) for d in site.get('domains') or ()) or '-')}</td>",
         f"<td><code>{_e(site.get('file', '-'))}</code></td>",
-        f"<td>{_e(_upstream(site.get('upstream')))}</td>",
+        f"<td>{_upstream(site.get('upstream'))}</td>",
         f"<td><code>{_e(site.get('serving') or '-')}</code></td>",
         f"<td>{_e(site.get('certificate_expiry') or '-')}</td><td>{notes}</td>",
     )
@@ -78,9 +78,20 @@ def _last_pass(document: Mapping[str, Any]) -> str:
 
 
 def _upstream(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {v}" for k, v in sorted(value.items())) or "-"
-    return "-" if value is None else str(value)
+    """A site's upstream: each endpoint with its state, Envoy's health verdict and, when
+    it does not serve, the hint (escaped HTML)."""
+    if not isinstance(value, Mapping) or not isinstance(value.get("endpoints"), Mapping):
+        return "-" if value is None else _e(value)
+    items = []
+    for endpoint, entry in sorted(value["endpoints"].items()):
+        entry = entry if isinstance(entry, Mapping) else {}
+        state, health = entry.get("state"), entry.get("health")
+        words = [str(w) for w in (state, health and f"health: {health}") if w]
+        good = state in (None, "up") and health in (None, "healthy")
+        hint = f"<br><small>{_e(entry['hint'])}</small>" if entry.get("hint") else ""
+        items.append(f"<li class={'serving' if good else 'error'}><code>{_e(endpoint)}</code>"
+                     f" {_e(', '.join(words))}{hint}</li>")
+    return f"<ul>{''.join(items)}</ul>" if items else "-"
 
 
 def _text(value: Any) -> str:

@@ -49,14 +49,15 @@ class Server:
 
 
 def start(name: str, sock: Path, kind: str, home: Path, timeout: float = 10.0,
-          tcp_port: int | None = None) -> Server:
+          tcp_port: int | None = None, down_file: Path | None = None) -> Server:
     """Start one upstream on `sock`; `home` holds nginx's config, pid and logs. nginx
-    also listens on 127.0.0.1:`tcp_port` when given (to compare the two paths)."""
+    also listens on 127.0.0.1:`tcp_port` when given (to compare the two paths), and
+    with `down_file` answers `/health` 503 while that file exists, else 200."""
     sock.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sock)  # a stale socket from a killed run
     if kind == NGINX:
-        command = _nginx_command(name, sock, home, tcp_port)
+        command = _nginx_command(name, sock, home, tcp_port, down_file)
     else:
         command = [sys.executable, "-m", "controlplane.demo.unixhttp", str(sock), name]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
@@ -70,7 +71,8 @@ def start(name: str, sock: Path, kind: str, home: Path, timeout: float = 10.0,
     return upstream
 
 
-def _nginx_command(name: str, sock: Path, home: Path, tcp_port: int | None) -> list[str]:
+def _nginx_command(name: str, sock: Path, home: Path, tcp_port: int | None,
+                   down_file: Path | None = None) -> list[str]:
     home.mkdir(parents=True, exist_ok=True)
     temps = "\n".join(f"    {t}_temp_path {home}/{t};"
                       for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -86,6 +88,7 @@ http {{
     server {{
         listen unix:{sock};
         {f"listen 127.0.0.1:{tcp_port};" if tcp_port else ""}
+        {_health_location(down_file)}
         location / {{
             default_type text/plain;
             add_header X-Upstream {name} always;
@@ -97,6 +100,13 @@ http {{
 }}
 """)
     return [NGINX, "-p", str(home), "-c", str(config)]
+
+
+def _health_location(down_file: Path | None) -> str:
+    if down_file is None:
+        return ""
+    return (f'location = /health {{ default_type text/plain; if (-f {down_file}) {{'
+            ' return 503 "down\\n"; } return 200 "ok\\n"; }')
 
 
 def connects(path: Path) -> bool:
