@@ -26,6 +26,8 @@ from pydantic import (
 
 from controlplane.errors import SettingsError
 from controlplane.values import (
+    AcmeEmail,
+    AcmeUrl,
     Cidrs,
     Folders,
     Listen,
@@ -75,6 +77,22 @@ class Settings(BaseModel):
     Envoy spends two inotify instances on each (default limit: 128 per user, shared with
     the daemon and every other watcher of Envoy's user); a site that would pass the
     limit is refused."""
+
+    acme_directory: AcmeUrl = "https://acme-v02.api.letsencrypt.org/directory"
+    """The ACME directory that issues certificates to sites with `tls: {acme: true}`
+    (Let's Encrypt's production by default; its staging is
+    `https://acme-staging-v02.api.letsencrypt.org/directory`)."""
+
+    acme_email: AcmeEmail | None = None
+    """The contact address given to the ACME server (expiry notices, policy changes)."""
+
+    acme_agree_terms: bool = False
+    """You agree to the ACME server's terms of service (Let's Encrypt's subscriber
+    agreement): required before any certificate is ordered."""
+
+    acme_directory_ca: Path | None = None
+    """A PEM bundle that the ACME directory's own HTTPS is verified against (a private
+    ACME server); default: the system's trusted roots."""
 
     metrics: ListenAddress | None = None
     """Where to serve /healthz, /readyz and /metrics (off by default; e.g. 127.0.0.1:9102)."""

@@ -108,6 +108,8 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
 
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+AcmeUrl = Annotated[str, Field(pattern=r"^https://[^\s]+$", max_length=2000)]
+AcmeEmail = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]

@@ -16,7 +16,7 @@ import time
 
 import structlog
 
-from controlplane.daemon import statusfile
+from controlplane.daemon import certifying, statusfile
 from controlplane.daemon.passes import Clock, Outcome, blocked_by
 from controlplane.envoy.files import Confirmation
 from controlplane.envoy.publishing import Publisher
@@ -39,6 +39,7 @@ from controlplane.intake.checking import (
     watched_folders,
 )
 from controlplane.intake.selecting import Selection, select
+from controlplane.issuing.issuer import Issuer
 from controlplane.render import snapshot
 from controlplane.settings import Settings
 
@@ -49,9 +50,11 @@ class Reconciler:
     """Keeps what the daemon knows between passes; `run_pass` is one reconciliation."""
 
     def __init__(self, settings: Settings, *, verifier: Verifier | None,
-                 ask_envoy: bool, stop: threading.Event) -> None:
-        """`ask_envoy`: confirm through Envoy's admin socket (once Envoy is up)."""
+                 ask_envoy: bool, stop: threading.Event, issuer: Issuer | None = None) -> None:
+        """`ask_envoy`: confirm through Envoy's admin socket (once Envoy is up); `issuer`
+        orders ACME certificates beside the passes."""
         self._settings = settings
+        self._issuer = issuer
         self._verifier = verifier
         self._publisher = (Publisher.asking(settings, stop) if ask_envoy
                            else Publisher(settings, None, stop))
@@ -195,11 +198,12 @@ class Reconciler:
         outcome.problems = {n: list(ps) for n, ps in sorted(selection.problems.items())}
         outcome.warnings = {n: list(ws) for n, ws in sorted(selection.warnings.items())
                             if n in new}
+        certifying.warnings(self._issuer, outcome.warnings, new)
 
     def _apply(self, outcome: Outcome, selection: Selection) -> None:
         serving = selection.serving
         self._blocked = {}
-        resources = [c.resources for c in serving.values() if c.resources is not None]
+        resources, answers = certifying.resources(self._issuer, serving)
         try:
             report = self._publisher.apply(snapshot.snapshot(self._settings, resources))
         except OutputError as exc:
@@ -216,6 +220,8 @@ class Reconciler:
         self._envoy_ok = not any(isinstance(e, EnvoyUnavailable) for e in outcome.errors)
         if report.confirmed and self._publisher.asks_envoy:  # not merely written
             self._confirmed = {name: item.digest for name, item in serving.items()}
+        certifying.applied(self._issuer, answers, report, outcome.retry,
+                           self._settings.admin_socket is None)
         binds = [e for e in report.rejected if isinstance(e, EnvoyCannotBind)]
         if binds:
             self._blocked = blocked_by(binds, serving)
@@ -269,8 +275,9 @@ class Reconciler:
                 state=self._state(name, serving, problems),
                 file=serving.source if serving else (checked or {})[name].source,
                 problems=problems, serving=serving.digest if serving else None,
-                changed_at=now, warnings=statusfile.clip_problems(list(selection.warnings.get(
-                    name, ()))), certificate_expiry=serving.expires_at if serving else None)
+                changed_at=now, warnings=statusfile.clip_problems(outcome.warnings.get(
+                    name, list(selection.warnings.get(name, ())))),
+                certificate_expiry=serving.expires_at if serving else None)
         self.status.update(sites)
         last = statusfile.PassStatus(
             at=now, added=outcome.added, changed=outcome.changed, removed=outcome.removed,
