@@ -257,11 +257,11 @@ class Issuer:
             job = self._jobs.get(name)
             if job is None:
                 return
-            job.failures += 1
             schedule.failed(job, exc.reason, exc.retry_after)
             schedule.save(self._settings, self._jobs)
         log.warning("acme.order.failed", site=name, result=exc.result, error=exc.reason,
                     failures=job.failures, next_attempt=_clock(job.next_attempt))
+
 
 def _clock(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))

@@ -76,10 +76,10 @@ def account_key(settings: Settings) -> JWKEC:
     return key
 
 
-def connect(settings: Settings) -> tuple[client.ClientV2, _RetryAfter]:
-    """A client registered with the directory (an existing account is found by its key)."""
+def connect(settings: Settings, hook: _RetryAfter) -> client.ClientV2:
+    """A client registered with the directory (an existing account is found by its key);
+    `hook` keeps the server's last Retry-After."""
     net = _network(settings, account_key(settings))
-    hook = _RetryAfter()
     net.session.hooks["response"].append(hook)
     acme = client.ClientV2(client.ClientV2.get_directory(settings.acme_directory, net), net)
     terms = acme.directory.meta.terms_of_service
@@ -93,7 +93,7 @@ def connect(settings: Settings) -> tuple[client.ClientV2, _RetryAfter]:
     except errors.ConflictError as known:  # this key has an account: use it
         net.account = messages.RegistrationResource(uri=known.location,
                                                     body=messages.Registration())
-    return acme, hook
+    return acme
 
 
 def renewal_info(settings: Settings, chain: bytes) -> tuple[float | None, float]:
@@ -126,14 +126,13 @@ def new_key() -> bytes:
 def order(settings: Settings, domains: tuple[str, ...], publish: Publish,
           deadline: float, stop: threading.Event) -> Issued:
     """Order a certificate for `domains`; raises OrderFailed."""
-    hook: _RetryAfter | None = None
+    hook = _RetryAfter()
     try:
-        acme, hook = connect(settings)
-        return _order(acme, domains, publish, deadline, stop)
+        return _order(connect(settings, hook), domains, publish, deadline, stop)
     except OrderFailed:
         raise
     except Exception as exc:
-        raise describe(exc, settings, hook.seconds if hook else None) from exc
+        raise describe(exc, settings, hook.seconds) from exc
 
 
 def _order(acme: client.ClientV2, domains: tuple[str, ...], publish: Publish,
