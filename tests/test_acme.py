@@ -202,7 +202,14 @@ def rate_limited(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
         def do_GET(self) -> None:
             base = f"https://127.0.0.1:{self.server.server_address[1]}"
+            if self.path.startswith("/ari/"):  # renewal info: the window closed an hour ago
+                now = time.time()
+                self._send(200, {"suggestedWindow": {"start": _rfc3339(now - 7200),
+                                                     "end": _rfc3339(now - 3600)}},
+                           "application/json", **{"Retry-After": "21600"})
+                return
             self._send(200, {"newNonce": f"{base}/nonce", "newAccount": f"{base}/account",
+                             "renewalInfo": f"{base}/ari",
                              "newOrder": f"{base}/order", "revokeCert": f"{base}/revoke",
                              "keyChange": f"{base}/key", "meta": {
                                  "termsOfService": f"{base}/terms.pdf"}}, "application/json")
@@ -287,3 +294,59 @@ def test_a_site_may_not_name_the_daemons_own_certificate_files(
     captured = capsys.readouterr()
     out = captured.out + captured.err
     assert "tls.cert" in out and "tls.key" in out and "inside the state folder" in out, out
+
+
+def _rfc3339(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def _issued_by_a_ca(cert: Path, key: Path, names: list[str]) -> None:
+    """A certificate with the Authority Key Identifier that ARI names it by."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca, leaf = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    issuer_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "test CA")])
+    built = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, names[0])]))
+             .issuer_name(issuer_name).public_key(leaf.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=90))
+             .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                            critical=False)
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                 ca.public_key()), critical=False)
+             .sign(ca, hashes.SHA256()))
+    cert.write_bytes(built.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(leaf.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+
+
+def test_renewal_info_from_the_server_makes_a_young_certificate_due(
+        tmp_path: Path, rate_limited: tuple[str, Path]) -> None:
+    """A certificate with 90 days left is not due by its lifetime; the server's renewal
+    info (ARI) says its window has passed, so the issuer asks for it and is due at once."""
+    url, ca = rate_limited
+    settings = _settings(tmp_path, acme_directory=url, acme_directory_ca=ca,
+                         acme_agree_terms=True)
+    _issued_by_a_ca(tmp_path / "c", tmp_path / "k", ["auto.test"])
+    store.install(settings, "auto", (tmp_path / "c").read_bytes(), (tmp_path / "k").read_bytes())
+    current = store.current(settings, "auto")
+    assert current is not None and schedule.renewal_at(current, None) > time.time() + 86400
+    issuing, results, woken = _issuer(settings)
+    issuing.want({"auto": ("auto.test",)})
+    issuing.tick()  # the first round asks the server's renewal info, and orders nothing
+    wait_for(lambda: store.load_json(settings, store.SCHEDULE_FILE).get("auto", {}).get(
+        "ari_at"), 20, "the renewal info saved")
+    wait_for(woken.is_set, 5, "the loop woken")
+    saved = store.load_json(settings, store.SCHEDULE_FILE)["auto"]
+    assert time.time() - 7300 < saved["ari_at"] < time.time() - 3500
+    assert saved["ari_check_after"] > time.time() + 21000  # the server's Retry-After
+    assert results == []
+    wait_for(lambda: issuing.due_in() == 0.0, 5, "the renewal due now")
+    issuing.close()
