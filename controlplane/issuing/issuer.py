@@ -22,6 +22,7 @@ import structlog
 
 from controlplane.issuing import ordering, schedule, store
 from controlplane.issuing.ordering import OrderFailed
+from controlplane.render import challenges
 from controlplane.settings import Settings
 
 log = structlog.get_logger("controlplane")
@@ -219,6 +220,12 @@ class Issuer:
 
     def _publish(self, name: str, answers: dict[str, str], deadline: float) -> None:
         """Have the next pass serve the answers, and wait until Envoy confirmed them."""
+        try:  # only base64url reaches a route: a server's odd token never breaks a pass
+            for token, answer in answers.items():
+                challenges.route(token, answer)
+        except ValueError as exc:
+            raise OrderFailed("refused", f"the ACME server sent an unusable challenge: {exc}"
+                              ) from None
         with self._cond:
             self._answers[name] = dict(answers)
         self._wake()
