@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import structlog
 
-from controlplane.issuing import ordering, schedule, store
-from controlplane.issuing.ordering import OrderFailed
+from controlplane.issuing import schedule, store
+from controlplane.issuing.failures import REQUEST_TIMEOUT_S, OrderFailed
 from controlplane.render import challenges
 from controlplane.settings import Settings
 
@@ -128,7 +128,7 @@ class Issuer:
             self._cond.notify_all()
             thread = self._thread
         if thread is not None:
-            thread.join(timeout=ordering.REQUEST_TIMEOUT_S + 5)
+            thread.join(timeout=REQUEST_TIMEOUT_S + 5)
 
     # The schedule ------------------------------------------------------------------
 
@@ -179,6 +179,8 @@ class Issuer:
 
     def _check_renewal_info(self, name: str, job: schedule.Job, current: store.Current) -> None:
         try:
+            from controlplane.issuing import ordering  # see _order
+
             at, again = ordering.renewal_info(self._settings, current.chain)
         except OrderFailed as exc:
             at, again = job.ari_at, time.time() + 6 * 3600
@@ -195,6 +197,10 @@ class Issuer:
         store.renewal_done(self._settings, name)
         log.info("acme.order.start", site=name, domains=list(domains), renewal=renewing)
         started = time.monotonic()
+        # Imported with the first order: the ACME library and requests cost every command
+        # that imports the daemon about 0.2 s, and most nodes never order.
+        from controlplane.issuing import ordering
+
         try:
             issued = ordering.order(self._settings, domains, lambda answers, deadline:
                                     self._publish(name, answers, deadline),

@@ -26,24 +26,12 @@ from josepy.jwk import JWK, JWKEC
 
 from controlplane import __version__
 from controlplane.issuing import store
+from controlplane.issuing.failures import REQUEST_TIMEOUT_S, OrderFailed
 from controlplane.settings import Settings
-
-REQUEST_TIMEOUT_S = 10
-"""Each request to the ACME server (a dead server costs at most this per step)."""
 
 Publish = Callable[[dict[str, str], float], None]
 """Put these answers (token -> key authorization) in front of Envoy and return once Envoy
 confirmed them; raises OrderFailed when it does not by the deadline (monotonic)."""
-
-
-class OrderFailed(Exception):
-    """An order that did not end with a certificate, by `result` (a metrics label)."""
-
-    def __init__(self, result: str, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.result = result
-        self.reason = reason
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
