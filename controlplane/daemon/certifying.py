@@ -11,8 +11,10 @@ from controlplane.intake.checking import Checked
 from controlplane.issuing.issuer import Issuer
 from controlplane.render import challenges
 from controlplane.render.rendering import SiteResources
+from controlplane.settings import Settings
 
 Answers = dict[str, dict[str, str]]
+__all__ = ["Issuer", "applied", "resources", "warnings"]
 
 
 def resources(issuer: Issuer | None, serving: dict[str, Checked]) -> tuple[
@@ -27,11 +29,12 @@ def resources(issuer: Issuer | None, serving: dict[str, Checked]) -> tuple[
 
 
 def applied(issuer: Issuer | None, answers: Answers, report: Report, retry: bool,
-            unasked: bool) -> None:
+            settings: Settings) -> None:
     """Tell the issuer the answers serve: Envoy confirmed them (or, with no admin socket
     to ask, they were written in order)."""
     if issuer is not None:
-        issuer.applied(answers, not retry and (report.confirmed or unasked))
+        issuer.applied(answers, not retry and (
+            report.confirmed or settings.admin_socket is None))
 
 
 def warnings(issuer: Issuer | None, into: dict[str, list[Problem]],

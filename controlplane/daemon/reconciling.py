@@ -39,7 +39,6 @@ from controlplane.intake.checking import (
     watched_folders,
 )
 from controlplane.intake.selecting import Selection, select
-from controlplane.issuing.issuer import Issuer
 from controlplane.render import snapshot
 from controlplane.settings import Settings
 
@@ -50,7 +49,8 @@ class Reconciler:
     """Keeps what the daemon knows between passes; `run_pass` is one reconciliation."""
 
     def __init__(self, settings: Settings, *, verifier: Verifier | None,
-                 ask_envoy: bool, stop: threading.Event, issuer: Issuer | None = None) -> None:
+                 ask_envoy: bool, stop: threading.Event,
+                 issuer: certifying.Issuer | None = None) -> None:
         """`ask_envoy`: confirm through Envoy's admin socket (once Envoy is up); `issuer`
         orders ACME certificates beside the passes."""
         self._settings = settings
@@ -88,18 +88,6 @@ class Reconciler:
             if not item.problems:
                 found[name] = item
         return found
-
-    def certificate_expiries(self) -> dict[str, float]:
-        """When each serving TLS site's certificate expires (Unix time)."""
-        return {name: site.certificate_expiry for name, site in self.status.sites.items()
-                if site.certificate_expiry is not None and site.serving is not None}
-
-    def site_states(self) -> dict[str, int]:
-        """How many sites are in each state after the last pass."""
-        counts: dict[str, int] = {}
-        for site in self.status.sites.values():
-            counts[site.state] = counts.get(site.state, 0) + 1
-        return counts
 
     def carry_status(self, previous: Reconciler) -> None:
         """Take over what `previous` reported per site (a reload or Envoy coming up
@@ -196,9 +184,9 @@ class Reconciler:
         outcome.changed = sorted(n for n in set(new) & set(old) if new[n].digest != old[n].digest)
         outcome.invalid = sorted(selection.problems)
         outcome.problems = {n: list(ps) for n, ps in sorted(selection.problems.items())}
+        certifying.warnings(self._issuer, selection.warnings, new)
         outcome.warnings = {n: list(ws) for n, ws in sorted(selection.warnings.items())
                             if n in new}
-        certifying.warnings(self._issuer, outcome.warnings, new)
 
     def _apply(self, outcome: Outcome, selection: Selection) -> None:
         serving = selection.serving
@@ -220,8 +208,7 @@ class Reconciler:
         self._envoy_ok = not any(isinstance(e, EnvoyUnavailable) for e in outcome.errors)
         if report.confirmed and self._publisher.asks_envoy:  # not merely written
             self._confirmed = {name: item.digest for name, item in serving.items()}
-        certifying.applied(self._issuer, answers, report, outcome.retry,
-                           self._settings.admin_socket is None)
+        certifying.applied(self._issuer, answers, report, outcome.retry, self._settings)
         binds = [e for e in report.rejected if isinstance(e, EnvoyCannotBind)]
         if binds:
             self._blocked = blocked_by(binds, serving)
@@ -275,9 +262,8 @@ class Reconciler:
                 state=self._state(name, serving, problems),
                 file=serving.source if serving else (checked or {})[name].source,
                 problems=problems, serving=serving.digest if serving else None,
-                changed_at=now, warnings=statusfile.clip_problems(outcome.warnings.get(
-                    name, list(selection.warnings.get(name, ())))),
-                certificate_expiry=serving.expires_at if serving else None)
+                changed_at=now, warnings=statusfile.clip_problems(list(selection.warnings.get(
+                    name, ()))), certificate_expiry=serving.expires_at if serving else None)
         self.status.update(sites)
         last = statusfile.PassStatus(
             at=now, added=outcome.added, changed=outcome.changed, removed=outcome.removed,

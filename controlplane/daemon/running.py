@@ -300,8 +300,8 @@ class Daemon:
         if self.passes == 1 or len(outcome.added) + len(outcome.changed) >= FREEZE_AFTER:
             _freeze_heap()
         self._reporter.log(outcome, seconds)
-        self.metrics.record(outcome, seconds, reconciler.site_states())
-        self.metrics.certificates(reconciler.certificate_expiries())
+        self.metrics.record(outcome, seconds, reconciler.status.site_states())
+        self.metrics.certificates(reconciler.status.certificate_expiries())
         if self._awaiting_envoy():
             self.metrics.waiting(f"waiting for Envoy's admin socket {self.settings.admin_socket}")
         self._reporter.tell_systemd(outcome, self._awaiting_envoy())
