@@ -116,3 +116,11 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 LogFormat = Literal["auto", "json", "console"]
+
+
+def error_reason(error: Any) -> str:
+    """A pydantic error as the reason a user reads (our own messages carry the value)."""
+    message = str(error["msg"])
+    if message.startswith("Value error, "):  # ours: the value is in the message already
+        return message.removeprefix("Value error, ")
+    return f"{message} (got {error['input']!r})" if "input" in error else message

@@ -293,7 +293,7 @@ def test_a_site_may_not_name_the_daemons_own_certificate_files(
     assert main(["check", str(sites), "--out", str(tmp_path / "out"), "--no-envoy"]) == 1
     captured = capsys.readouterr()
     out = captured.out + captured.err
-    assert "tls.cert" in out and "tls.key" in out and "inside the state folder" in out, out
+    assert "tls.cert" in out and "tls.key" in out and "is in the state folder" in out, out
 
 
 def _rfc3339(at: float) -> str:

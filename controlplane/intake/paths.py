@@ -219,11 +219,8 @@ class Fence:
         shown = _shown(path, resolved)
         if _under(resolved, KERNEL_FOLDERS):
             return Verdict(problem=f"{shown} is a kernel file, not a certificate file")
-        for folder, what in self.private:
-            if what == "state folder" and _under(resolved, (folder,)):
-                return Verdict(problem=f"{shown} is inside the {what} ({folder}), which holds"
-                               " the daemon's own keys (ACME certificates, the account key);"
-                               " a site gets an ACME certificate with 'tls: {acme: true}'")
+        if any(what == "state folder" and _under(resolved, (f,)) for f, what in self.private):
+            return Verdict(problem=f"{shown} is in the state folder (the daemon's own keys)")
         try:
             found = os.stat(path)
         except OSError as exc:
