@@ -31,6 +31,7 @@ from controlplane.envoy import diffing, files
 from controlplane.envoy.verifying import Verifier
 from controlplane.errors import ControlPlaneError, EnvoyUnavailable, SettingsError, SiteError
 from controlplane.intake import checking, explaining, probing, selecting
+from controlplane.issuing import listing
 from controlplane.render import bootstraps, snapshot
 from controlplane.site import schema
 from controlplane.writing import ensure_folder, hold_lock
@@ -107,6 +108,13 @@ def _query_commands(command: Any) -> None:
             " holds (--admin-socket); exit 0 same, 1 different, 3 no Envoy", True)
     status_cmd = command("status", _status, "is the daemon alive, and what does each site serve")
     status_cmd.add_argument("--json", action="store_true", help="print it as JSON")
+    certs = command("certificates", _certificates, "the ACME certificates of the sites"
+                    " (--out, --state): list them, renew one now, or clean up", True)
+    certs.add_argument("--renew", metavar="SITE", help="ask the daemon to renew SITE's"
+                       " certificate now")
+    certs.add_argument("--clean", action="store_true", help="remove the files of sites"
+                       " that no longer ask for a certificate")
+    certs.add_argument("--json", action="store_true", help="print the list as JSON")
     schema_cmd = command("schema", _schema, "print the JSON Schema of a site file")
     schema_cmd.add_argument("--markdown", action="store_true",
                             help="print the site file reference as a Markdown table")
@@ -237,6 +245,20 @@ def _status(config: settings.Settings, args: argparse.Namespace) -> int:
         print(report.text)
     return {liveness.OK: EXIT_OK, liveness.SITES: EXIT_INVALID}.get(report.verdict,
                                                                      EXIT_ENVIRONMENT)
+
+
+def _certificates(config: settings.Settings, args: argparse.Namespace) -> int:
+    asking = {name for name, item in checking.scan(
+        config, lambda entry: checking.check_entry(entry, config)).checked.items() if item.acme}
+    if args.renew:
+        listing.renew(config, args.renew, asking)
+        print(f"{args.renew}: renewal requested; the daemon orders it at its next round")
+    if args.clean:
+        for name in listing.clean(config, asking):
+            print(f"{name}: removed (no site asks for its certificate)")
+    entries = listing.report(config, asking)
+    print(json.dumps(entries, indent=2) if args.json else listing.text(entries))
+    return EXIT_OK
 
 
 def _schema(config: settings.Settings, args: argparse.Namespace) -> int:

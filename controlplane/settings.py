@@ -26,6 +26,8 @@ from pydantic import (
 
 from controlplane.errors import SettingsError
 from controlplane.values import (
+    AcmeEmail,
+    AcmeUrl,
     Cidrs,
     Folders,
     Listen,
@@ -34,6 +36,7 @@ from controlplane.values import (
     LogLevel,
     Name,
     Port,
+    error_reason,
 )
 
 CDS_FILE = "cds.json"
@@ -75,6 +78,19 @@ class Settings(BaseModel):
     Envoy spends two inotify instances on each (default limit: 128 per user, shared with
     the daemon and every other watcher of Envoy's user); a site that would pass the
     limit is refused."""
+
+    acme_directory: AcmeUrl = "https://acme-v02.api.letsencrypt.org/directory"
+    """The ACME directory that issues certificates to sites with `tls: {acme: true}`
+    (Let's Encrypt's; its staging: `https://acme-staging-v02.api.letsencrypt.org/directory`)."""
+
+    acme_email: AcmeEmail | None = None
+    """The contact address given to the ACME server (expiry notices, policy changes)."""
+
+    acme_agree_terms: bool = False
+    """You agree to the ACME server's terms of service: required before any order."""
+
+    acme_directory_ca: Path | None = None
+    """A PEM bundle the ACME directory's own HTTPS is verified against (private servers)."""
 
     metrics: ListenAddress | None = None
     """Where to serve /healthz, /readyz and /metrics (off by default; e.g. 127.0.0.1:9102)."""
@@ -285,7 +301,7 @@ def from_mapping(values: dict[str, Any], base: Settings | None = None,
     try:
         settings = Settings.model_validate({**(base or Settings()).__dict__, **known})
     except ValidationError as exc:
-        problems += [(str(e["loc"][0]), _reason(e)) for e in exc.errors()]
+        problems += [(str(e["loc"][0]), error_reason(e)) for e in exc.errors()]
     if problems:
         order = {key: i for i, key in enumerate(values)}  # as written: by line in a file
         problems.sort(key=lambda p: order.get(p[0], len(order)))
@@ -297,10 +313,3 @@ def unknown_key_reason(key: str) -> str:
     close = difflib.get_close_matches(key, list(Settings.model_fields), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}?" if close else "see `controlplane settings --markdown`"
     return f"unknown setting {key!r}; {hint}"
-
-
-def _reason(error: Any) -> str:
-    message = str(error["msg"])
-    if message.startswith("Value error, "):  # ours: the value is in the message already
-        return message.removeprefix("Value error, ")
-    return f"{message} (got {error['input']!r})" if "input" in error else message

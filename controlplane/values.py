@@ -108,9 +108,19 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
 
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+AcmeUrl = Annotated[str, Field(pattern=r"^https://[^\s]+$", max_length=2000)]
+AcmeEmail = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 LogFormat = Literal["auto", "json", "console"]
+
+
+def error_reason(error: Any) -> str:
+    """A pydantic error as the reason a user reads (our own messages carry the value)."""
+    message = str(error["msg"])
+    if message.startswith("Value error, "):  # ours: the value is in the message already
+        return message.removeprefix("Value error, ")
+    return f"{message} (got {error['input']!r})" if "input" in error else message

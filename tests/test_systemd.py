@@ -188,6 +188,20 @@ def test_a_vanished_notify_socket_is_reported_not_raised(short_tmp: Path) -> Non
     assert notifier.error is not None and "gone.sock" in notifier.error
 
 
+def test_a_manager_that_stops_reading_never_blocks_a_send(short_tmp: Path) -> None:
+    """A notify socket nobody reads fills up; further sends fail at once with the reason
+    (a blocked send would hold the loop, and its stop on SIGTERM, for good)."""
+    path = short_tmp / "full.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unread:
+        unread.bind(str(path))
+        notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+        started = time.monotonic()
+        sent = [notifier.send("WATCHDOG=1") for _ in range(5000)]
+        assert time.monotonic() - started < 10
+        assert sent[0] is True and sent[-1] is False
+        assert notifier.error is not None and "full.sock" in notifier.error
+
+
 def test_the_two_units_agree_on_paths() -> None:
     """The out folder is inside the daemon's writable paths and is where Envoy's unit waits;
     the admin socket lies in Envoy's runtime directory."""

@@ -37,7 +37,7 @@ from controlplane.daemon import statuspage
 from controlplane.daemon.passes import Outcome
 from controlplane.daemon.statusfile import STATUS_FILE, clip_all
 from controlplane.envoy.files import Confirmation
-from controlplane.errors import SiteError
+from controlplane.errors import OutputError, SiteError
 from controlplane.values import Listen
 
 HEALTH_SLACK_S = 30.0
@@ -87,6 +87,14 @@ class Metrics:
             " up) and Envoy, where the site has health checks, finds it healthy; else 0.",
             ["site", "endpoint"], registry=self.registry)
         self._upstream_seen: dict[tuple[str, str], bool] = {}
+        self.orders = Counter("controlplane_acme_orders", "ACME orders, by result: issued,"
+                              " renewed, invalid (challenge failed), unreachable, timeout,"
+                              " rate_limited, refused, terms, unconfirmed, error.", ["result"],
+                              registry=self.registry)
+
+    def order_result(self, result: str) -> None:
+        """One ACME order ended (`issued`, `renewed`, or why it failed); any thread."""
+        self.orders.labels(result).inc()
 
     def beat(self) -> None:
         """The loop is alive (called every time it comes round)."""
@@ -158,6 +166,18 @@ class Metrics:
     def readiness(self) -> tuple[bool, str]:
         with self._lock:
             return self._ready
+
+
+def open_server(listen: Listen | None, metrics: Metrics,
+                state_dir: Path | None) -> MetricsServer | None:
+    """The endpoint at `listen` (the `metrics` setting; None: off)."""
+    if listen is None:
+        return None
+    try:
+        return MetricsServer(listen, metrics, state_dir)
+    except OSError as exc:
+        raise OutputError(f"--metrics {listen}: cannot listen there: {exc.strerror or exc};"
+                          " choose a free address and port") from exc
 
 
 class MetricsServer:

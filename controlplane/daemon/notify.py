@@ -35,7 +35,9 @@ class Notifier:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
                 sock.connect(self.address)
-                sock.sendall("\n".join(fields).encode())
+                # Never wait: a manager that stops reading (a full socket buffer) must not
+                # hold the loop, nor its stop on SIGTERM; a beat lost is reported instead.
+                sock.send("\n".join(fields).encode(), socket.MSG_DONTWAIT)
         except OSError as exc:
             self.error = f"NOTIFY_SOCKET {self.address.lstrip(chr(0))}: {exc.strerror or exc}"
             return False

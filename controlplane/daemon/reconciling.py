@@ -16,7 +16,7 @@ import time
 
 import structlog
 
-from controlplane.daemon import statusfile, tracking
+from controlplane.daemon import certifying, statusfile, tracking
 from controlplane.daemon.passes import Clock, Outcome, blocked_by
 from controlplane.envoy.files import Confirmation
 from controlplane.envoy.publishing import Publisher
@@ -49,9 +49,12 @@ class Reconciler:
     """Keeps what the daemon knows between passes; `run_pass` is one reconciliation."""
 
     def __init__(self, settings: Settings, *, verifier: Verifier | None,
-                 ask_envoy: bool, stop: threading.Event) -> None:
-        """`ask_envoy`: confirm through Envoy's admin socket (once Envoy is up)."""
+                 ask_envoy: bool, stop: threading.Event,
+                 issuer: certifying.Issuer | None = None) -> None:
+        """`ask_envoy`: confirm through Envoy's admin socket (once Envoy is up); `issuer`
+        orders ACME certificates beside the passes."""
         self._settings = settings
+        self._issuer = issuer
         self._verifier = verifier
         self._publisher = (Publisher.asking(settings, stop) if ask_envoy
                            else Publisher(settings, None, stop))
@@ -86,18 +89,6 @@ class Reconciler:
             if not item.problems:
                 found[name] = item
         return found
-
-    def certificate_expiries(self) -> dict[str, float]:
-        """When each serving TLS site's certificate expires (Unix time)."""
-        return {name: site.certificate_expiry for name, site in self.status.sites.items()
-                if site.certificate_expiry is not None and site.serving is not None}
-
-    def site_states(self) -> dict[str, int]:
-        """How many sites are in each state after the last pass."""
-        counts: dict[str, int] = {}
-        for site in self.status.sites.values():
-            counts[site.state] = counts.get(site.state, 0) + 1
-        return counts
 
     def carry_status(self, previous: Reconciler) -> None:
         """Take over what `previous` reported per site (a reload or Envoy coming up
@@ -194,13 +185,14 @@ class Reconciler:
         outcome.changed = sorted(n for n in set(new) & set(old) if new[n].digest != old[n].digest)
         outcome.invalid = sorted(selection.problems)
         outcome.problems = {n: list(ps) for n, ps in sorted(selection.problems.items())}
+        certifying.warnings(self._issuer, selection.warnings, new)
         outcome.warnings = {n: list(ws) for n, ws in sorted(selection.warnings.items())
                             if n in new}
 
     def _apply(self, outcome: Outcome, selection: Selection) -> None:
         serving = selection.serving
         self._blocked = {}
-        resources = [c.resources for c in serving.values() if c.resources is not None]
+        resources, answers = certifying.resources(self._issuer, serving)
         try:
             report = self._publisher.apply(snapshot.snapshot(self._settings, resources))
         except OutputError as exc:
@@ -217,6 +209,7 @@ class Reconciler:
         self._envoy_ok = not any(isinstance(e, EnvoyUnavailable) for e in outcome.errors)
         if report.confirmed and self._publisher.asks_envoy:  # not merely written
             self._confirmed = {name: item.digest for name, item in serving.items()}
+        certifying.applied(self._issuer, answers, report, outcome.retry, self._settings)
         binds = [e for e in report.rejected if isinstance(e, EnvoyCannotBind)]
         if binds:
             self._blocked = blocked_by(binds, serving)

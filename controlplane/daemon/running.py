@@ -26,17 +26,19 @@ import structlog
 
 from controlplane import configuring, logs
 from controlplane.daemon import liveness
-from controlplane.daemon.metrics import Metrics, MetricsServer
+from controlplane.daemon.metrics import Metrics, open_server
 from controlplane.daemon.notify import Notifier
 from controlplane.daemon.passes import Outcome
 from controlplane.daemon.reconciling import Reconciler
 from controlplane.daemon.reporting import Reporter
 from controlplane.daemon.statusfile import clip
 from controlplane.daemon.watching import Signal, Watch
+from controlplane.envoy.serials import served_serials
 from controlplane.envoy.starting import EnvoyStart
 from controlplane.envoy.twinning import Twin, TwinVerifier
 from controlplane.envoy.verifying import SCRATCH_DIR, Verifier, envoy_binary
 from controlplane.errors import ControlPlaneError, OutputError, Stopping
+from controlplane.issuing.issuer import Issuer
 from controlplane.settings import Settings
 from controlplane.writing import ensure_folder, ensure_private_folder, hold_lock
 
@@ -66,6 +68,9 @@ class Daemon:
         self._watch_error: str | None = None
         self._twin: Twin | None = None
         """The validation twin, started by the loop's thread (it dies with that thread)."""
+        self.issuer = Issuer(settings, wake=self.signal.wake, counted=self.metrics.order_result,
+                             served=lambda: served_serials(self.settings) if self._envoy.up.is_set()
+                             else set())
 
     def request_stop(self) -> None:
         """Stop soon: from a signal handler or another thread."""
@@ -97,7 +102,8 @@ class Daemon:
             log.warning("envoy.admin.none", detail="applies are written in order with a"
                         f" {settings.unconfirmed_gap_s:g}s gap and not confirmed")
         watch = Watch(settings.sites_dir, self.signal)
-        server = self._metrics_server()
+        server = open_server(self.settings.metrics, self.metrics, self.settings.state)
+        self.metrics_port = server.port if server is not None else None
         info: dict[str, object] = {}
         waiter = None
         try:
@@ -110,6 +116,7 @@ class Daemon:
         finally:
             self.notifier.stopping()
             self.stop.set()
+            self.issuer.close()
             watch.stop()
             if waiter is not None:
                 waiter.join(timeout=5)
@@ -121,21 +128,9 @@ class Daemon:
                 liveness.record_stop(settings, info)
             log.info("daemon.stop", passes=self.passes)
 
-    def _metrics_server(self) -> MetricsServer | None:
-        listen = self.settings.metrics
-        if listen is None:
-            return None
-        try:
-            server = MetricsServer(listen, self.metrics, self.settings.state)
-        except OSError as exc:
-            raise OutputError(f"--metrics {listen}: cannot listen there: {exc.strerror or exc};"
-                              " choose a free address and port") from exc
-        self.metrics_port = server.port
-        return server
-
     def _reconciler(self) -> Reconciler:
         settings = self.settings
-        return Reconciler(settings, verifier=self._verifier(), stop=self.stop,
+        return Reconciler(settings, verifier=self._verifier(), stop=self.stop, issuer=self.issuer,
                           ask_envoy=settings.admin_socket is not None and self._envoy.up.is_set())
 
     def _verifier(self) -> Verifier | None:
@@ -190,6 +185,7 @@ class Daemon:
                 break
             self.metrics.beat()
             reconciler.upstreams.refresh_status(reconciler.status, self.metrics.upstreams)
+            self.issuer.tick()  # starts an order beside the passes when one is due
             reloaded = self._reload_requested.is_set() or (
                 confirmed_mode != self._envoy.up.is_set())
             if reloaded:
@@ -240,6 +236,9 @@ class Daemon:
             timeout = min(timeout, ENVOY_PROBE_S)
         if self.notifier.watchdog_s is not None:
             timeout = min(timeout, self.notifier.watchdog_s)
+        acme_due = self.issuer.due_in()
+        if acme_due is not None:
+            timeout = min(timeout, acme_due + 0.01)
         _, due = self.signal.unfinished(settings.write_close_wait_s)
         if due is not None:  # a file written in place and not closed yet
             timeout = min(timeout, due + 0.01)
@@ -260,6 +259,7 @@ class Daemon:
             log.error("settings.reload.failed", error=str(exc), detail="keeping the old settings")
             return
         self.settings, kept, changed = configuring.reloaded(self.settings, fresh)
+        self.issuer.reconfigure(self.settings)
         if kept:
             log.warning("settings.reload.needs_restart", keys=kept,
                         detail="these keep their old values until the daemon restarts")
@@ -298,8 +298,8 @@ class Daemon:
         if self.passes == 1 or len(outcome.added) + len(outcome.changed) >= FREEZE_AFTER:
             _freeze_heap()
         self._reporter.log(outcome, seconds)
-        self.metrics.record(outcome, seconds, reconciler.site_states())
-        self.metrics.certificates(reconciler.certificate_expiries())
+        self.metrics.record(outcome, seconds, reconciler.status.site_states())
+        self.metrics.certificates(reconciler.status.certificate_expiries())
         self.metrics.upstreams(reconciler.upstreams.rows())
         if self._awaiting_envoy():
             self.metrics.waiting(f"waiting for Envoy's admin socket {self.settings.admin_socket}")

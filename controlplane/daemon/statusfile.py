@@ -142,6 +142,18 @@ class StatusFile:
         self._json = _sites_json(self.sites, self._lines)
         self.write(self._last)
 
+    def certificate_expiries(self) -> dict[str, float]:
+        """When each serving TLS site's certificate expires (Unix time)."""
+        return {name: site.certificate_expiry for name, site in self.sites.items()
+                if site.certificate_expiry is not None and site.serving is not None}
+
+    def site_states(self) -> dict[str, int]:
+        """How many sites are in each state after the last pass."""
+        counts: dict[str, int] = {}
+        for site in self.sites.values():
+            counts[site.state] = counts.get(site.state, 0) + 1
+        return counts
+
 
 def _sites_json(sites: dict[str, SiteStatus], cache: dict[str, tuple[SiteStatus, str]]) -> str:
     """The `sites` part of the status file, one line per site, sorted. `cache` keeps

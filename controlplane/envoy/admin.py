@@ -142,6 +142,18 @@ class AdminClient:
         except (ValueError, KeyError, TypeError) as exc:
             raise EnvoyBadAnswer(f"admin /stats: not Envoy's stats JSON: {exc!r:.100}") from exc
 
+    def certificate_serials(self) -> set[str]:
+        """The serial numbers (hex, lower case, no leading zeros) of the certificates
+        Envoy holds (`/certs`): a renewed certificate is served once its serial is here."""
+        try:
+            found = json.loads(self.get("/certs"))
+            return {format(int(item["serial_number"], 16), "x")
+                    for entry in found.get("certificates", ())
+                    for item in entry.get("cert_chain", ()) if item.get("serial_number")}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise EnvoyBadAnswer(f"admin /certs: not Envoy's certificates JSON: {exc!r:.100}"
+                                 ) from exc
+
     def counters(self) -> dict[str, Counters]:
         """Counters of the CDS, LDS and RDS subscriptions (zeros before the first load)."""
         pattern = self._pattern()

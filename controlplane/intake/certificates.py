@@ -26,8 +26,9 @@ MAX_PEM_BYTES = 1024 * 1024
 def inspect(source: str, tls: Tls, domains: Sequence[str],
             now: datetime.datetime | None = None) -> tuple[list[Problem], list[Problem]]:
     """(problems, warnings) about the certificate files of one site."""
-    chain, problem = _read(source, "tls.cert", tls.cert)
-    key_bytes, key_problem = _read(source, "tls.key", tls.key)
+    cert, key_file = tls.files()
+    chain, problem = _read(source, "tls.cert", cert)
+    key_bytes, key_problem = _read(source, "tls.key", key_file)
     problems = [p for p in (problem, key_problem) if p is not None]
     if problems:
         return problems, []

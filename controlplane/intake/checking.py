@@ -30,6 +30,7 @@ from controlplane.intake import (
     validating,
 )
 from controlplane.intake.loading import Document
+from controlplane.issuing import store
 from controlplane.render import rendering
 from controlplane.settings import Settings
 from controlplane.site import places
@@ -64,6 +65,8 @@ class Checked:
     expires_at: float | None = None
     """When the site's certificate expires (Unix time), as read at `checked_at`."""
     checked_at: float = 0.0
+    acme: bool = False
+    """The site asks for its certificate by ACME (`tls: {acme: true}`)."""
 
 
 def check_content(name: str, source: str, content: bytes, settings: Settings) -> Checked:
@@ -79,15 +82,16 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
             return _check_stream(name, source, digest, content, merged.document, settings,
                                  reads)
         document = merged.document
-        site = validating.validate(name, source, digest, document, merged)
-        reads += _files_read(site)
+        asked = validating.validate(name, source, digest, document, merged)
+        site = store.resolve(asked, settings)
+        reads += _files_read(site) + _acme_reads(asked, settings)
         try:  # problems found after validation know their field, not its line
             resources = rendering.render_site(site, settings, htpasswd=_read_htpasswd(site),
                                               pages=pages.read_pages(site))
         except SiteError as exc:
             raise SiteError(validating.locate(exc.problems, document, merged)) from None
         uses = tuple(dataclasses.replace(u, line=None) if u.field.partition(".")[0] in (
-            merged.inherited_keys()) else u for u in validating.path_uses(site, document))
+            merged.inherited_keys()) else u for u in validating.path_uses(asked, document))
         uses += claims.sockets(resources, {u.path for u in uses})
     except SiteError as exc:
         return Checked(name=name, source=source, digest=digest, problems=exc.problems,
@@ -98,7 +102,17 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
                        reads=reads)
     return Checked(name=name, source=source, digest=digest, content=content, site=site,
                    resources=resources, domains=tuple(site.spec.domains), uses=uses,
-                   warnings=tuple(shadowing.shadowed(site, document.lines)), reads=reads)
+                   warnings=tuple(shadowing.shadowed(site, document.lines)), reads=reads,
+                   acme=asked.spec.tls is not None and asked.spec.tls.acme)
+
+
+def _acme_reads(asked: Site, settings: Settings) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """An ACME site's certificate file, issued or not: once it appears or is renewed,
+    the site file is checked again (and serves over HTTPS)."""
+    if asked.spec.tls is None or not asked.spec.tls.acme:
+        return ()
+    cert, _ = store.files(settings, asked.name)
+    return ((cert, reading.fingerprint(cert)),)
 
 
 def _check_stream(name: str, source: str, digest: str, content: bytes, document: Document,
@@ -174,10 +188,10 @@ def _check_certificates(item: Checked) -> Checked:
     if problems:
         return Checked(name=item.name, source=item.source, digest=item.digest,
                        problems=tuple(problems))
-    reads = tuple((path, reading.fingerprint(path)) for path in (spec.cert, spec.key))
+    reads = tuple((path, reading.fingerprint(path)) for path in spec.files())
     return dataclasses.replace(item, warnings=item.warnings + tuple(warnings),
                                reads=item.reads + reads,
-                               expires_at=certificates.expiry_of(spec.cert),
+                               expires_at=certificates.expiry_of(spec.files()[0]),
                                checked_at=time.time())
 
 

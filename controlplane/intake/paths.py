@@ -219,6 +219,8 @@ class Fence:
         shown = _shown(path, resolved)
         if _under(resolved, KERNEL_FOLDERS):
             return Verdict(problem=f"{shown} is a kernel file, not a certificate file")
+        if any(what == "state folder" and _under(resolved, (f,)) for f, what in self.private):
+            return Verdict(problem=f"{shown} is in the state folder (the daemon's own keys)")
         try:
             found = os.stat(path)
         except OSError as exc:

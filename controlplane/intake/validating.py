@@ -56,7 +56,7 @@ def anchored(spec: SiteSpec, folder: str) -> SiteSpec:
         return path if path.startswith("/") else posixpath.join(folder, path)
 
     update: dict[str, Any] = {}
-    if spec.tls is not None:
+    if spec.tls is not None and spec.tls.cert is not None and spec.tls.key is not None:
         update["tls"] = spec.tls.model_copy(update={"cert": anchor(spec.tls.cert),
                                                     "key": anchor(spec.tls.key)})
     if spec.basic_auth is not None:
@@ -83,7 +83,7 @@ def path_uses(site: Site, document: Document) -> tuple[Use, ...]:
                             path=endpoint.socket or str(endpoint.address),
                             line=document.lines.get(path)))
     spec = site.spec
-    if spec.tls is not None:
+    if spec.tls is not None and spec.tls.cert is not None and spec.tls.key is not None:
         uses += [Use(field="tls.cert", kind="read", path=spec.tls.cert,
                      line=document.lines.get(("tls", "cert"))),
                  Use(field="tls.key", kind="read", path=spec.tls.key,

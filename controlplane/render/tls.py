@@ -31,19 +31,21 @@ _VERSIONS = {"1.2": "TLSv1_2", "1.3": "TLSv1_3"}
 
 def secret_name(tls: Tls) -> str:
     """The same certificate and key files give the same secret, whoever uses them."""
-    digest = hashlib.sha256(f"{tls.cert}\x00{tls.key}".encode()).hexdigest()
+    cert, key = tls.files()
+    digest = hashlib.sha256(f"{cert}\x00{key}".encode()).hexdigest()
     return f"tls-{digest[:12]}"
 
 
 def secret(tls: Tls) -> dict[str, Any]:
     """The SDS Secret: Envoy reads the files, and re-reads both on any rename into the
     certificate's folder."""
+    cert, key = tls.files()
     return {
         "name": secret_name(tls),
         "tls_certificate": {
-            "certificate_chain": {"filename": tls.cert},
-            "private_key": {"filename": tls.key},
-            "watched_directory": {"path": posixpath.dirname(tls.cert)},
+            "certificate_chain": {"filename": cert},
+            "private_key": {"filename": key},
+            "watched_directory": {"path": posixpath.dirname(cert)},
         },
     }
 

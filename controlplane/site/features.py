@@ -51,17 +51,38 @@ Count = Annotated[int, Field(ge=1, le=1_000_000_000)]
 
 
 class Tls(Strict):
-    """Serve the site over HTTPS (SNI on its domains) with these certificate files."""
+    """Serve the site over HTTPS (SNI on its domains) with these certificate files, or
+    with a certificate the daemon orders by ACME (`acme: true`)."""
 
-    cert: FilePath = Field(description="PEM certificate chain file (e.g. fullchain.pem);"
-                           " absolute, or relative to the site file's folder.")
-    key: FilePath = Field(description="PEM private key file; absolute, or relative to the"
-                          " site file's folder.")
+    cert: FilePath | None = Field(
+        None, description="PEM certificate chain file (e.g. fullchain.pem); absolute, or"
+        " relative to the site file's folder.")
+    key: FilePath | None = Field(None, description="PEM private key file; absolute, or"
+                                 " relative to the site file's folder.")
+    acme: bool = Field(False, description="Order the certificate for the site's domains by"
+                       " ACME HTTP-01 (settings `acme_*`), instead of naming files;"
+                       " until it is issued the site serves plain HTTP.")
     min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version.")
     alpn: Annotated[list[Literal["h2", "http/1.1"]], Field(min_length=1)] = Field(
         ["h2", "http/1.1"], description="ALPN protocols offered, in order.")
     redirect: bool = Field(True, description="Answer plain HTTP with a 301 to HTTPS"
                            " (routes may opt out with 'https_redirect: false').")
+
+    @model_validator(mode="after")
+    def _files_or_acme(self) -> Tls:
+        if self.acme and (self.cert is not None or self.key is not None):
+            raise ValueError("give 'cert' and 'key', or 'acme: true', not both")
+        if not self.acme and (self.cert is None or self.key is None):
+            missing = "cert" if self.cert is None else "key"
+            raise ValueError(f"{missing}: required (or 'acme: true' to have the"
+                             " certificate ordered)")
+        return self
+
+    def files(self) -> tuple[str, str]:
+        """(certificate, key): the files named, or those the ACME order wrote."""
+        if self.cert is None or self.key is None:
+            raise ValueError("an ACME site has no certificate files yet")
+        return self.cert, self.key
 
 
 class BasicAuth(Strict):

@@ -91,7 +91,8 @@ class SiteSpec(Strict):
     upstream: UpstreamField | None = Field(None, description="The one upstream of the site.")
     upstreams: dict[Name, UpstreamField] | None = Field(None, description="Named upstreams.")
     routes: list[Route] | None = Field(None, description="First match wins.")
-    tls: Tls | None = Field(None, description="Serve over HTTPS with these certificate files.")
+    tls: Tls | None = Field(None, description="Serve over HTTPS with these certificate"
+                            " files, or with one ordered by ACME.")
     cors: Cors | None = Field(None, description="CORS for the whole site.")
     rate_limit: RateLimit | None = Field(None, description="Local rate limit for the site.")
     access: Access | None = Field(None, description="Client IP allow and deny lists.")
@@ -120,6 +121,12 @@ class SiteSpec(Strict):
             raise ValueError("give exactly one of 'upstream' or 'upstreams'")
         if len(set(self.domains)) != len(self.domains):
             raise ValueError("domains: a domain is listed twice")
+        if self.tls is not None and self.tls.acme:
+            wild = [d for d in self.domains if d.startswith("*")]
+            if wild:
+                raise ValueError(f"tls.acme: {wild[0]!r} is a wildcard, which ACME issues"
+                                 " only by the DNS-01 challenge (not supported here): list"
+                                 " each name, or give 'cert' and 'key' from elsewhere")
         if self.upstreams is not None and self.routes is None:
             raise ValueError("routes: required when 'upstreams' names several upstreams")
         for i, route in enumerate(self.routes or ()):
