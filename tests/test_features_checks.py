@@ -177,9 +177,11 @@ def test_every_shipped_example_passes_check(folder: str,
     name ship beside them."""
     assert main(["check", str(REPO / folder)]) == 0, capsys.readouterr().err
     err = capsys.readouterr().err
+    # The machine's own state is no fault of a file: no upstream listens here yet.
     warnings = [line for line in err.splitlines() if line.startswith("warning:")
                 and not line.endswith("/features: ignored: a folder; only NAME.yaml files"
-                                      " directly in the sites folder are read")]
+                                      " directly in the sites folder are read")
+                and ".socket: missing: no socket at " not in line]
     assert warnings == [] and " 0 invalid" in err, err
 
 
