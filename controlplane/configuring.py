@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from controlplane.errors import SettingsError
-from controlplane.settings import Settings, from_mapping
+from controlplane.settings import Settings
+from controlplane.values import error_reason
 
 ENV_PREFIX = "CONTROLPLANE_"
 
@@ -105,3 +107,27 @@ def reloaded(current: Settings, fresh: Settings) -> tuple[Settings, list[str], l
     changed = sorted(key for key in type(fresh).model_fields
                      if key not in kept and getattr(fresh, key) != getattr(current, key))
     return fresh.replace(**kept), sorted(kept), changed
+
+
+def from_mapping(values: dict[str, Any], base: Settings | None = None,
+                 where: Callable[[str], str] = lambda key: f"settings: {key}") -> Settings:
+    """Apply a mapping of settings keys onto `base`, validated; every problem is one
+    line, `where(key)` naming where the key was written. Unknown keys get a hint."""
+    problems = [(key, unknown_key_reason(key)) for key in values
+                if key not in Settings.model_fields]
+    known = {k: v for k, v in values.items() if k in Settings.model_fields}
+    try:
+        settings = Settings.model_validate({**(base or Settings()).__dict__, **known})
+    except ValidationError as exc:
+        problems += [(str(e["loc"][0]), error_reason(e)) for e in exc.errors()]
+    if problems:
+        order = {key: i for i, key in enumerate(values)}  # as written: by line in a file
+        problems.sort(key=lambda p: order.get(p[0], len(order)))
+        raise SettingsError("\n".join(f"{where(key)}: {reason}" for key, reason in problems))
+    return settings
+
+
+def unknown_key_reason(key: str) -> str:
+    close = difflib.get_close_matches(key, list(Settings.model_fields), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else "see `controlplane settings --markdown`"
+    return f"unknown setting {key!r}; {hint}"

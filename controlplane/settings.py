@@ -10,8 +10,6 @@ one is a visible decision.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,12 +17,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
 
-from controlplane.errors import SettingsError
 from controlplane.values import (
     AcmeEmail,
     AcmeUrl,
@@ -36,7 +32,6 @@ from controlplane.values import (
     LogLevel,
     Name,
     Port,
-    error_reason,
 )
 
 CDS_FILE = "cds.json"
@@ -289,27 +284,3 @@ class Settings(BaseModel):
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed, validated like the original."""
         return type(self).model_validate({**self.__dict__, **changes})
-
-
-def from_mapping(values: dict[str, Any], base: Settings | None = None,
-                 where: Callable[[str], str] = lambda key: f"settings: {key}") -> Settings:
-    """Apply a mapping of settings keys onto `base`, validated; every problem is one
-    line, `where(key)` naming where the key was written. Unknown keys get a hint."""
-    problems = [(key, unknown_key_reason(key)) for key in values
-                if key not in Settings.model_fields]
-    known = {k: v for k, v in values.items() if k in Settings.model_fields}
-    try:
-        settings = Settings.model_validate({**(base or Settings()).__dict__, **known})
-    except ValidationError as exc:
-        problems += [(str(e["loc"][0]), error_reason(e)) for e in exc.errors()]
-    if problems:
-        order = {key: i for i, key in enumerate(values)}  # as written: by line in a file
-        problems.sort(key=lambda p: order.get(p[0], len(order)))
-        raise SettingsError("\n".join(f"{where(key)}: {reason}" for key, reason in problems))
-    return settings
-
-
-def unknown_key_reason(key: str) -> str:
-    close = difflib.get_close_matches(key, list(Settings.model_fields), n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}?" if close else "see `controlplane settings --markdown`"
-    return f"unknown setting {key!r}; {hint}"

@@ -11,10 +11,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from controlplane.cli import main
+from controlplane.configuring import from_mapping
 from controlplane.daemon.reconciling import Reconciler
 from controlplane.intake.checking import Checked, check_content, fence_of
 from controlplane.intake.selecting import select
-from controlplane.settings import Settings, from_mapping
+from controlplane.settings import Settings
 
 SETTINGS = Settings()
 

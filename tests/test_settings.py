@@ -11,8 +11,9 @@ import pydantic
 import pytest
 
 from controlplane import configuring
+from controlplane.configuring import from_mapping
 from controlplane.errors import SettingsError
-from controlplane.settings import Settings, from_mapping
+from controlplane.settings import Settings
 from controlplane.values import Listen
 
 REPO = Path(__file__).resolve().parent.parent

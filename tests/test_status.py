@@ -6,7 +6,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from controlplane.daemon import statusfile
+from controlplane.daemon import statusfile, statustable
 from controlplane.errors import Problem
 
 
@@ -30,7 +30,7 @@ def test_status_file_round_trips_and_prints_as_a_table(tmp_path: Path) -> None:
     assert document["last_pass"]["at"] == "1970-01-01T00:00:01.000Z"
     assert document["last_pass"]["versions"] == {"cds": "v1"}
     assert stat.S_IMODE((tmp_path / statusfile.STATUS_FILE).stat().st_mode) == 0o600
-    table = statusfile.table(document, now=61.0)
+    table = statustable.table(document, now=61.0)
     assert "a     serving" in table and "b.yaml:2: x: bad" in table
     assert "last pass: 1970-01-01T00:00:01Z (1m ago), confirmed by Envoy" in table
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from controlplane import __version__
-from controlplane.daemon import statusfile
+from controlplane.daemon import statusfile, statustable
 from controlplane.daemon.statusfile import LAST_GOOD_DIR
 from controlplane.envoy.verifying import SCRATCH_DIR
 from controlplane.render.tls import SDS_FOLDER
@@ -129,7 +129,7 @@ def inspect(settings: Settings, now: float | None = None) -> Report:
         at = statusfile.parse_time(document["last_pass"]["at"])
         daemon["last_pass_age_s"] = None if at is None else round(now - at, 3)
     document = {**document, "daemon": daemon, "verdict": verdict}
-    return Report(verdict=verdict, text=summary + "\n\n" + statusfile.table(document, now),
+    return Report(verdict=verdict, text=summary + "\n\n" + statustable.table(document, now),
                   document=document)
 
 
@@ -152,7 +152,7 @@ def _verdict(document: dict[str, Any], info: dict[str, Any], now: float) -> tupl
         return NOT_RUNNING, f"daemon: not running ({how}); the status below is its last word"
     up = statusfile.parse_time(info.get("started_at")) or now
     alive_text = f"daemon: running, pid {pid}, up since {info.get('started_at')}"
-    alive_text += f" ({statusfile.ago(now - up).removesuffix(' ago')})"
+    alive_text += f" ({statustable.ago(now - up).removesuffix(' ago')})"
     health = _health(info.get("metrics"))
     if health is not None:
         alive_text += f"; /healthz: {health}"
@@ -161,7 +161,7 @@ def _verdict(document: dict[str, Any], info: dict[str, Any], now: float) -> tupl
     at = statusfile.parse_time(document.get("last_pass", {}).get("at"))
     limit = 2 * float(info.get("resync_s", 30.0)) + STALE_SLACK_S
     if at is None or now - at > limit:
-        since = "no pass yet" if at is None else f"last pass {statusfile.ago(now - at)}"
+        since = "no pass yet" if at is None else f"last pass {statustable.ago(now - at)}"
         return STALE, f"{alive_text}; STALE: {since}, a pass is due every" \
                       f" {info.get('resync_s')}s"
     unserved = sorted(n for n, s in document.get("sites", {}).items() if s["state"] != "serving")

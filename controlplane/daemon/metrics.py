@@ -73,10 +73,7 @@ class Metrics:
             "controlplane_last_apply_success",
             "1 when the last pass applied everything (confirmed by Envoy), else 0.",
             registry=self.registry)
-        build = Gauge("controlplane_build_info", "The running version, as a label; always 1.",
-                      ["version", "python"], registry=self.registry)
-        build.labels(__version__, platform.python_version()).set(1)
-        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _resident_...
+        self._about_the_process()
         self.certificate_expiry = Gauge(
             "controlplane_certificate_expiry_timestamp_seconds",
             "When each serving TLS site's certificate expires (Unix time; judged again at"
@@ -91,6 +88,12 @@ class Metrics:
                               " renewed, invalid (challenge failed), unreachable, timeout,"
                               " rate_limited, refused, terms, unconfirmed, error.", ["result"],
                               registry=self.registry)
+
+    def _about_the_process(self) -> None:
+        build = Gauge("controlplane_build_info", "The running version, as a label; always 1.",
+                      ["version", "python"], registry=self.registry)
+        build.labels(__version__, platform.python_version()).set(1)
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _resident_...
 
     def order_result(self, result: str) -> None:
         """One ACME order ended (`issued`, `renewed`, or why it failed); any thread."""

@@ -4,6 +4,7 @@ that Envoy cannot bind keeps from serving.
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 
@@ -77,3 +78,11 @@ class Clock:
         now = time.perf_counter()
         self._into[stage] = round((now - self._last) * 1000, 2)
         self._last = now
+
+
+def freeze_heap() -> None:
+    """Move the long-lived objects (every site's model and resources) out of the cyclic
+    GC's sight: a full collection over 10,000 sites costs ~170 ms and would land in the
+    middle of a one-site change. Collect first, so no garbage is frozen with them."""
+    gc.collect()
+    gc.freeze()

@@ -8,16 +8,14 @@ change in a running process are reported and keep their old values. Every signal
 logged. With `$NOTIFY_SOCKET` (systemd) the loop reports readiness after its first
 confirmed pass, feeds the watchdog, and says when it reloads and stops.
 
-At start the files are written first, since Envoy cannot start without them; then,
-until Envoy is up (`starting`), the daemon says once that it waits and writes nothing
-more (a file renamed in while Envoy starts could be neither loaded at its start nor
-confirmed); the first pass once Envoy is up is a full one. That is start-up, not a
-failed pass. Signal handlers live in `signals`.
+At start the files are written first (Envoy cannot start without them); then, until
+Envoy is up (`starting`), the daemon says once that it waits and writes nothing more (a
+file renamed in while Envoy starts could be neither loaded nor confirmed); the first
+pass once Envoy is up is a full one: start-up, not a failed pass.
 """
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +23,7 @@ from collections.abc import Callable
 import structlog
 
 from controlplane import configuring, logs
-from controlplane.daemon import liveness
+from controlplane.daemon import liveness, passes
 from controlplane.daemon.metrics import Metrics, open_server
 from controlplane.daemon.notify import Notifier
 from controlplane.daemon.passes import Outcome
@@ -35,8 +33,7 @@ from controlplane.daemon.statusfile import clip
 from controlplane.daemon.watching import Signal, Watch
 from controlplane.envoy.serials import served_serials
 from controlplane.envoy.starting import EnvoyStart
-from controlplane.envoy.twinning import Twin, TwinVerifier
-from controlplane.envoy.verifying import SCRATCH_DIR, Verifier, envoy_binary
+from controlplane.envoy.twinning import Validators
 from controlplane.errors import ControlPlaneError, OutputError, Stopping
 from controlplane.issuing.issuer import Issuer
 from controlplane.settings import Settings
@@ -66,8 +63,7 @@ class Daemon:
         self._envoy = EnvoyStart(settings.admin_socket, settings, self.stop, self.signal.wake)
         self._reporter = Reporter(settings, self.notifier)
         self._watch_error: str | None = None
-        self._twin: Twin | None = None
-        """The validation twin, started by the loop's thread (it dies with that thread)."""
+        self._validators = Validators(self.stop)
         self.issuer = Issuer(settings, wake=self.signal.wake, counted=self.metrics.order_result,
                              served=lambda: served_serials(self.settings) if self._envoy.up.is_set()
                              else set())
@@ -120,8 +116,7 @@ class Daemon:
             watch.stop()
             if waiter is not None:
                 waiter.join(timeout=5)
-            if self._twin is not None:
-                self._twin.stop()
+            self._validators.close()
             if server is not None:
                 server.close()
             if info:
@@ -130,23 +125,9 @@ class Daemon:
 
     def _reconciler(self) -> Reconciler:
         settings = self.settings
-        return Reconciler(settings, verifier=self._verifier(), stop=self.stop, issuer=self.issuer,
-                          ask_envoy=settings.admin_socket is not None and self._envoy.up.is_set())
-
-    def _verifier(self) -> Verifier | None:
-        settings, scratch = self.settings, self.settings.state / SCRATCH_DIR
-        wanted = settings.verify_with_envoy and settings.validator == "twin"
-        if self._twin is not None and (not wanted or self._twin.binary != envoy_binary(settings)):
-            self._twin.stop()  # a reload turned it off, or names another Envoy
-            self._twin = None
-        if not settings.verify_with_envoy:
-            return None
-        if settings.validator == "process":
-            return Verifier(settings, scratch=scratch, stop=self.stop)
-        if self._twin is None:
-            self._twin = Twin(settings, self.stop)
-            self._twin.start()  # answers within a second; `--mode validate` until then
-        return TwinVerifier(settings, self._twin, scratch=scratch, stop=self.stop)
+        up = settings.admin_socket is not None and self._envoy.up.is_set()
+        return Reconciler(settings, verifier=self._validators.verifier(settings), stop=self.stop,
+                          issuer=self.issuer, ask_envoy=up)
 
     def _watch(self, watch: Watch) -> bool:
         """(Re)start the watch; a folder that cannot be watched is polled, and said once."""
@@ -183,9 +164,7 @@ class Daemon:
                                            settings.debounce_complete_s)
             if self.stop.is_set():
                 break
-            self.metrics.beat()
-            reconciler.upstreams.refresh_status(reconciler.status, self.metrics.upstreams)
-            self.issuer.tick()  # starts an order beside the passes when one is due
+            self._between_passes(reconciler)
             reloaded = self._reload_requested.is_set() or (
                 confirmed_mode != self._envoy.up.is_set())
             if reloaded:
@@ -204,6 +183,12 @@ class Daemon:
             failures = failures + 1 if outcome.retry else 0
             if time.monotonic() >= next_resync or not outcome.retry:
                 next_resync = time.monotonic() + self.settings.resync_s
+
+    def _between_passes(self, reconciler: Reconciler) -> None:
+        """Alive; the upstream sockets looked at again; an ACME order started when due."""
+        self.metrics.beat()
+        reconciler.upstreams.refresh_status(reconciler.status, self.metrics.upstreams)
+        self.issuer.tick()
 
     def _reloaded(self, previous: Reconciler) -> tuple[Reconciler, bool]:
         """After SIGHUP, or Envoy coming up or going away: a new reconciler on the
@@ -296,7 +281,7 @@ class Daemon:
         seconds = time.perf_counter() - started
         self.passes += 1
         if self.passes == 1 or len(outcome.added) + len(outcome.changed) >= FREEZE_AFTER:
-            _freeze_heap()
+            passes.freeze_heap()
         self._reporter.log(outcome, seconds)
         self.metrics.record(outcome, seconds, reconciler.status.site_states())
         self.metrics.certificates(reconciler.status.certificate_expiries())
@@ -308,11 +293,3 @@ class Daemon:
 
     def _awaiting_envoy(self) -> bool:
         return self.settings.admin_socket is not None and not self._envoy.up.is_set()
-
-
-def _freeze_heap() -> None:
-    """Move the long-lived objects (every site's model and resources) out of the cyclic
-    GC's sight: a full collection over 10,000 sites costs ~170 ms and would land in the
-    middle of a one-site change. Collect first, so no garbage is frozen with them."""
-    gc.collect()
-    gc.freeze()

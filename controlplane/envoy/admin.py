@@ -204,14 +204,7 @@ class AdminClient:
         while True:
             try:
                 polls += 1
-                # The cheap version read every time; the counters (success, rejections)
-                # once the version matches, and every fourth poll to see a rejection.
-                current = self.versions()[kind]
-                if current != version and polls % 4:
-                    now = Counters(success=before.success, rejected=before.rejected,
-                                   failure=before.failure, version=current)
-                else:
-                    now = self.counters()[kind]
+                now = self._poll(kind, before, version, polls)
             except EnvoyRefused:
                 raise
             except EnvoyUnavailable:
@@ -232,6 +225,15 @@ class AdminClient:
                                    f" within {timeout:g}s (it serves {now.version!r})")
             waiter.wait(pause)
             pause = min(pause * 2, max_poll_s)  # each /stats read costs Envoy's main thread
+
+    def _poll(self, kind: str, before: Counters, version: str, polls: int) -> Counters:
+        """The cheap version read every time; the counters (success, rejections) once the
+        version matches, and every fourth poll to see a rejection."""
+        current = self.versions()[kind]
+        if current != version and polls % 4:
+            return Counters(success=before.success, rejected=before.rejected,
+                            failure=before.failure, version=current)
+        return self.counters()[kind]
 
 
 def _counters(values: dict[str, object], prefix: str) -> Counters:

@@ -32,7 +32,7 @@ import structlog
 
 from controlplane.envoy.admin import AdminClient, Counters
 from controlplane.envoy.twin import TWIN_DIR, TwinProcess
-from controlplane.envoy.verifying import Verifier, envoy_binary, short_reason
+from controlplane.envoy.verifying import SCRATCH_DIR, Verifier, envoy_binary, short_reason
 from controlplane.errors import EnvoyRejected, EnvoyUnavailable, Stopping
 from controlplane.render import rendering
 from controlplane.render.rendering import SiteResources
@@ -235,3 +235,32 @@ class TwinVerifier(Verifier):
                 self.twin_runs += 1
                 return reason
         return super()._run(group)
+
+
+class Validators:
+    """The daemon's Envoy validator across passes and reloads, as the settings say: the
+    twin, kept warm (started by the thread that asks first, the loop's, so it dies with
+    that thread), or an `envoy --mode validate` Verifier."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._twin: Twin | None = None
+
+    def verifier(self, settings: Settings) -> Verifier | None:
+        scratch = settings.state / SCRATCH_DIR
+        wanted = settings.verify_with_envoy and settings.validator == "twin"
+        if self._twin is not None and (not wanted or self._twin.binary != envoy_binary(settings)):
+            self.close()  # a reload turned it off, or names another Envoy
+        if not settings.verify_with_envoy:
+            return None
+        if settings.validator == "process":
+            return Verifier(settings, scratch=scratch, stop=self._stop)
+        if self._twin is None:
+            self._twin = Twin(settings, self._stop)
+            self._twin.start()  # answers within a second; `--mode validate` until then
+        return TwinVerifier(settings, self._twin, scratch=scratch, stop=self._stop)
+
+    def close(self) -> None:
+        if self._twin is not None:
+            self._twin.stop()
+            self._twin = None
