@@ -180,6 +180,11 @@ def test_a_server_that_is_down_backs_off_and_a_restart_keeps_the_backoff(
     due = again.due_in()
     assert due is not None and schedule.RETRY_S - 5 < due <= schedule.RETRY_S
     assert again.notes()["auto"] == note
+    # Editing the domains (reordered, or new ones) does not buy an order sooner: the
+    # backoff holds against a site that would order every minute on the shared account.
+    again.want({"auto": ("www.auto.test", "auto.test")})
+    edited = again.due_in()
+    assert edited is not None and schedule.RETRY_S - 5 < edited <= schedule.RETRY_S
 
 
 @pytest.fixture

@@ -64,8 +64,13 @@ class Issuer:
                 del self._jobs[name]
             for name, domains in sites.items():
                 job = self._jobs.setdefault(name, schedule.Job(domains=domains))
-                if job.domains != domains:
-                    job.domains, job.failures, job.next_attempt = domains, 0, 0.0
+                if set(job.domains) != set(domains):
+                    # New names order at once, unless orders failed: then the backoff
+                    # holds (editing the domains must not buy a site an order a minute
+                    # against the shared account's limits); `certificates --renew` asks now.
+                    job.domains = domains
+                    if not job.failures:
+                        job.next_attempt = 0.0
 
     def answers(self) -> dict[str, dict[str, str]]:
         """Challenge answers to serve, per site (token -> key authorization)."""
@@ -116,8 +121,11 @@ class Issuer:
             self._thread.start()
 
     def due_in(self) -> float | None:
-        """Seconds until the next site is due (None: nothing asks)."""
+        """Seconds until the next site is due (None: nothing asks, or an order runs: the
+        worker wakes the loop when it ends)."""
         with self._cond:
+            if self._thread is not None and self._thread.is_alive():
+                return None
             now = time.time()
             times = [self._due_at(name, job, now) for name, job in self._jobs.items()]
         return max(0.0, min(times) - now) if times else None
