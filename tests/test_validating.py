@@ -174,3 +174,18 @@ def test_health_checks_cannot_flood_envoy(check: str, expected: str) -> None:
     text = (f"domains: [h.example.com]\nupstream: {{endpoints: [{{socket: /dev/shm/h.sock}}],"
             f" health_check: {check}}}\n")
     assert any(expected in p for p in _problems(text, "h"))
+
+
+def test_endpoints_and_upstreams_are_bounded_per_site() -> None:
+    """Each endpoint is probed and reported: a file with thousands would cost the loop
+    for every site, so 64 per upstream and 16 upstreams, with the fix in the message."""
+    fine = "".join(f"\n  - {{socket: /tmp/x/s{i}.sock}}" for i in range(64))
+    assert _problems(f"domains: [a.example]\nupstream:{fine}\n") == []
+    many = fine + "\n  - {socket: /tmp/x/extra.sock}"
+    assert _problems(f"domains: [a.example]\nupstream:{many}\n") == [
+        "sites/site.yaml:2: upstream: at most 64 entries here; split the site, or serve the"
+        " rest from another site file"]
+    named = "".join(f"\n  u{i}: {{socket: /tmp/u{i}.sock}}" for i in range(17))
+    problems = _problems(f"domains: [a.example]\nupstreams:{named}\n"
+                         "routes: [{prefix: /, upstream: u0}]\n")
+    assert problems and "upstreams: at most 16 entries" in problems[0]

@@ -89,7 +89,8 @@ class SiteSpec(Strict):
         description="Host names, lower-cased; '*.example.com' and '*' allowed.",
     )
     upstream: UpstreamField | None = Field(None, description="The one upstream of the site.")
-    upstreams: dict[Name, UpstreamField] | None = Field(None, description="Named upstreams.")
+    upstreams: Annotated[dict[Name, UpstreamField], Field(max_length=16)] | None = Field(
+        None, description="Named upstreams, at most 16.")
     routes: list[Route] | None = Field(None, description="First match wins.")
     tls: Tls | None = Field(None, description="Serve over HTTPS with these certificate"
                             " files, or with one ordered by ACME.")

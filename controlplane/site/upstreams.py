@@ -30,6 +30,9 @@ from controlplane.site.fields import (
 )
 from controlplane.site.places import CONTROL_SOCKET_NAMES
 
+MAX_ENDPOINTS = 64
+"""Endpoints per upstream: each is probed and reported, so thousands in one file would
+cost the daemon's loop for every site (a balanced pool of 64 is plenty on one node)."""
 MAX_SOCKET_PATH_BYTES = 107
 """Envoy refuses a pipe path of 108 bytes or more (sun_path holds 108 with the NUL)."""
 
@@ -133,8 +136,8 @@ class Upstream(Strict):
     """An upstream: its endpoints and how Envoy talks to them. A site file may also give
     just an endpoint mapping or a list of endpoints (no options)."""
 
-    endpoints: Annotated[list[Endpoint], Field(min_length=1)] = Field(
-        description="The endpoints (sockets or addresses).")
+    endpoints: Annotated[list[Endpoint], Field(min_length=1, max_length=MAX_ENDPOINTS)] = Field(
+        description="The endpoints (sockets or addresses), at most 64.")
     lb_policy: LbPolicy = Field("round_robin", description="How requests are spread.")
     health_check: HealthCheck | None = Field(None, description="Active HTTP health checks.")
     circuit_breaker: CircuitBreaker | None = Field(None, description="Limits in flight.")
