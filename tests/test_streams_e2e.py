@@ -182,3 +182,46 @@ def test_explain_leaves_stream_sites_out(tmp_path: Path,
     assert "site: web" in capsys.readouterr().out
     assert main(["explain", str(tmp_path), "http://v.example/", "--no-envoy"]) == 1
     assert "404: no site serves the host 'v.example'" in capsys.readouterr().out
+
+
+def _state(running: Node, name: str) -> str | None:
+    site = running.status().get("sites", {}).get(name)
+    return site["state"] if site is not None else None
+
+
+def test_no_listener_loops_or_takes_another_sites_upstream_port(
+        node: tuple[Node, int, int, dict[str, bytes]]) -> None:
+    """On the real Envoy: a TCP site whose upstream is its own port, and one listening on
+    the port an established HTTP site reaches on loopback, get no listener (the port stays
+    free, the HTTP site's requests never reach the newcomer's upstream); both are told
+    why, and the other sites serve on."""
+    running, tcp_port, _, _ = node
+    folder = running.upstreams.folder
+    taken, looped = free_port(), free_port()
+    running.put("api", f"domains: [api.example]\nupstream: {{address: 127.0.0.1:{taken}}}\n")
+    wait_for(lambda: _state(running, "api") == "serving", 30, "api serving")
+    running.put("thief", f"kind: tcp\nlisten: 0.0.0.0:{taken}\n"
+                f"upstream: {{socket: {folder}/db.sock}}\n")
+    running.put("loop", f"kind: tcp\nlisten: 127.0.0.1:{looped}\n"
+                f"upstream: {{address: 127.0.0.1:{looped}}}\n")
+    try:
+        wait_for(lambda: (_state(running, "thief"), _state(running, "loop")) == (
+            "invalid", "invalid"), 30, "both refused")
+        sites = running.status()["sites"]
+        assert "reaches its upstream (127.0.0.1:" in sites["thief"]["problems"][0]["message"]
+        assert "api.yaml" in sites["thief"]["problems"][0]["message"]
+        assert "this site's own listener" in sites["loop"]["problems"][0]["message"]
+        assert _state(running, "api") == "serving"
+        listeners = (running.out / "lds.json").read_text()
+        assert "tcp-thief" not in listeners and "tcp-loop" not in listeners
+        for port in (taken, looped):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        assert running.status_code("api.example") == 503  # its upstream is down, not taken
+        assert _tcp(tcp_port, b"ping") == b"echo:ping"
+        assert running.envoy.rejections() == {}
+    finally:
+        for name in ("api", "thief", "loop"):
+            (running.sites / f"{name}.yaml").unlink()
+        wait_for(lambda: not {"api", "thief", "loop"} & set(running.status()["sites"]), 30,
+                 "the test's sites gone")

@@ -19,6 +19,7 @@ from controlplane.errors import Problem, SiteError
 from controlplane.intake import (
     certificates,
     claims,
+    crossing,
     defaults,
     htpasswd,
     loading,
@@ -123,6 +124,8 @@ def _check_stream(name: str, source: str, digest: str, content: bytes, document:
     site = streams.validate(name, source, digest, document)
     resources = rendering.render_stream(site, settings)
     uses = streams.path_uses(site, document)
+    if loops := crossing.loops(uses, source):
+        raise SiteError(loops)
     return Checked(name=name, source=source, digest=digest, content=content,
                    resources=resources, domains=resources.domains, uses=uses, reads=reads)
 

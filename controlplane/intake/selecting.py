@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from controlplane.errors import Problem, bounded
-from controlplane.intake import claims, paths, validating
+from controlplane.intake import claims, crossing, paths, validating
 from controlplane.intake.checking import Checked
 from controlplane.render import tls
 from controlplane.render.rendering import SiteResources
@@ -58,6 +58,8 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
             result.serving[name] = chosen
     _settle(result, last_good, _conflicts, lambda name, serving: _holds_domains(
         name, serving, last_good))
+    for cross in (crossing.wildcard_conflicts, crossing.port_conflicts):
+        _settle_claims(result, last_good, cross)
     _settle(result, last_good, _name_conflicts)
     if fence is not None:
         _settle(result, last_good, lambda serving: _file_conflicts(serving, fence))
@@ -147,6 +149,29 @@ def _upstream_conflicts(serving: dict[str, Checked],
         n: validating.NameClaim(source=c.source, names=claims.upstreams(c.uses, fence))
         for n, c in serving.items()}, "an upstream belongs to one site (another would reach"
         " it past that site's access list and routes): give each site its own")
+
+
+def _settle_claims(result: Selection, last_good: dict[str, Checked],
+                   cross: Callable[[dict[str, crossing.Sites]], crossing.Found]) -> None:
+    """`_settle` a cross check whose conflicts name their claims: a site whose last good
+    version already held every claim it is faulted for holds them."""
+    def find(serving: dict[str, Checked]) -> crossing.Found:
+        return cross({n: crossing.Sites(
+            source=c.source, uses=c.uses, domains=c.domains,
+            tls=c.resources is not None and c.resources.tls is not None,
+            passthrough=c.resources is not None and c.resources.passthrough is not None)
+            for n, c in serving.items()})
+
+    def holds(name: str, serving: dict[str, Checked]) -> bool:
+        previous = last_good.get(name)
+        if previous is None:
+            return False
+        held = {(u.kind, u.path) for u in previous.uses} | {
+            ("domain", d) for d in previous.domains}
+        return all(claim in held for claim, _ in find(serving).get(name, []))
+
+    _settle(result, last_good, lambda serving: {
+        n: [p for _, p in found] for n, found in find(serving).items()}, holds)
 
 
 def _conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:

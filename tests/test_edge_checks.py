@@ -1,0 +1,100 @@
+"""Checks that keep one site's edge features (TCP listeners, passthrough names, error
+pages, htpasswd files, the shared defaults) from reaching another site or the node's
+files; pure: `controlplane check` on a temp sites folder, without Envoy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from controlplane.cli import main
+from controlplane.intake import checking, crossing, loading
+from controlplane.intake.selecting import select
+from controlplane.render import authz, filters, responses
+from controlplane.settings import Settings
+from tests.test_features_e2e import make_certificate
+
+
+def _check(folder: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> str:
+    assert main(["check", str(folder), "--no-envoy", *flags]) == 1
+    return capsys.readouterr().err
+
+
+def test_a_tcp_site_may_not_loop_into_its_own_listener(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its upstream on its own port, on loopback or on the address it binds, is refused
+    at the upstream's line: each connection would open another."""
+    (tmp_path / "loop.yaml").write_text("kind: tcp\nlisten: 0.0.0.0:7000\n"
+                                        "upstream: {address: 127.0.0.1:7000}\n")
+    (tmp_path / "mirror.yaml").write_text("kind: tcp\nlisten: 127.0.0.5:7005\n"
+                                          "upstream: {address: 127.0.0.5:7005}\n")
+    err = _check(tmp_path, capsys)
+    assert ("loop.yaml:3: upstream.address: '127.0.0.1:7000' is this site's own listener"
+            " (0.0.0.0:7000)") in err
+    assert "mirror.yaml:3: upstream.address: '127.0.0.5:7005' is this site's own" in err
+
+
+def test_no_site_routes_to_another_sites_listener(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An HTTP site's upstream on a TCP site's port is refused, and the TCP site is told
+    whose upstream its port is: neither new site serves."""
+    (tmp_path / "db.yaml").write_text("kind: tcp\nlisten: 127.0.0.1:7001\n"
+                                      "upstream: {socket: /tmp/db.sock}\n")
+    (tmp_path / "web.yaml").write_text("domains: [w.example]\n"
+                                       "upstream: {address: 127.0.0.1:7001}\n")
+    err = _check(tmp_path, capsys)
+    assert (f"web.yaml:2: upstream.address: '127.0.0.1:7001' is the listen port of"
+            f" {tmp_path}/db.yaml (127.0.0.1:7001)") in err
+    assert f"db.yaml:2: listen: port 7001 is where {tmp_path}/web.yaml reaches" in err
+    assert "2 sites: 0 valid, 2 invalid" in err
+
+
+@pytest.mark.parametrize(("upstream", "listen", "reaches"), [
+    ("127.0.0.1:7000", "0.0.0.0:7000", True), ("10.1.2.3:7000", "0.0.0.0:7000", True),
+    ("127.0.0.2:7000", "127.0.0.1:7000", True), ("[::1]:7000", "[::]:7000", True),
+    ("10.1.2.3:7000", "10.1.2.3:7000", True), ("10.1.2.3:7000", "127.0.0.1:7000", False),
+    ("127.0.0.1:7001", "0.0.0.0:7000", False), ("10.1.2.4:7000", "10.1.2.3:7000", False),
+])
+def test_which_upstreams_reach_a_listener(upstream: str, listen: str, reaches: bool) -> None:
+    """Same port, and the listener on every address, or the upstream on loopback, or
+    both on one address."""
+    assert crossing.reaches(upstream, listen) is reaches
+
+
+def _checked(folder: Path, name: str, text: str) -> checking.Checked:
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    entry = next(e for e in loading.scan(folder) if e.name == name)
+    return checking.check_entry(entry, Settings(sites_dir=folder))
+
+
+def test_the_established_holder_of_a_port_keeps_it(tmp_path: Path) -> None:
+    """A TCP site that now listens on the port an established HTTP site reaches on
+    loopback is refused, naming that site; the HTTP site keeps serving."""
+    web = _checked(tmp_path, "web", "domains: [w.example]\n"
+                   "upstream: {address: 127.0.0.1:7002}\n")
+    db = _checked(tmp_path, "db", "kind: tcp\nlisten: 0.0.0.0:7002\n"
+                  "upstream: {socket: /tmp/db.sock}\n")
+    settings = Settings(sites_dir=tmp_path)
+    selection = select({"web": web, "db": db}, {"web": web}, None,
+                       fence=checking.fence_of(settings))
+    assert list(selection.serving) == ["web"]
+    assert list(selection.problems) == ["db"]
+    assert f"where {tmp_path}/web.yaml reaches its upstream" in selection.problems["db"][0].reason
+
+
+def test_a_passthrough_name_under_a_tls_wildcard_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`shop.example.com` passed through would take the name from the site holding the
+    TLS wildcard `*.example.com`: a domain conflict naming that site."""
+    cert, key = tmp_path / "_w.pem", tmp_path / "_w.key"
+    make_certificate(cert, key, ["*.example.com"])
+    (tmp_path / "wild.yaml").write_text(f"domains: ['*.example.com']\nupstream: {{socket:"
+                                        f" /tmp/w.sock}}\ntls: {{cert: {cert}, key: {key}}}\n")
+    (tmp_path / "shop.yaml").write_text("kind: tls-passthrough\ndomains: [shop.example.com]\n"
+                                        "upstream: {socket: /tmp/s.sock}\n")
+    err = _check(tmp_path, capsys)
+    assert (f"shop.yaml: domains: 'shop.example.com' is under the TLS wildcard"
+            f" '*.example.com' of {tmp_path}/wild.yaml") in err
