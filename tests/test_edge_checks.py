@@ -98,3 +98,27 @@ def test_a_passthrough_name_under_a_tls_wildcard_is_refused(
     err = _check(tmp_path, capsys)
     assert (f"shop.yaml: domains: 'shop.example.com' is under the TLS wildcard"
             f" '*.example.com' of {tmp_path}/wild.yaml") in err
+
+
+def test_a_page_and_an_access_log_are_never_one_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A page that is a site's access log (a client's text served as HTML), and a log
+    that is a site's page, are refused, each naming the other site."""
+    sites, shared = tmp_path / "sites", tmp_path / "shared"
+    sites.mkdir()
+    shared.mkdir()
+    log, page = shared / "log.html", shared / "page.html"
+    log.write_text("<p>old lines</p>\n")
+    page.write_text("<p>sorry</p>\n")
+    for name, extra in (("writer", f"access_log: {{path: {log}}}"),
+                        ("shows", f"error_pages: {{503: {log}}}"),
+                        ("logs", f"access_log: {{path: {page}}}"),
+                        ("pages", f"error_pages: {{404: {page}}}")):
+        (sites / f"{name}.yaml").write_text(f"domains: [{name}.example]\nupstream: {{socket:"
+                                            f" /tmp/{name}.sock}}\n{extra}\n")
+    err = _check(sites, capsys, "--log-dirs", str(shared), "--page-dirs", str(shared))
+    assert f"shows.yaml: error_pages.503: '{log}' is the access_log.path of" in err
+    assert f"writer.yaml: access_log.path: '{log}' is the error_pages.503 of" in err
+    assert f"logs.yaml: access_log.path: '{page}' is the error_pages.404 of" in err
+    assert "Envoy would serve it to anyone as an error page" in err
+    assert "4 sites: 0 valid, 4 invalid" in err

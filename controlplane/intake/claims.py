@@ -84,19 +84,27 @@ def upstreams(uses: tuple[Use, ...], fence: Fence) -> tuple[tuple[str, str, str,
 def written_files(serving: dict[str, tuple[str, tuple[Use, ...]]], fence: Fence) -> dict[
         str, list[tuple[str, str]]]:
     """Site -> (field, reason) for each file it makes Envoy append to, or serve as an error
-    page, that some site (itself included) has Envoy read, a certificate, a key or an
-    htpasswd file: log lines would corrupt it, a page would publish it."""
-    read = {fence.resolve(u.path)[0]: (source, u.field) for source, uses in serving.values()
-            for u in uses if u.kind == "read"}
+    page, that some site (itself included) has Envoy read (a certificate, a key, an
+    htpasswd file) or serve as a page: log lines would corrupt it, a page would publish
+    it; and for each page that is some site's access log (a client's text written into a
+    page served to anyone, or the log published)."""
+    protected: dict[str, dict[str, tuple[str, str]]] = {"read": {}, "page": {}, "write": {}}
+    for source, uses in serving.values():
+        for use in uses:
+            if use.kind in protected:
+                protected[use.kind].setdefault(fence.resolve(use.path)[0], (source, use.field))
+    guarded = {"write": ("read", "page"), "page": ("read", "write")}
     found: dict[str, list[tuple[str, str]]] = {}
     for name, (_, uses) in serving.items():
         for use in uses:
-            target = fence.resolve(use.path)[0] if use.kind in ("write", "page") else None
-            if target in read:
-                source, field = read[target]
-                harm = ("Envoy would append log lines to it: name a log file"
-                        if use.kind == "write" else "Envoy would serve it to anyone as an"
-                        " error page: name a page")
+            target = fence.resolve(use.path)[0] if use.kind in guarded else None
+            held = next((protected[k][target] for k in guarded.get(use.kind, ())
+                         if target in protected[k]), None)
+            if held is not None:
                 found.setdefault(name, []).append((use.field, (
-                    f"{use.path!r} is the {field} of {source}; {harm}")))
+                    f"{use.path!r} is the {held[1]} of {held[0]}; {_HARM[use.kind]}")))
     return found
+
+
+_HARM = {"write": "Envoy would append log lines to it: name a log file of its own",
+         "page": "Envoy would serve it to anyone as an error page: name a page"}
