@@ -122,3 +122,36 @@ def test_a_page_and_an_access_log_are_never_one_file(
     assert f"logs.yaml: access_log.path: '{page}' is the error_pages.404 of" in err
     assert "Envoy would serve it to anyone as an error page" in err
     assert "4 sites: 0 valid, 4 invalid" in err
+
+
+def test_files_outside_the_fence_are_never_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A page outside the page folders and a kernel file as htpasswd are refused by where
+    they lie, before they are opened: nothing is told of what they hold."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "key.html").write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n")
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    (sites / "page.yaml").write_text(f"domains: [p.example]\nupstream: {{socket: /tmp/p.sock}}"
+                                     f"\nerror_pages: {{503: {elsewhere}/key.html}}\n")
+    (sites / "auth.yaml").write_text("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\n"
+                                     "basic_auth: {htpasswd: /proc/self/status}\n")
+    err = _check(sites, capsys)
+    assert f"page.yaml:3: error_pages.503: '{elsewhere}/key.html' is outside" in err
+    assert "PEM" not in err
+    assert "auth.yaml:3: basic_auth.htpasswd: '/proc/self/status'" in err
+    assert "is a kernel file" in err and "user:{SHA}" not in err
+
+
+def test_one_sites_pages_are_bounded_together(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Pages under the per-page limit that together pass the per-site one are refused."""
+    for status in (500, 502, 503):
+        (tmp_path / f"_{status}.html").write_text("x" * 60_000)
+    pages = ", ".join(f"{status}: _{status}.html" for status in (500, 502, 503))
+    (tmp_path / "big.yaml").write_text("domains: [b.example]\nupstream: {socket: /tmp/b.sock}"
+                                       f"\nerror_pages: {{{pages}}}\n")
+    err = _check(tmp_path, capsys)
+    assert "big.yaml:3: error_pages: the pages are 180000 bytes together" in err
+    assert "at most 131072" in err

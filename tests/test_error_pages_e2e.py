@@ -127,5 +127,5 @@ def test_what_is_not_a_page_is_refused(tmp_path: Path,
     assert "Envoy would serve it to anyone" in err
     assert "key.yaml:4: error_pages.503:" in err and "holds a PEM block" in err
     assert "yaml.yaml:4: error_pages.503:" in err and "a page is a .html" in err
-    assert f"gone.yaml:4: error_pages.503: {sites}/_p/none.html: cannot read" in err
+    assert f"gone.yaml:4: error_pages.503: '{sites}/_p/none.html': cannot read" in err
     assert "not for the world" not in err

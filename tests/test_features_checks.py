@@ -189,8 +189,10 @@ def test_feature_examples_pass_the_envoy_binary() -> None:
     """Every example in config/examples/features, with the files it ships, is accepted by
     `envoy --mode validate` (certificates loaded, access log opened)."""
     resources, sources = [], {}
-    for path in sorted((REPO / "config" / "examples" / "features").glob("[!_]*.yaml")):
-        checked = check_content(path.stem, str(path), path.read_bytes(), SETTINGS)
+    folder = REPO / "config" / "examples" / "features"
+    settings = Settings(sites_dir=folder)  # its pages lie beside the site files
+    for path in sorted(folder.glob("[!_]*.yaml")):
+        checked = check_content(path.stem, str(path), path.read_bytes(), settings)
         assert checked.resources is not None, checked.problems
         resources.append(checked.resources)
         sources[path.stem] = str(path)

@@ -24,8 +24,10 @@ SETTINGS = Settings(out_dir=Path("/srv/envoy/dynamic"), listen=Listen(host="0.0.
 
 def _render_examples(folder: str = "sites") -> dict[str, bytes]:
     resources, renames = [], {str(REPO / "config"): "/srv/config"}
+    # The site files' pages lie beside them: their folder is the sites folder.
+    settings = SETTINGS.model_copy(update={"sites_dir": REPO / "config" / folder})
     for path in sorted((REPO / "config" / folder).glob("[!_]*.yaml")):
-        checked = check_content(path.stem, str(path), path.read_bytes(), SETTINGS)
+        checked = check_content(path.stem, str(path), path.read_bytes(), settings)
         assert checked.resources is not None, checked.problems
         resources.append(checked.resources)
         renames.update(_portable_secret(checked))

@@ -86,9 +86,12 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
         asked = validating.validate(name, source, digest, document, merged)
         site = store.resolve(asked, settings)
         reads += _files_read(site) + _acme_reads(asked, settings)
+        # The files a site names are judged where they lie before they are read.
+        fence = fence_of(settings) if site.spec.basic_auth or site.spec.error_pages else None
         try:  # problems found after validation know their field, not its line
-            resources = rendering.render_site(site, settings, htpasswd=_read_htpasswd(site),
-                                              pages=pages.read_pages(site))
+            resources = rendering.render_site(
+                site, settings, htpasswd=_read_htpasswd(site, fence),
+                pages=pages.read_pages(site, fence) if fence is not None else ())
         except SiteError as exc:
             raise SiteError(validating.locate(exc.problems, document, merged)) from None
         uses = tuple(dataclasses.replace(u, line=None) if u.field.partition(".")[0] in (
@@ -140,12 +143,12 @@ def _files_read(site: Site) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return tuple((path, reading.fingerprint(path)) for path in named)
 
 
-def _read_htpasswd(site: Site) -> str | None:
+def _read_htpasswd(site: Site, fence: paths.Fence | None) -> str | None:
     """The digest of the site's htpasswd file, judged; or SiteError."""
     spec = site.spec.basic_auth
-    if spec is None:
+    if spec is None or fence is None:
         return None
-    found, problems = htpasswd.inspect(site.source, spec.htpasswd)
+    found, problems = htpasswd.inspect(site.source, spec.htpasswd, fence)
     if problems:
         raise SiteError(problems)
     return found

@@ -15,7 +15,9 @@ import binascii
 import hashlib
 
 from controlplane.errors import Problem
+from controlplane.intake.paths import Fence
 from controlplane.intake.reading import read_bounded
+from controlplane.site.places import Use
 
 MAX_BYTES = 256 * 1024
 FIELD = "basic_auth.htpasswd"
@@ -23,8 +25,12 @@ _OTHERS = {"$2": "bcrypt (htpasswd -B)", "$apr1$": "MD5 (htpasswd -m, the defaul
            "$5$": "SHA-256 crypt", "$6$": "SHA-512 crypt"}
 
 
-def inspect(source: str, path: str) -> tuple[str | None, list[Problem]]:
-    """(digest of the file, []) or (None, problems)."""
+def inspect(source: str, path: str, fence: Fence) -> tuple[str | None, list[Problem]]:
+    """(digest of the file, []) or (None, problems). The fence judges the path first:
+    a refused file is never opened, so its message tells nothing of its content."""
+    refused = fence.judge(Use(field=FIELD, kind="read", path=path)).problem
+    if refused is not None:
+        return None, [Problem(source, FIELD, refused)]
     try:
         content = read_bounded(path, MAX_BYTES)
     except OSError as exc:

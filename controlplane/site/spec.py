@@ -106,9 +106,10 @@ class SiteSpec(Strict):
         None, description="Ask an auth service about each request (routes may opt out"
         " with 'forward_auth: false').")
     error_pages: ErrorPages | None = Field(
-        None, description="A page (`.html`, `.txt` or `.json` file, at most 64 KiB) for each"
-        " status of Envoy's own replies, by status: `{503: pages/503.html}`; absolute, or"
-        " relative to the site file's folder. Upstream responses pass unchanged.")
+        None, description="A page (`.html`, `.txt` or `.json` file, at most 64 KiB; 128 KiB"
+        " for all of them) for each status of Envoy's own replies, by status:"
+        " `{503: pages/503.html}`; absolute, or relative to the site file's folder."
+        " Upstream responses pass unchanged.")
     stats_prefix: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", max_length=60)] | None = Field(
         None, description="Name of the site's upstream and route stats (default: the name).")
     request_headers: HeaderEdits | None = Field(None, description="Edit request headers.")
