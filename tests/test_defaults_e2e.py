@@ -103,3 +103,24 @@ def test_a_key_the_defaults_may_not_set_is_refused(tmp_path: Path,
             " may set cors, rate_limit") in err
     assert "(the defaults of " in err and "a.yaml" in err
     assert "1 sites: 0 valid, 1 invalid" in err
+
+
+def test_defaults_others_may_write_change_no_site(node: Node) -> None:
+    """Defaults that group or others may write are not used: every site keeps serving its
+    last good version on the real Envoy, told the file, its owner and mode; fixed
+    defaults are taken at once."""
+    temp = node.sites / ".defaults.partial"
+    temp.write_text(SHARED.replace("DENY", "SAMEORIGIN"))
+    os.chmod(temp, 0o666)  # before it is in place: the daemon never sees it writable-safe
+    os.replace(temp, node.sites / "_defaults.yaml")
+    for name in ("plain", "own"):
+        wait_for(lambda n=name: node.status()["sites"][n]["state"] == "serving-last-good", 35,
+                 f"{name} on its last good version")
+    assert _headers(node, "plain.example")["x-frame-options"] == "DENY"
+    problem = node.status()["sites"]["plain"]["problems"][0]
+    assert problem["file"].endswith("/_defaults.yaml"), problem
+    assert f"owned by uid {os.geteuid()} with mode 0666" in problem["message"]
+    _publish(node, SHARED.replace("DENY", "SAMEORIGIN"))
+    wait_for(lambda: _headers(node, "plain.example")["x-frame-options"] == "SAMEORIGIN", 35,
+             "plain with the fixed defaults")
+    _publish(node, SHARED)

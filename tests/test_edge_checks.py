@@ -155,3 +155,25 @@ def test_one_sites_pages_are_bounded_together(
     err = _check(tmp_path, capsys)
     assert "big.yaml:3: error_pages: the pages are 180000 bytes together" in err
     assert "at most 131072" in err
+
+
+@pytest.mark.parametrize(("mode", "owner"), [(0o666, None), (0o620, None), (0o644, 4242)],
+                         ids=["world-writable", "group-writable", "another-owner"])
+def test_defaults_others_may_change_are_not_used(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int,
+        owner: int | None) -> None:
+    """A defaults file writable by group or others, or owned by another user, changes no
+    site: each is told the file, its owner and its mode."""
+    shared = tmp_path / "_defaults.yaml"
+    shared.write_text("compression: true\n")
+    os.chmod(shared, mode)
+    if owner is not None:
+        if os.geteuid() != 0:
+            pytest.skip("giving a file to another user needs root")
+        os.chown(shared, owner, -1)
+    (tmp_path / "a.yaml").write_text("domains: [a.example]\nupstream: {socket: /tmp/a.sock}\n")
+    err = _check(tmp_path, capsys)
+    shown = owner if owner is not None else os.geteuid()
+    assert (f"{shared}: owned by uid {shown} with mode {mode:04o}; the defaults change"
+            " every site") in err
+    assert "1 sites: 0 valid, 1 invalid" in err

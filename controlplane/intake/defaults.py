@@ -8,7 +8,11 @@ site's document is merged over it by the escape hatch's rules: a mapping merges 
 key, `null` deletes an inherited key, anything else replaces (lists whole). A default
 applies only where the site's kind takes that key. A problem in an inherited value is
 told at the defaults file's line, naming the site it broke; the site keeps its last good
-version. The defaults' content is part of every site's digest and their fingerprint part
+version. Since they change every site, the defaults are used only from a file owned by
+root or the daemon's user that group and others cannot write (`owner_problem`): write
+access to the sites folder is control over every site anyway, but a file shared by
+accident must not be. Nor can they enforce a policy: a site drops any default with
+`key: null`. The defaults' content is part of every site's digest and their fingerprint part
 of every site's reads, so a change re-checks every site. No `${VAR}` substitution: a
 site file and its defaults mean what they say, and the daemon's environment never
 reaches the world-readable route file.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,10 +86,12 @@ def _read(path: str, folder: str, seen: tuple[int, ...], max_bytes: int) -> Defa
             os.path.realpath(folder)):
         return _broken(path, seen, "the file is a symlink to outside the sites folder")
     try:
-        content = read_bounded(path, max_bytes)
+        content = read_bounded(path, max_bytes, owner_problem)
         document = parse(content, path)
     except OSError as exc:
-        return _broken(path, seen, f"cannot read: {exc.strerror or exc}")
+        reason = exc.strerror or str(exc)
+        return _broken(path, seen, reason if reason.startswith(_OWNED) else (
+            f"cannot read: {reason}"))
     except SiteError as exc:
         return Defaults(source=path, fingerprint=seen, problems=tuple(exc.problems))
     if not isinstance(document.data, dict):
@@ -94,6 +101,20 @@ def _read(path: str, folder: str, seen: tuple[int, ...], max_bytes: int) -> Defa
                      for key in document.data if key not in INHERITABLE["http"])
     return Defaults(source=path, fingerprint=seen, content=content, document=document,
                     problems=problems)
+
+
+_OWNED = "owned by uid"
+
+
+def owner_problem(found: os.stat_result) -> str | None:
+    """Why a defaults file with this owner and mode is not used, or None."""
+    mode = stat.S_IMODE(found.st_mode)
+    if found.st_uid in (0, os.geteuid()) and not mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return None
+    return (f"{_OWNED} {found.st_uid} with mode {mode:04o}; the defaults change every"
+            " site, so they are used only from a file owned by root or the daemon's user"
+            f" (uid {os.geteuid()}) that group and others cannot write: chown and"
+            " `chmod go-w` it (every site keeps its last good version until then)")
 
 
 def _broken(path: str, seen: tuple[int, ...], reason: str) -> Defaults:

@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 
 from controlplane.intake.paths import _kind
 
 
-def read_bounded(path: str, limit: int) -> bytes:
+def read_bounded(path: str, limit: int,
+                 judge: Callable[[os.stat_result], str | None] | None = None) -> bytes:
     """A regular file's bytes, at most `limit`: never blocks on a FIFO, a device or a
     socket (opened non-blocking, judged by fstat before any read). OSError otherwise;
-    a file over the limit is EFBIG."""
+    a file over the limit is EFBIG. `judge` may refuse the opened file by its fstat (a
+    reason: OSError with it), so what is judged is what is read."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
         found = os.fstat(fd)
+        refused = judge(found) if judge is not None else None
+        if refused is not None:
+            raise OSError(0, refused)
         if not stat.S_ISREG(found.st_mode):
             raise OSError(0, f"not a regular file (a {_kind(found.st_mode)})")
         if found.st_size > limit:
