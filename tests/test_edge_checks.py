@@ -177,3 +177,15 @@ def test_defaults_others_may_change_are_not_used(
     assert (f"{shared}: owned by uid {shown} with mode {mode:04o}; the defaults change"
             " every site") in err
     assert "1 sites: 0 valid, 1 invalid" in err
+
+
+def test_a_route_can_bypass_every_optional_filter() -> None:
+    """`bypass_all` switches off each filter the listener installs disabled (ext_authz
+    and the error pages included), and only those; the header mutation that strips
+    forged vouched headers stays on."""
+    bypass = filters.bypass_all()
+    optional = {f["name"] for f in filters.HTTP_FILTERS if f.get("disabled")}
+    assert set(bypass) == optional - {authz.HEADER_MUTATION}
+    assert {authz.EXT_AUTHZ, responses.CUSTOM_RESPONSE, filters.BASIC_AUTH, filters.RBAC,
+            filters.RATE_LIMIT, filters.CORS, filters.COMPRESSOR} <= set(bypass)
+    assert all(c == {"@type": filters.FILTER_CONFIG, "disabled": True} for c in bypass.values())

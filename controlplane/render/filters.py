@@ -52,6 +52,16 @@ request first), then ask for a password, then compress; all off until a virtual 
 turns one on."""
 
 
+def bypass_all() -> dict[str, Any]:
+    """A route's `typed_per_filter_config` that switches off every optional filter of the
+    listener (error pages, access lists, rate limits, CORS, the auth service, passwords,
+    compression): for a route that must answer anyone as it is, such as an ACME
+    challenge. The header mutation stays on: it only strips the client's copies of the
+    headers an auth service vouches for."""
+    return {f["name"]: {"@type": FILTER_CONFIG, "disabled": True} for f in HTTP_FILTERS
+            if f.get("disabled") and f["name"] != authz.HEADER_MUTATION}
+
+
 def site_features(site: Site, pages: tuple[Page, ...] = ()) -> dict[str, Any]:
     """`typed_per_filter_config`: each feature the site uses turns its filter on."""
     spec, configs = site.spec, {}
