@@ -81,8 +81,9 @@ def test_a_site_waiting_for_its_certificate_renders_as_plain_http(tmp_path: Path
 
 
 def test_challenge_routes_come_first_and_switch_every_filter_off() -> None:
-    """Before the HTTPS redirect, basic auth and the access list: the exact token path,
-    answered with the key authorization; Envoy's types accept the result."""
+    """Before the HTTPS redirect, basic auth, the auth service and the access list: the
+    exact token path, answered with the key authorization; Envoy's types accept the
+    result."""
     site = _site("domains: [auto.test]\nupstream: {socket: /run/auto.sock}\n"
                  "tls: {cert: /etc/c.pem, key: /etc/k.pem}\naccess: {allow: [10.0.0.0/8]}\n")
     rendered = rendering.render_site(site)
@@ -93,7 +94,8 @@ def test_challenge_routes_come_first_and_switch_every_filter_off() -> None:
     assert {name for name, c in first["typed_per_filter_config"].items() if c["disabled"]} == {
         "envoy.filters.http.rbac", "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.cors", "envoy.filters.http.basic_auth",
-        "envoy.filters.http.compressor"}
+        "envoy.filters.http.compressor", "envoy.filters.http.ext_authz",
+        "envoy.filters.http.custom_response"}
     assert second["redirect"]["https_redirect"] is True
     assert json.loads(answered.virtual_host_json) == answered.virtual_host
     rendering.check_types(answered.virtual_host, "virtual_host", "auto.yaml", "vh")

@@ -12,7 +12,7 @@ import pytest
 from controlplane.cli import main
 from controlplane.intake import checking, crossing, loading
 from controlplane.intake.selecting import select
-from controlplane.render import authz, filters, responses
+from controlplane.render import authz, challenges, filters, responses
 from controlplane.settings import Settings
 from tests.test_features_e2e import make_certificate
 
@@ -189,3 +189,11 @@ def test_a_route_can_bypass_every_optional_filter() -> None:
     assert {authz.EXT_AUTHZ, responses.CUSTOM_RESPONSE, filters.BASIC_AUTH, filters.RBAC,
             filters.RATE_LIMIT, filters.CORS, filters.COMPRESSOR} <= set(bypass)
     assert all(c == {"@type": filters.FILTER_CONFIG, "disabled": True} for c in bypass.values())
+
+
+def test_an_acme_challenge_route_bypasses_the_auth_service_too() -> None:
+    """A site with forward_auth still answers the ACME server's validators: the
+    challenge route switches ext_authz off with the other filters."""
+    route = challenges.route("tok", "tok.thumb")
+    assert route["typed_per_filter_config"] == filters.bypass_all()
+    assert authz.EXT_AUTHZ in route["typed_per_filter_config"]

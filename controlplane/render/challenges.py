@@ -1,7 +1,8 @@
 """ACME HTTP-01 answers as routes: while an order runs, each of its tokens is a direct
 response placed first in the site's virtual host, so it answers on the HTTP listener
-before any redirect to HTTPS, and with every site-wide filter (access list, rate limit,
-CORS, basic auth, compression) off: the ACME server's validators come from anywhere, and
+before any redirect to HTTPS, and with every optional filter of the listener (access
+list, rate limit, CORS, basic auth, the auth service, error pages, compression) off
+(`filters.bypass_all`): the ACME server's validators come from anywhere, and
 what they fetch is public by design (the token and the account key's thumbprint).
 
 Pure: the routes are added to a rendered site at assembly, through the same RDS file and
@@ -15,21 +16,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from controlplane.render.filters import (
-    BASIC_AUTH,
-    COMPRESSOR,
-    CORS,
-    FILTER_CONFIG,
-    RATE_LIMIT,
-    RBAC,
-)
+from controlplane.render.filters import bypass_all
 from controlplane.render.rendering import SiteResources, fragment
 
 PREFIX = "/.well-known/acme-challenge/"
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 ANSWER = re.compile(r"^[A-Za-z0-9_-]{1,256}\.[A-Za-z0-9_-]{1,256}$")
-_OFF = {name: {"@type": FILTER_CONFIG, "disabled": True}
-        for name in (BASIC_AUTH, COMPRESSOR, CORS, RATE_LIMIT, RBAC)}
+_OFF = bypass_all()
 
 
 def route(token: str, answer: str) -> dict[str, Any]:
