@@ -7,11 +7,9 @@ claimed domains are refused."""
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import socketserver
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,28 +18,9 @@ import pytest
 from controlplane.cli import main
 from tests.parts import Node, free_port, temporary_node, wait_for
 from tests.test_features_e2e import make_certificate
+from tests.unixserve import handling
 
 pytestmark = pytest.mark.e2e
-
-
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-
-@contextlib.contextmanager
-def _serving(path: Path, handle: type[socketserver.BaseRequestHandler]) -> Iterator[None]:
-    server = _Server(str(path), handle)
-    os.chmod(path, 0o666)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -70,12 +49,12 @@ def node() -> Iterator[tuple[Node, int, int, dict[str, bytes]]]:
         folder = running.upstreams.folder
         certs = {}
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_serving(folder / "db.sock", _Echo))
+            stack.enter_context(handling(folder / "db.sock", _Echo))
             for name in ("a", "b"):
                 cert, key = running.folder / f"{name}.pem", running.folder / f"{name}.key"
                 make_certificate(cert, key, [f"{name}.pass.example"])
                 certs[name] = ssl.PEM_cert_to_DER_cert(cert.read_text())
-                stack.enter_context(_serving(folder / f"tls-{name}.sock",
+                stack.enter_context(handling(folder / f"tls-{name}.sock",
                                              _tls_backend(cert, key, name)))
                 running.put(f"pass-{name}", f"kind: tls-passthrough\ndomains:"
                             f" [{name}.pass.example]\nupstream: {{socket:"

@@ -58,12 +58,19 @@ def _handler(answer: Callable[[str, dict[str, str]], Answer],
 def serving(path: Path, answer: Callable[[str, dict[str, str]], Answer]) -> Iterator[Seen]:
     """Serve `answer` on the socket `path` until the block ends; yields what it saw."""
     seen: Seen = []
-    server = _Server(str(path), _handler(answer, seen))
+    with handling(path, _handler(answer, seen)):
+        yield seen
+
+
+@contextlib.contextmanager
+def handling(path: Path, handle: type[socketserver.BaseRequestHandler]) -> Iterator[None]:
+    """Serve connections on the socket `path` with `handle` until the block ends."""
+    server = _Server(str(path), handle)
     os.chmod(path, 0o666)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
-        yield seen
+        yield
     finally:
         server.shutdown()
         thread.join(timeout=10)
