@@ -183,8 +183,8 @@ def test_endpoints_and_upstreams_are_bounded_per_site() -> None:
     assert _problems(f"domains: [a.example]\nupstream:{fine}\n") == []
     many = fine + "\n  - {socket: /tmp/x/extra.sock}"
     assert _problems(f"domains: [a.example]\nupstream:{many}\n") == [
-        "sites/site.yaml:2: upstream: at most 64 entries here; split the site, or serve the"
-        " rest from another site file"]
+        "sites/site.yaml:2: upstream: at most 64 entries here; give fewer (or split the site"
+        " in two files)"]
     named = "".join(f"\n  u{i}: {{socket: /tmp/u{i}.sock}}" for i in range(17))
     problems = _problems(f"domains: [a.example]\nupstreams:{named}\n"
                          "routes: [{prefix: /, upstream: u0}]\n")

@@ -117,8 +117,7 @@ def problem_of(where: str, error: ErrorDetails, document: Document,
         reason = "required"
     elif error["type"] == "too_long":
         limit = (error.get("ctx") or {}).get("max_length")
-        reason = (f"at most {limit} entries here; split the site, or serve the rest from"
-                  " another site file")
+        reason = f"at most {limit} entries here; give fewer (or split the site in two files)"
     elif "input" in error and error["type"].endswith("_type"):
         reason = f"{reason}, got {type(error['input']).__name__} {_short(error['input'])}"
     line = _line(path, document)
