@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from controlplane.errors import Problem, bounded
-from controlplane.intake import claims, crossing, paths, validating
+from controlplane.intake import claims, crossing, paths, sharing
 from controlplane.intake.checking import Checked
 from controlplane.render import tls
 from controlplane.render.rendering import SiteResources
@@ -131,8 +131,8 @@ def _judge(item: Checked, fence: paths.Fence) -> tuple[list[Problem], list[Probl
 
 
 def _name_conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
-    return validating.name_conflicts({
-        n: validating.NameClaim(source=c.source, names=claims.names(c.resources))
+    return sharing.name_conflicts({
+        n: sharing.NameClaim(source=c.source, names=claims.names(c.resources))
         for n, c in serving.items() if c.resources is not None})
 
 
@@ -145,8 +145,8 @@ def _file_conflicts(serving: dict[str, Checked],
 
 def _upstream_conflicts(serving: dict[str, Checked],
                         fence: paths.Fence) -> dict[str, list[Problem]]:
-    return validating.name_conflicts({
-        n: validating.NameClaim(source=c.source, names=claims.upstreams(c.uses, fence))
+    return sharing.name_conflicts({
+        n: sharing.NameClaim(source=c.source, names=claims.upstreams(c.uses, fence))
         for n, c in serving.items()}, "an upstream belongs to one site (another would reach"
         " it past that site's access list and routes): give each site its own")
 
@@ -175,9 +175,9 @@ def _settle_claims(result: Selection, last_good: dict[str, Checked],
 
 
 def _conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
-    sites = {n: validating.DomainClaim(source=c.source, domains=c.domains)
+    sites = {n: sharing.DomainClaim(source=c.source, domains=c.domains)
              for n, c in serving.items()}
-    return validating.domain_conflicts(sites)
+    return sharing.domain_conflicts(sites)
 
 
 def _settle(result: Selection, last_good: dict[str, Checked],
