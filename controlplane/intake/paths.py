@@ -39,7 +39,9 @@ from controlplane.site.places import (
     Use,
     Verdict,
     address_verdict,
+    kind_of_mode,
     listen_verdict,
+    under,
 )
 
 
@@ -96,7 +98,7 @@ class Fence:
     def judge(self, use: Use) -> Verdict:
         verdict = self._judge(use)
         if verdict.problem is None and use.kind in ("socket", "write") and (
-                use.path not in STANDARD_STREAMS) and _under(posixpath.normpath(use.path),
+                use.path not in STANDARD_STREAMS) and under(posixpath.normpath(use.path),
                                                              PROCESS_LINKS):
             return Verdict(problem=f"{use.path!r} goes through {_through(use.path)}, which"
                            " leads elsewhere for Envoy than for this check; name the file"
@@ -193,12 +195,12 @@ class Fence:
         if found is not None and stat.S_ISLNK(found.st_mode):
             return Verdict(problem=f"{path!r} is a symlink to {resolved!r}; Envoy would write"
                            " there: name a regular file")
-        if self.log_dirs and not _under(resolved, self.log_dirs):
+        if self.log_dirs and not under(resolved, self.log_dirs):
             return Verdict(problem=f"{shown} is outside the allowed log folders"
                            f" ({', '.join(self.log_dirs)}); /dev/stdout and /dev/stderr"
                            " also work")
         for folder, what in self.private:
-            if _under(resolved, (folder,)):
+            if under(resolved, (folder,)):
                 return Verdict(problem=f"{shown} is inside the {what} ({folder}); Envoy"
                                " must never write there")
         if found is None:
@@ -208,7 +210,7 @@ class Fence:
             return Verdict()
         if not stat.S_ISREG(found.st_mode):
             return Verdict(problem=f"{shown} exists and is not a regular file (a"
-                           f" {_kind(found.st_mode)}); Envoy would block or write into it")
+                           f" {kind_of_mode(found.st_mode)}); Envoy would block or write into it")
         if found.st_nlink > 1:
             return Verdict(problem=f"{shown} has {found.st_nlink} hard links; Envoy would"
                            " write into every one of them")
@@ -217,24 +219,24 @@ class Fence:
     def _read(self, path: str) -> Verdict:
         resolved, _ = self.resolve(path)
         shown = _shown(path, resolved)
-        if _under(resolved, KERNEL_FOLDERS):
+        if under(resolved, KERNEL_FOLDERS):
             return Verdict(problem=f"{shown} is a kernel file, not a certificate file")
-        if any(what == "state folder" and _under(resolved, (f,)) for f, what in self.private):
+        if any(what == "state folder" and under(resolved, (f,)) for f, what in self.private):
             return Verdict(problem=f"{shown} is in the state folder (the daemon's own keys)")
         try:
             found = os.stat(path)
         except OSError as exc:
             return Verdict(problem=f"{shown}: cannot read: {exc.strerror}")
         if not stat.S_ISREG(found.st_mode):
-            return Verdict(problem=f"{shown} is a {_kind(found.st_mode)}, not a regular file;"
-                           " Envoy would block or fail reading it")
+            return Verdict(problem=f"{shown} is a {kind_of_mode(found.st_mode)}, not a regular"
+                           " file; Envoy would block or fail reading it")
         return Verdict()
 
 
     def _page(self, path: str) -> Verdict:
         """An error page: served to anyone, so only from the sites folder or page_dirs."""
         resolved, _ = self.resolve(path)
-        if not _under(resolved, self.page_dirs):
+        if not under(resolved, self.page_dirs):
             return Verdict(problem=f"{_shown(path, resolved)} is outside the sites folder and"
                            f" the page folders ({', '.join(self.page_dirs)}); Envoy would"
                            " serve it to anyone: put the page beside the site file, or"
@@ -243,7 +245,7 @@ class Fence:
 
 
 def _through(path: str) -> str:
-    return next(f for f in PROCESS_LINKS if _under(posixpath.normpath(path), (f,)))
+    return next(f for f in PROCESS_LINKS if under(posixpath.normpath(path), (f,)))
 
 
 def _real(path: Path | str) -> str:
@@ -257,10 +259,6 @@ def _identity(path: str) -> tuple[int, int] | None:
         return None
     return found.st_dev, found.st_ino
 
-
-def _under(path: str, folders: Iterable[str]) -> bool:
-    folders = tuple(folders)
-    return path in folders or path.startswith(tuple(f.rstrip("/") + "/" for f in folders))
 
 
 _CONTROL_PREFIXES = tuple(f + "/" for f in CONTROL_SOCKET_FOLDERS)
@@ -289,12 +287,3 @@ def _open_folder(folder: str) -> str | None:
                 " there can put a socket or a symlink at this path; use a folder that only"
                 " the upstream's user can write")
     return None
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
-                       (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "symlink")):
-        if test(mode):
-            return name
-    return "special file"

@@ -9,7 +9,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from controlplane.intake.paths import _kind
+from controlplane.site.places import kind_of_mode
 
 
 def read_bounded(path: str, limit: int,
@@ -25,7 +25,7 @@ def read_bounded(path: str, limit: int,
         if refused is not None:
             raise OSError(0, refused)
         if not stat.S_ISREG(found.st_mode):
-            raise OSError(0, f"not a regular file (a {_kind(found.st_mode)})")
+            raise OSError(0, f"not a regular file (a {kind_of_mode(found.st_mode)})")
         if found.st_size > limit:
             raise OSError(0, f"the file is {found.st_size} bytes; the limit is {limit}")
         chunks, size = [], 0

@@ -7,6 +7,8 @@ judging, on resolved paths, is `intake/paths`'s.
 from __future__ import annotations
 
 import ipaddress
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -134,3 +136,19 @@ def listen_verdict(address: str, own_ports: dict[int, str], min_port: int) -> Ve
         return Verdict(problem=f"port {port} is below {min_port}; ports below it need the"
                        " setting `tcp_min_port`")
     return Verdict()
+
+
+def under(path: str, folders: Iterable[str]) -> bool:
+    """`path` is one of `folders` or inside one (all resolved, no trailing slash)."""
+    folders = tuple(folders)
+    return path in folders or path.startswith(tuple(f.rstrip("/") + "/" for f in folders))
+
+
+def kind_of_mode(mode: int) -> str:
+    """What a file of this `st_mode` is, in words ("FIFO", "socket"...)."""
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "symlink")):
+        if test(mode):
+            return name
+    return "special file"
