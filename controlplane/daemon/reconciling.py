@@ -16,7 +16,7 @@ import time
 
 import structlog
 
-from controlplane.daemon import certifying, statusfile, tracking
+from controlplane.daemon import certifying, recording, statusfile, tracking
 from controlplane.daemon.passes import Clock, Outcome, blocked_by
 from controlplane.envoy.files import Confirmation
 from controlplane.envoy.publishing import Publisher
@@ -252,19 +252,8 @@ class Reconciler:
     def _record(self, outcome: Outcome, selection: Selection,
                 checked: dict[str, Checked] | None) -> None:
         now = time.time()
-        names = set(selection.serving) | set(selection.problems) | set(checked or {})
-        sites = {}
-        for name in names:
-            serving = selection.serving.get(name)
-            blocked = [Problem(serving.source if serving else name, "", cause)
-                       for cause in self._blocked.get(name, ())]
-            problems = statusfile.clip_problems([*selection.problems.get(name, ()), *blocked])
-            sites[name] = statusfile.SiteStatus(
-                state=self._state(name, serving, problems),
-                file=serving.source if serving else (checked or {})[name].source,
-                problems=problems, serving=serving.digest if serving else None,
-                changed_at=now, warnings=statusfile.clip_problems(list(selection.warnings.get(
-                    name, ()))), certificate_expiry=serving.expires_at if serving else None)
+        sites = recording.site_statuses(selection, checked, self._blocked, self._state,
+                                        self.status.sites, now)
         self.status.update(sites, self.upstreams.after_pass(selection.serving))
         last = statusfile.PassStatus(
             at=now, added=outcome.added, changed=outcome.changed, removed=outcome.removed,

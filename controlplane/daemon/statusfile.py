@@ -111,7 +111,13 @@ class StatusFile:
         sites: dict[str, SiteStatus] = {}
         changed = set(found) != set(self.sites)
         for name, new in found.items():
-            new.upstream, old = upstream(name) if new.serving else None, self.sites.get(name)
+            report, old = upstream(name) if new.serving else None, self.sites.get(name)
+            if new is old:  # the pass kept it (`recording`): only its upstream may move
+                sites[name] = old if report == old.upstream else dataclasses.replace(
+                    old, upstream=report)
+                changed = changed or sites[name] is not old
+                continue
+            new.upstream = report
             same = old is not None and (old.state, old.serving, old.problems) == (
                 new.state, new.serving, new.problems)
             if same and old is not None and (

@@ -74,22 +74,31 @@ def scan_all(folder: Path) -> tuple[list[Entry], list[Problem]]:
             if item.name == DEFAULTS:
                 continue  # read as every site's defaults (`intake/defaults`), not as a site
             if is_site_name(item.name):
-                entries.append(_entry(folder, item))
+                entries.append(_entry(item.name, item.path))
             elif not is_junk(item.name) and not is_files_folder(item):
                 ignored.append(Problem(item.path, "", ignored_reason(item)))
     return sorted(entries, key=lambda e: e.location), sorted(ignored, key=lambda p: p.file)
 
 
-def _entry(folder: Path, item: os.DirEntry[str]) -> Entry:
-    name = item.name.rsplit(".", 1)[0]
+def entry(folder: Path, filename: str) -> Entry | None:
+    """The entry of one site file of `folder` as `scan_all` would give it; None when no
+    such file is there (or the name is not a site file's)."""
+    path = os.path.join(folder, filename)
+    if filename == DEFAULTS or not is_site_name(filename) or not os.path.lexists(path):
+        return None
+    return _entry(filename, path)
+
+
+def _entry(filename: str, path: str) -> Entry:
+    name = filename.rsplit(".", 1)[0]
     try:
-        st = os.stat(item.path)
+        st = os.stat(path)
         fingerprint: tuple[int, ...] = (
             st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
         )
     except OSError:
         fingerprint = (-1,)
-    return Entry(name=name, location=item.path, fingerprint=fingerprint)
+    return Entry(name=name, location=path, fingerprint=fingerprint)
 
 
 def read(entry: Entry, folder: Path, max_bytes: int) -> bytes:

@@ -3,9 +3,11 @@
 
 Resolved: symlinks of the file and of every folder on the way, aliases such as
 `/var/run` -> `/run`, hard links (by device and inode), and `/proc` magic links (the
-path's identity must be the resolved path's). A `Fence` is built for one pass and
-forgotten after it: a symlink can be planted after any check, so nothing here is cached
-across passes (see "Security model" in the README).
+path's identity must be the resolved path's). A `Fence` remembers what it resolved and
+judged. The daemon builds a new one for every full pass (an event outside the sites
+folder or one it cannot place, a reload, the resync) and keeps it only across passes
+started by site files' own events, which move no path (see "Security model" in the
+README).
 
 - `socket` (an upstream Envoy connects to): under `socket_dirs`, not Envoy's admin socket
   nor a known control socket (container runtimes, the kubelet, systemd, D-Bus), by path
@@ -66,11 +68,12 @@ class Fence:
     """Loopback ports of Envoy's own listeners and the daemon's metrics: a TCP upstream
     there would loop requests back or publish the daemon's endpoints."""
     _folders: dict[str, str] = field(default_factory=dict)
-    """Resolved folders and (`_resolved`) paths, for this pass only: sites share folders."""
+    """Resolved folders and (`_resolved`) paths: sites share folders."""
     _socket_prefixes: tuple[str, ...] = ()
     _resolved: dict[str, tuple[str, os.stat_result | None]] = field(default_factory=dict)
     _open: dict[str, str | None] = field(default_factory=dict)
-    """The world-writable warning of each resolved socket folder, for this pass only."""
+    """The world-writable warning of each resolved socket folder."""
+    _verdicts: dict[tuple[str, str], Verdict] = field(default_factory=dict)
 
     @classmethod
     def now(cls, *, socket_dirs: Iterable[Path | str], log_dirs: Iterable[Path | str],
@@ -96,6 +99,12 @@ class Fence:
         return fence
 
     def judge(self, use: Use) -> Verdict:
+        key = (use.kind, use.path)
+        if key not in self._verdicts:
+            self._verdicts[key] = self._judge_links(use)
+        return self._verdicts[key]
+
+    def _judge_links(self, use: Use) -> Verdict:
         verdict = self._judge(use)
         if verdict.problem is None and use.kind in ("socket", "write") and (
                 use.path not in STANDARD_STREAMS) and under(posixpath.normpath(use.path),
