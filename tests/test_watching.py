@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from controlplane.daemon.watching import Signal, Watch
@@ -163,3 +164,56 @@ def test_saves_are_told_apart_from_removals(tmp_path: Path) -> None:
         assert signal.completes == 3
     finally:
         watch.stop()
+
+
+def _touched_by(tmp_path: Path, act: Callable[[Path], None],
+                also: Path | None = None) -> frozenset[str] | None:
+    """What a real watch on `tmp_path/sites` says `act` touched (None: look at all)."""
+    sites = tmp_path / "sites"
+    sites.mkdir(exist_ok=True)
+    signal = Signal()
+    watch = Watch(sites, signal)
+    try:
+        assert watch.ensure()
+        if also is not None:
+            watch.also([str(also)])
+        wait_for(lambda: signal.count >= 1, 5, "the initial rescan signal")
+        assert signal.take_touched() is None, "a new watch looks at everything"
+        seen = signal.count
+        act(sites)
+        wait_for(lambda: signal.count > seen, 5, "the change to be seen")
+        time.sleep(0.2)  # the rest of its events
+        return signal.take_touched()
+    finally:
+        watch.stop()
+
+
+def test_events_name_the_site_files_they_touched(tmp_path: Path) -> None:
+    """A file written, renamed in from outside, or removed: the names, and nothing else;
+    a folder made in the sites folder, or an event in a socket folder: everything."""
+    outside = tmp_path / "stage.yaml"
+    outside.write_text("x")
+    assert _touched_by(tmp_path, lambda s: (s / "a.yaml").write_text("x")) == {"a.yaml"}
+    assert _touched_by(tmp_path, lambda s: os.rename(outside, s / "b.yaml")) == {"b.yaml"}
+    assert _touched_by(tmp_path, lambda s: (s / "b.yaml").unlink()) == {"b.yaml"}
+
+    def save(sites: Path) -> None:  # an atomic save: a temp file renamed over the site
+        (sites / "c.yaml.tmp").write_text("x")
+        (sites / "c.yaml.tmp").rename(sites / "c.yaml")
+
+    assert _touched_by(tmp_path, save) == {"c.yaml.tmp", "c.yaml"}
+    assert _touched_by(tmp_path, lambda s: (s / "sub").mkdir()) is None
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+    assert _touched_by(tmp_path, lambda s: (sockets / "x.sock").write_text(""),
+                       also=sockets) is None
+
+
+def test_a_file_taken_unclosed_counts_as_touched() -> None:
+    """A writer that never closes: once its wait is over, the file is read as it is."""
+    signal = Signal()
+    signal.take_touched()
+    signal.writing("a.yaml")
+    assert signal.take_overdue(0.0) == ["a.yaml"]
+    assert signal.take_touched() == {"a.yaml"}
+    assert signal.take_touched() == frozenset()

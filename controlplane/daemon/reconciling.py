@@ -1,22 +1,21 @@
 """The daemon's memory between passes, and one pass: scan -> check -> select -> publish
 -> confirm -> record.
 
-Level-triggered: every pass looks at the whole folder and compares it with what serves,
-so a lost event costs latency, never correctness. Work is incremental: a file whose
-stat fingerprint (or, failing that, content hash) is unchanged is not parsed again,
-and Envoy re-checks only renders it has not passed before. The last good version of
-each site is kept in the state folder across restarts.
+Level-triggered: a full pass looks at the whole folder and compares it with what serves,
+so a lost event costs latency, never correctness; between full passes, a pass started
+by site files' own events reads only those files (`daemon/scanning`). Work is
+incremental: a file whose stat fingerprint is unchanged is not parsed again, Envoy
+re-checks only renders it has not passed before, and only the sites that changed get a
+new status. The last good version of each site is kept in the state folder across
+restarts.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
-import structlog
-
-from controlplane.daemon import certifying, recording, statusfile, tracking
+from controlplane.daemon import certifying, recording, scanning, statusfile, tracking
 from controlplane.daemon.passes import Clock, Outcome, blocked_by
 from controlplane.envoy.files import Confirmation
 from controlplane.envoy.publishing import Publisher
@@ -26,23 +25,11 @@ from controlplane.errors import (
     EnvoyUnavailable,
     OutputError,
     Problem,
-    SitesUnavailable,
 )
-from controlplane.intake import loading, reading
-from controlplane.intake.checking import (
-    CERTIFICATE_RECHECK_S,
-    Checked,
-    check_content,
-    check_entry,
-    fence_of,
-    scan,
-    watched_folders,
-)
+from controlplane.intake.checking import Checked, check_content
 from controlplane.intake.selecting import Selection, select
 from controlplane.render import snapshot
 from controlplane.settings import Settings
-
-log = structlog.get_logger("controlplane")
 
 
 class Reconciler:
@@ -58,16 +45,9 @@ class Reconciler:
         self._verifier = verifier
         self._publisher = (Publisher.asking(settings, stop) if ask_envoy
                            else Publisher(settings, None, stop))
-        self._cache: dict[str, tuple[tuple[int, ...], Checked]] = {}
-        self._generation = 0
-        """Counts new entries in the cache and the last good store (see _socket_folders)."""
-        self._folders_key: tuple[int, int, int] | None = None
-        self._rejected: dict[str, str] = {}
-        self._ignored: set[str] = set()
+        self._folder = scanning.Scanner(settings)
         self.socket_folders: list[str] = []
-        """The folders of the sites' sockets and htpasswd files, as written and resolved:
-        the daemon watches them, so a symlink planted (or removed) there is judged, and a
-        changed htpasswd file applied, at the next pass."""
+        """The folders of the sites' sockets and htpasswd files (`Scanner.socket_folders`)."""
         self.status = statusfile.StatusFile(settings.state)
         self.upstreams = tracking.Tracker(settings=settings)
         self._confirmed: dict[str, str] = {}
@@ -100,83 +80,32 @@ class Reconciler:
         socket, or when there is nothing confirmed to compare)."""
         return self._publisher.runs_ours()
 
-    def run_pass(self, unfinished: frozenset[str] = frozenset()) -> Outcome:
+    def run_pass(self, unfinished: frozenset[str] = frozenset(),
+                 touched: frozenset[str] | None = None) -> Outcome:
         """One reconciliation. `unfinished`: file names being written in place and not
-        closed yet; their previous version stands in for them (a new one waits)."""
+        closed yet; their previous version stands in for them (a new one waits).
+        `touched`: the sites folder's names that events named since the last pass, when
+        nothing else changed; only those are read again (None: a full pass)."""
         outcome = Outcome()
         clock = Clock(outcome.durations_ms)
-        checked = self._scan(outcome, unfinished)
+        checked = self._folder.scan(outcome, unfinished, touched, self.last_good)
         clock.lap("load_validate_render")
         if checked is None:  # no sites folder: what serves stays, if its paths still hold
             checked = dict(self._serving or self.last_good)
-            selection = select(checked, checked, None, None, fence_of(self._settings))
+            selection = select(checked, checked, None, None, self._folder.fence,
+                               self._folder.indexes)
         else:
             selection = select(checked, self.last_good, self._verifier,
-                               self._settings.max_certificates, fence_of(self._settings))
+                               self._settings.max_certificates, self._folder.fence,
+                               self._folder.indexes)
         clock.lap("verify")
         self._diff(outcome, selection)
         self._apply(outcome, selection)
         clock.lap("write_confirm")
         self._record(outcome, selection, checked)
-        self.socket_folders = self._socket_folders()
+        self.socket_folders = self._folder.socket_folders(self.last_good)
         clock.lap("record")
         return outcome
-
-    def _socket_folders(self) -> list[str]:
-        """Worked out again only when a checked version or a last good one came or went."""
-        key = (self._generation, len(self._cache), len(self.last_good))
-        if key != self._folders_key:
-            self._folders_key = key
-            self.socket_folders = watched_folders(
-                [*(c for _, c in self._cache.values()), *self.last_good.values()])
-        return self.socket_folders
-
-    def _scan(self, outcome: Outcome, unfinished: frozenset[str]) -> dict[str, Checked] | None:
-        def check(entry: loading.Entry) -> Checked | None:
-            if unfinished and os.path.basename(entry.location) in unfinished:
-                return self._previous(entry.name)  # its last version stands in, if any
-            return self._check_cached(entry)
-
-        try:
-            found = scan(self._settings, check)
-        except (FileNotFoundError, NotADirectoryError):
-            outcome.errors.append(SitesUnavailable(
-                f"{self._settings.sites_dir}: the sites folder is missing; keeping what"
-                " serves until it is back"))
-            return None
-        self._report_ignored(found.ignored)
-        self._cache = {n: v for n, v in self._cache.items() if n in found.checked}
-        return found.checked
-
-    def _report_ignored(self, ignored: list[Problem]) -> None:
-        """One log line per ignored entry while it stays, not one per pass."""
-        for problem in ignored:
-            if problem.file not in self._ignored:
-                log.warning("file.ignored", file=problem.file, reason=problem.reason)
-        self._ignored = {p.file for p in ignored}
-
-    def _previous(self, name: str) -> Checked | None:
-        """What was known of a site before its file started being rewritten."""
-        cached = self._cache.get(name)
-        return cached[1] if cached is not None else self.last_good.get(name)
-
-    def _check_cached(self, entry: loading.Entry) -> Checked:
-        cached = self._cache.get(entry.name)
-        if cached is not None and cached[0] == entry.fingerprint and (
-                cached[1].source == entry.location) and all(
-                reading.fingerprint(path) == seen for path, seen in cached[1].reads) and (
-                cached[1].expires_at is None
-                or time.time() - cached[1].checked_at < CERTIFICATE_RECHECK_S):
-            item = cached[1]
-        else:
-            item = check_entry(entry, self._settings)
-            self._cache[entry.name] = (entry.fingerprint, item)
-            self._generation += 1
-        reason = self._rejected.get(item.digest)
-        if reason is not None and not item.problems:
-            item = Checked(name=item.name, source=item.source, digest=item.digest,
-                           problems=(Problem(item.source, "envoy", reason),))
-        return item
 
     def _diff(self, outcome: Outcome, selection: Selection) -> None:
         old, new = self._serving, selection.serving
@@ -234,7 +163,7 @@ class Reconciler:
                 first = outcome.rejected[0]
                 outcome.rejected[0] = type(first)(f"{first}; Envoy says: {why}")
         for name in outcome.added + outcome.changed:
-            self._rejected[serving[name].digest] = reason
+            self._folder.rejected[serving[name].digest] = reason
 
     def _promote(self, serving: dict[str, Checked]) -> None:
         state = self._settings.state
@@ -246,7 +175,7 @@ class Reconciler:
         statusfile.save_last_good(state, {name: item.content or b""
                                           for name, item in fresh.items()})
         self.last_good.update(fresh)
-        self._generation += bool(fresh)
+        self._folder.generation += bool(fresh)
         self._serving = dict(serving)
 
     def _record(self, outcome: Outcome, selection: Selection,

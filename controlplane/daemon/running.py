@@ -259,7 +259,8 @@ class Daemon:
                         detail="written in place and not closed; taken as it is")
         try:
             outcome = reconciler.run_pass(
-                self.signal.unfinished(self.settings.write_close_wait_s)[0])
+                self.signal.unfinished(self.settings.write_close_wait_s)[0],
+                self.signal.take_touched())
         except Stopping:
             return Outcome()
         except ControlPlaneError as exc:

@@ -1,19 +1,18 @@
 """The upstreams of the serving sites, followed between passes: what each socket is
 (`probing`) and what Envoy's own health checks say of each endpoint.
 
-The daemon's reconciler hands the tracker every serving site's endpoints after each
-pass, and the loop asks it to `refresh` whenever it comes round. A path is looked at
-again when it is due: a socket that is not up every second (so a freshly started
-upstream is seen as soon as it listens), one that is up every `UP_RECHECK_S` with a
-connect (a server killed without removing its socket shows `refused` then), and every
-path at the end of each pass without a connect unless the file changed (an event in a
-socket folder starts a pass, so a socket that appears or disappears is seen at once).
-Envoy's health-check results are read from the admin socket (`envoy.health`: `/clusters`,
-only the clusters with health checks), at most every `HEALTH_READ_S`, bounded in time.
+The reconciler hands the tracker the serving versions after each pass (endpoints are
+worked out again only for versions that changed), and the loop asks it to `refresh`
+whenever it comes round. A path is looked at when due: a socket that is not up every
+second (a freshly started upstream is seen as soon as it listens), one that is up every
+`UP_RECHECK_S` with a connect (a server killed without removing its socket shows
+`refused` then), and every path at the end of each pass without a connect unless the
+file changed (an event in a socket folder starts a pass). Envoy's health verdicts come
+from `/clusters` (`envoy.health`), at most every `HEALTH_READ_S`, bounded in time.
 
-Each site's report is the `upstream` entry of its status: the worst state of its
-socket endpoints, and per endpoint its state, since when, Envoy's health verdict and a
-hint. A change is logged once (`upstream.down`, `upstream.up`).
+A site's report is the `upstream` entry of its status: the worst state of its sockets,
+and per endpoint its state, since when, Envoy's health verdict and a hint. A change is
+logged once (`upstream.down`, `upstream.up`).
 """
 
 from __future__ import annotations
@@ -39,8 +38,8 @@ log = structlog.get_logger("controlplane")
 
 UP_RECHECK_S = 10.0
 """A socket found up is connected to again this often: a server killed without removing
-its socket file (no inotify event) shows `refused` within this. One connect per socket
-per 10 s: the upstream sees an accept and a close, nothing more."""
+its socket (no inotify event) shows `refused` within this; the upstream sees an accept
+and a close every 10 s, nothing more."""
 DOWN_RECHECK_S = 1.0
 """A socket that is not up is looked at this often (for most states, a stat only)."""
 FRESH_RECHECK_S = 0.1
@@ -48,8 +47,7 @@ FRESH_RECHECK_S = 0.1
 (creating the file, which wakes the daemon) a moment before it listens."""
 FRESH_S = 2.0
 HEALTH_READ_S = 1.0
-"""Envoy's health-check verdicts are read this often (health checks run at most once a
-second) while some serving site has health checks."""
+"""Envoy's health verdicts are read this often while some site has health checks."""
 HEALTH_BACKOFF_S = 5.0
 RECENT_S = 2.0
 """A folder changed this recently is looked into at each pass even with the same mtime:
@@ -91,6 +89,7 @@ class Tracker:
     """Cluster -> endpoint -> `healthy` | `unhealthy` | `pending`, as Envoy last said."""
     _health_at: float = float("-inf")
     _reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _versions: dict[str, Checked] = field(default_factory=dict)  # what _sites came from
 
     def __post_init__(self) -> None:
         if self.health is None and self.settings is not None and self.settings.admin_socket:
@@ -145,7 +144,11 @@ class Tracker:
     def after_pass(self, serving: dict[str, Checked]) -> Callable[[str], dict[str, Any] | None]:
         """Follow the endpoints of the versions a pass serves, look at every path (the
         pass's events may have changed any), and give the report of each site."""
-        self.follow({n: probing.followed(c.uses, c.resources) for n, c in serving.items()})
+        if serving != self._versions:  # by identity first: C speed while nothing changed
+            self.follow({n: self._sites[n] if self._versions.get(n) is c and n in self._sites
+                         else probing.followed(c.uses, c.resources)
+                         for n, c in serving.items()})
+            self._versions = dict(serving)
         self.refresh(self._fence(), everything=True)
         return self.report
 

@@ -66,13 +66,21 @@ class Signal:
         """The last event of a complete site file."""
         self._writing: dict[str, float] = {}
         """File name -> when a write without a close was first seen."""
+        self._touched: set[str] | None = set()
+        """Names in the sites folder that events named since the last pass took them;
+        None when an event may have changed more (a folder, another watched folder)."""
         self.count = 0
         self.completes = 0
         """Events of complete site files among `count` (tests read them)."""
 
-    def notify(self, complete: bool = False) -> None:
-        """Something changed; `complete`: a site file is whole now (closed, renamed in)."""
+    def notify(self, complete: bool = False, names: Iterable[str] | None = None) -> None:
+        """Something changed; `complete`: a site file is whole now (closed, renamed in).
+        `names`: the entries of the sites folder it changed; None, it may change more."""
         with self._lock:
+            if names is None or self._touched is None:
+                self._touched = None
+            else:
+                self._touched.update(names)
             now = time.monotonic()
             if self._first is None:
                 self._first = now
@@ -124,6 +132,12 @@ class Signal:
                        if now - t < max_wait}
         return frozenset(waiting), min(waiting.values(), default=None)
 
+    def take_touched(self) -> frozenset[str] | None:
+        """The names events touched since the last call (None: look at everything)."""
+        with self._lock:
+            touched, self._touched = self._touched, set()
+        return None if touched is None else frozenset(touched)
+
     def take_overdue(self, max_wait: float) -> list[str]:
         """The files waited for `max_wait` seconds without a close, forgotten now (they
         are taken as they are; a further write starts a new wait)."""
@@ -132,6 +146,8 @@ class Signal:
             overdue = sorted(n for n, t in self._writing.items() if now - t >= max_wait)
             for name in overdue:
                 del self._writing[name]
+            if self._touched is not None:
+                self._touched.update(overdue)  # taken as they are now: read them again
         return overdue
 
     def clear(self) -> None:
@@ -146,8 +162,11 @@ class Signal:
 
 
 class Handler(FileSystemEventHandler):
-    def __init__(self, signal: Signal) -> None:
+    def __init__(self, signal: Signal, folder: str | None = None) -> None:
+        """`folder`: the sites folder, whose file events name what they touched; None, a
+        socket folder, where any event may move a path some site uses."""
         self._signal = signal
+        self._folder = folder
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         source = os.path.basename(os.fsdecode(event.src_path))
@@ -155,13 +174,25 @@ class Handler(FileSystemEventHandler):
             self._signal.writing(source)
             return  # the close (or the bounded wait) starts the pass
         complete = isinstance(event, FileClosedEvent) and is_site_name(source)
+        names = self._names(event)
         if isinstance(event, FileMovedEvent):
             target = os.path.basename(os.fsdecode(event.dest_path))
             self._signal.finished(target)
             complete = is_site_name(target) and not is_site_name(source)
         if isinstance(event, FileClosedEvent | FileDeletedEvent | FileMovedEvent):
             self._signal.finished(source)
-        self._signal.notify(complete)
+        self._signal.notify(complete, names)
+
+    def _names(self, event: FileSystemEvent) -> list[str] | None:
+        """The sites folder's entries a file event touched (None: not only those)."""
+        if self._folder is None or event.is_directory:
+            return None
+        paths = [os.fsdecode(event.src_path)]
+        if isinstance(event, FileMovedEvent):
+            paths.append(os.fsdecode(event.dest_path))
+        inside = [os.path.basename(p) for p in paths if os.path.dirname(p) == self._folder]
+        # A move from or to another folder has "" (or that folder) on the other side.
+        return inside if len(inside) == len([p for p in paths if p]) else None
 
 
 class Watch:
@@ -192,7 +223,7 @@ class Watch:
         return True
 
     def _start(self) -> BaseObserver:
-        handler = Handler(self._signal)
+        handler = Handler(self._signal, str(self._folder))
         try:
             from watchdog.observers.inotify import InotifyObserver
 

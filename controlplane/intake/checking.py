@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from controlplane.errors import Problem, SiteError
@@ -23,6 +23,7 @@ from controlplane.intake import (
     defaults,
     htpasswd,
     loading,
+    naming,
     pages,
     paths,
     reading,
@@ -235,6 +236,34 @@ def scan(settings: Settings, check: Callable[[loading.Entry], Checked | None]) -
         elif (item := check(entry)) is not None:
             checked[entry.name] = item
     return Scan(checked=checked, ignored=ignored)
+
+
+def rescan(settings: Settings, previous: dict[str, Checked], touched: Iterable[str],
+           check: Callable[[loading.Entry], Checked | None]) -> dict[str, Checked] | None:
+    """The sites folder after events that named only `touched`: `previous` with each
+    touched site file checked again (or gone). None when only a full `scan` can tell: the
+    defaults, a name `scan` reports as ignored, a link or folder among the junk names
+    (a ConfigMap's `..data` swap changes every file behind it), a site of two files."""
+    folder, checked, added = settings.sites_dir, dict(previous), False
+    for filename in sorted(set(touched)):
+        path = os.path.join(folder, filename)
+        if filename == naming.DEFAULTS:
+            return None  # every site's defaults
+        if not naming.is_site_name(filename):
+            if not naming.is_junk(filename) or os.path.islink(path) or os.path.isdir(path):
+                return None
+            continue
+        name = filename.rsplit(".", 1)[0]
+        files = [s for s in naming.SUFFIXES if os.path.lexists(os.path.join(folder, name + s))]
+        if len(files) > 1 or (name in previous and not previous[name].digest):
+            return None  # two files of one site, or were: `scan` judges the pair
+        entry = loading.entry(folder, filename)
+        item = check(entry) if entry is not None else None
+        if item is not None:
+            added, checked[name] = added or name not in checked, item
+        elif entry is not None or (name in checked and checked[name].source == path):
+            del checked[name]
+    return dict(sorted(checked.items(), key=lambda i: i[1].source)) if added else checked
 
 
 def watched_folders(items: list[Checked]) -> list[str]:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from controlplane.errors import Problem, bounded
 from controlplane.intake import claims, crossing, paths, sharing
 from controlplane.intake.checking import Checked
+from controlplane.intake.indexes import Contested, Indexes, Judged, Owners
 from controlplane.render import tls
 from controlplane.render.rendering import SiteResources
 
@@ -42,29 +43,33 @@ class Selection:
 
 def select(checked: dict[str, Checked], last_good: dict[str, Checked],
            verifier: Verdicts | None, max_certificates: int | None = None,
-           fence: paths.Fence | None = None) -> Selection:
+           fence: paths.Fence | None = None, indexes: Indexes | None = None) -> Selection:
     """Which version of each site serves: the new one when it passes every check, else
     its last good one, else none. The paths of both are judged first (`fence`, built for
-    this pass); then the cross-site checks and Envoy's verdict."""
+    this pass or kept since the last full one); then the cross-site checks (on `indexes`,
+    kept across passes by the daemon) and Envoy's verdict."""
+    index = indexes or Indexes()
     result = Selection(serving={})
     path_warnings: dict[tuple[str, str], list[Problem]] = {}
     if fence is not None:
-        checked, last_good = _fence(checked, last_good, fence, result, path_warnings)
+        checked, last_good = _fence(checked, last_good, fence, result, path_warnings,
+                                    index.judged(fence))
     for name, item in checked.items():
         if item.problems:
             result.problems.setdefault(name, []).extend(item.problems)
         chosen = last_good.get(name) if item.problems else item
         if chosen is not None:
             result.serving[name] = chosen
-    _settle(result, last_good, _conflicts, lambda name, serving: _holds_domains(
-        name, serving, last_good))
+    _settle(result, last_good, lambda serving: _conflicts(serving, index.domains),
+            lambda name, serving: _holds_domains(name, serving, last_good, index.domains))
     for cross in (crossing.wildcard_conflicts, crossing.port_conflicts):
-        _settle_claims(result, last_good, cross)
-    _settle(result, last_good, _name_conflicts)
+        _settle_claims(result, last_good, cross, index.crossing)
+    _settle(result, last_good, lambda serving: _name_conflicts(serving, index.names))
     if fence is not None:
         _settle(result, last_good, lambda serving: _file_conflicts(serving, fence))
     if fence is not None and fence.exclusive_upstreams:
-        _settle(result, last_good, lambda serving: _upstream_conflicts(serving, fence))
+        _settle(result, last_good, lambda serving: _upstream_conflicts(
+            serving, index.upstreams(fence)))
     if max_certificates is not None:
         _settle(result, last_good, lambda serving: tls.certificate_overflow(
             {n: (c.source, c.resources.tls.secret_name) for n, c in serving.items()
@@ -82,7 +87,8 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
 
 
 def _fence(checked: dict[str, Checked], last_good: dict[str, Checked], fence: paths.Fence,
-           result: Selection, warnings: dict[tuple[str, str], list[Problem]]) -> tuple[
+           result: Selection, warnings: dict[tuple[str, str], list[Problem]],
+           memo: dict[tuple[str, str, str], Judged]) -> tuple[
         dict[str, Checked], dict[str, Checked]]:
     """Judge where each candidate's paths lead now, the new version's and the last good
     one's: a version whose paths fail is not served. When both fail (a symlink planted
@@ -90,7 +96,7 @@ def _fence(checked: dict[str, Checked], last_good: dict[str, Checked], fence: pa
     judged: dict[str, Checked] = {}
     for name, item in checked.items():
         if not item.problems:
-            problems, found = _judge(item, fence)
+            problems, found = _judge(item, fence, memo)
             warnings[(name, item.digest)] = found
             if problems:
                 item = Checked(name=name, source=item.source, digest=item.digest,
@@ -105,7 +111,7 @@ def _fence(checked: dict[str, Checked], last_good: dict[str, Checked], fence: pa
             if not judged[name].problems:
                 good[name] = item
             continue
-        problems, found = _judge(item, fence)
+        problems, found = _judge(item, fence, memo)
         warnings[(name, item.digest)] = found
         if not problems:
             good[name] = item
@@ -116,8 +122,13 @@ def _fence(checked: dict[str, Checked], last_good: dict[str, Checked], fence: pa
     return judged, good
 
 
-def _judge(item: Checked, fence: paths.Fence) -> tuple[list[Problem], list[Problem]]:
-    """(problems, warnings) of the paths one version uses, resolved now."""
+def _judge(item: Checked, fence: paths.Fence,
+           judged: dict[tuple[str, str, str], Judged]) -> Judged:
+    """(problems, warnings) of the paths one version uses, resolved by `fence` (once a
+    Fence: `judged` keeps its findings)."""
+    key = (item.name, item.digest, item.source)
+    if key in judged:
+        return judged[key]
     problems: list[Problem] = []
     warnings: dict[str, Problem] = {}
     for use in item.uses:
@@ -127,13 +138,19 @@ def _judge(item: Checked, fence: paths.Fence) -> tuple[list[Problem], list[Probl
         elif verdict.warning is not None:
             warnings.setdefault(verdict.warning, Problem(item.source, use.field,
                                                          verdict.warning, use.line))
-    return problems, list(warnings.values())
+    judged[key] = (problems, list(warnings.values()))
+    return judged[key]
 
 
-def _name_conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
-    return sharing.name_conflicts({
-        n: sharing.NameClaim(source=c.source, names=claims.names(c.resources))
-        for n, c in serving.items() if c.resources is not None})
+def _name_conflicts(serving: dict[str, Checked],
+                    names: Owners[tuple[str, str], tuple[str, str]]) -> dict[str, list[Problem]]:
+    names.update(serving)
+    contested = names.contested()
+    return sharing.name_conflicts(contested, _sources(serving, contested))
+
+
+def _sources(serving: dict[str, Checked], contested: Contested[Any, Any]) -> dict[str, str]:
+    return {site: serving[site].source for _, users in contested for site, _ in users}
 
 
 def _file_conflicts(serving: dict[str, Checked],
@@ -143,24 +160,28 @@ def _file_conflicts(serving: dict[str, Checked],
             for n, items in found.items()}
 
 
-def _upstream_conflicts(serving: dict[str, Checked],
-                        fence: paths.Fence) -> dict[str, list[Problem]]:
-    return sharing.name_conflicts({
-        n: sharing.NameClaim(source=c.source, names=claims.upstreams(c.uses, fence))
-        for n, c in serving.items()}, "an upstream belongs to one site (another would reach"
-        " it past that site's access list and routes): give each site its own")
+def _upstream_conflicts(serving: dict[str, Checked], upstreams: Owners[
+        tuple[str, str], tuple[str, str]]) -> dict[str, list[Problem]]:
+    upstreams.update(serving)
+    contested = upstreams.contested()
+    return sharing.name_conflicts(
+        contested, _sources(serving, contested), "an upstream belongs to one site (another"
+        " would reach it past that site's access list and routes): give each site its own")
 
 
 def _settle_claims(result: Selection, last_good: dict[str, Checked],
-                   cross: Callable[[dict[str, crossing.Sites]], crossing.Found]) -> None:
+                   cross: Callable[[dict[str, crossing.Sites]], crossing.Found],
+                   index: Owners[str, None]) -> None:
     """`_settle` a cross check whose conflicts name their claims: a site whose last good
-    version already held every claim it is faulted for holds them."""
+    version already held every claim it is faulted for holds them. `index`: the sites
+    the check may concern."""
     def find(serving: dict[str, Checked]) -> crossing.Found:
+        index.update(serving)
         return cross({n: crossing.Sites(
             source=c.source, uses=c.uses, domains=c.domains,
             tls=c.resources is not None and c.resources.tls is not None,
             passthrough=c.resources is not None and c.resources.passthrough is not None)
-            for n, c in serving.items()})
+            for n, c in ((n, serving[n]) for n, _ in index.claimants("crossing"))})
 
     def holds(name: str, serving: dict[str, Checked]) -> bool:
         previous = last_good.get(name)
@@ -174,10 +195,11 @@ def _settle_claims(result: Selection, last_good: dict[str, Checked],
         n: [p for _, p in found] for n, found in find(serving).items()}, holds)
 
 
-def _conflicts(serving: dict[str, Checked]) -> dict[str, list[Problem]]:
-    sites = {n: sharing.DomainClaim(source=c.source, domains=c.domains)
-             for n, c in serving.items()}
-    return sharing.domain_conflicts(sites)
+def _conflicts(serving: dict[str, Checked],
+               domains: Owners[str, None]) -> dict[str, list[Problem]]:
+    domains.update(serving)
+    contested = domains.contested()
+    return sharing.domain_conflicts(contested, _sources(serving, contested))
 
 
 def _settle(result: Selection, last_good: dict[str, Checked],
@@ -208,16 +230,18 @@ def _settle(result: Selection, last_good: dict[str, Checked],
                 del result.serving[name]
 
 
-def _holds_domains(name: str, serving: dict[str, Checked],
-                   last_good: dict[str, Checked]) -> bool:
+def _holds_domains(name: str, serving: dict[str, Checked], last_good: dict[str, Checked],
+                   domains: Owners[str, None]) -> bool:
     """The site's last good version already has every domain it shares with another
     serving site: it holds them, and goes on taking its own edits while a copy or a
-    newcomer claims them too (`cp blog.yaml blog-old.yaml` must not freeze blog)."""
+    newcomer claims them too (`cp blog.yaml blog-old.yaml` must not freeze blog).
+    `domains` is the index as `_conflicts` just updated it to `serving`."""
     previous = last_good.get(name)
     if previous is None:
         return False
-    others = {d for n, c in serving.items() if n != name for d in c.domains}
-    return set(serving[name].domains) & others <= set(previous.domains)
+    shared = {d for d in serving[name].domains
+              if any(site != name for site, _ in domains.claimants(d))}
+    return shared <= set(previous.domains)
 
 
 def _is_last_good(item: Checked, last_good: dict[str, Checked]) -> bool:
