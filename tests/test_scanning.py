@@ -124,3 +124,20 @@ def test_a_kept_index_says_what_one_built_anew_says() -> None:
         fresh.update(serving)
         assert kept.contested() == fresh.contested()
     assert fresh.contested(), "the test must see conflicts"
+
+
+def test_a_restart_takes_the_last_good_version_of_an_unchanged_file(
+        node: tuple[Path, Reconciler]) -> None:
+    """The last good versions are parsed from the state folder at start; a site file
+    holding the same bytes takes that version instead of a second parse, validation and
+    render. A file that changed while the daemon was down is checked anew."""
+    sites, before = node
+    (sites / "b.yaml").write_text(_site("b2.example", "/run/b.sock"))
+    after = Reconciler(before._settings, verifier=None, ask_envoy=False,
+                       stop=threading.Event())
+    loaded = dict(after.last_good)
+    outcome = after.run_pass()
+    assert outcome.changed == ["b"] and not outcome.errors, outcome
+    assert after.last_good["a"] is loaded["a"], "a was parsed a second time"
+    assert after.last_good["b"] is not loaded["b"]
+    assert after.last_good["b"].domains == ("b2.example",)

@@ -57,6 +57,7 @@ class Reconciler:
         self._blocked: dict[str, list[str]] = {}
         """Sites kept from serving by a listener Envoy cannot bind, with the cause."""
         self.last_good = self._load_last_good()
+        self._folder.loaded = dict(self.last_good)
         self._serving: dict[str, Checked] = dict(self.last_good)
         """What serves, as far as the daemon knows: at start, what served before it stopped
         (a rejection must blame only what changed since)."""

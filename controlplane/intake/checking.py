@@ -173,12 +173,18 @@ def fence_of(settings: Settings) -> paths.Fence:
             (settings.listen.port, "Envoy's own HTTP listener")) if port})
 
 
-def check_entry(entry: loading.Entry, settings: Settings) -> Checked:
+def check_entry(entry: loading.Entry, settings: Settings,
+                known: Checked | None = None) -> Checked:
+    """`known`: a version checked before (the last good one, at start); when the file
+    holds the same bytes, its parse, validation and render are taken, not done again."""
     source = entry.location
     try:
         content = loading.read(entry, settings.sites_dir, settings.max_file_bytes)
     except SiteError as exc:
         return Checked(name=entry.name, source=source, digest="", problems=exc.problems)
+    if known is not None and known.content == content and known.source == source and (
+            all(reading.fingerprint(path) == seen for path, seen in known.reads)):
+        return _check_certificates(known)
     return _check_certificates(check_content(entry.name, source, content, settings))
 
 
