@@ -164,7 +164,7 @@ class Reconciler:
                 first = outcome.rejected[0]
                 outcome.rejected[0] = type(first)(f"{first}; Envoy says: {why}")
         for name in outcome.added + outcome.changed:
-            self._folder.rejected[serving[name].digest] = reason
+            self._folder.hold_back(serving[name].digest, reason)
 
     def _promote(self, serving: dict[str, Checked]) -> None:
         state = self._settings.state

@@ -59,7 +59,7 @@ class Scanner:
         certificates were judged: a file that still holds those bytes is not parsed,
         validated and rendered a second time (10,000 sites: half the restart)."""
         self.rejected: dict[str, str] = {}
-        """Render digest -> why Envoy rejected the update that carried it."""
+        """Render digest -> why Envoy rejected the update that carried it (`hold_back`)."""
         self._ignored: set[str] = set()
         self.folders: list[str] = []
         """The folders of the sites' sockets and htpasswd files, as written and resolved:
@@ -147,8 +147,18 @@ class Scanner:
             self.generation += 1
             if self._fresh is not None:
                 self._fresh.append(item)
+        return self._held_back(item)
+
+    def hold_back(self, digest: str, reason: str) -> None:
+        """Envoy rejected the update that carried this version: it is not offered again
+        until its file changes, in a targeted pass (which reads no other file) too."""
+        self.rejected[digest] = reason
+        if self._checked is not None:
+            self._checked = {n: self._held_back(c) for n, c in self._checked.items()}
+
+    def _held_back(self, item: Checked) -> Checked:
         reason = self.rejected.get(item.digest)
-        if reason is not None and not item.problems:
-            item = Checked(name=item.name, source=item.source, digest=item.digest,
-                           problems=(Problem(item.source, "envoy", reason),))
-        return item
+        if reason is None or item.problems:
+            return item
+        return Checked(name=item.name, source=item.source, digest=item.digest,
+                       problems=(Problem(item.source, "envoy", reason),))
