@@ -154,3 +154,30 @@ def remove_secrets(out_dir: Path, held: dict[str, str], report: Report,
                                              f" {exc.strerror}"))
             continue
         del held[name]
+
+
+def not_loaded(state: FileState, now: Counters | None) -> bool:
+    """A file written before Envoy (re)started, or before this daemon did, that Envoy
+    does not run (it refused it at start: a port taken) is renamed again, or Envoy
+    would never look at it again. A file written in this run keeps its own counters
+    and is not rewritten while Envoy is merely slow."""
+    return bool(now is not None and state.confirmed is Confirmation.UNCONFIRMED and (
+        state.before is None and state.version and now.version != state.version))
+
+
+def adopt(states: Mapping[str, FileState], counters: Mapping[str, Counters]) -> None:
+    """After a restart: a file on disk that Envoy runs (same version) is confirmed,
+    and is the one to re-install after a later rejection."""
+    for kind, state in states.items():
+        now = counters.get(kind)
+        if now is not None and state.before is not None and (
+                now.success < state.before.success or (
+                    now.version == state.version and now.success <= state.before.success)):
+            # Envoy restarted: its counters began again. Also when they have come back
+            # to where they were: one Envoy takes the version written only by an update
+            # after `before` was read, which moves `update_success`; so it is a new
+            # Envoy that loaded the file at its start.
+            state.before = None
+        if state.confirmed is Confirmation.UNCONFIRMED and state.before is None and (
+                now is not None and now.version == state.version != ""):
+            state.confirmed, state.last_confirmed = Confirmation.CONFIRMED, state.fragments

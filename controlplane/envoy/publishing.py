@@ -156,7 +156,8 @@ class Publisher:
             return  # nothing to write or confirm: spare Envoy a /stats read
         before = self._counters(report)
         for kind in targets:
-            self._mark_if_not_loaded(kind, (before or {}).get(kind))
+            if files.not_loaded(self.files[kind], (before or {}).get(kind)):
+                self._stale.add(kind)
         for kind, fragments in targets.items():
             state = self.files[kind]
             if fragments == state.fragments and state.version and kind not in self._stale:
@@ -168,16 +169,6 @@ class Publisher:
             report.written.append(kind)
         self._confirm(report, targets, before)
 
-    def _mark_if_not_loaded(self, kind: str, now: Counters | None) -> None:
-        """A file written before Envoy (re)started, or before this daemon did, that Envoy
-        does not run (it refused it at start: a port taken) is renamed again, or Envoy
-        would never look at it again. A file written in this run keeps its own counters
-        and is not rewritten while Envoy is merely slow."""
-        state = self.files[kind]
-        if now is not None and state.confirmed is Confirmation.UNCONFIRMED and (
-                state.before is None and state.version and now.version != state.version):
-            self._stale.add(kind)
-
     def _counters(self, report: Report) -> dict[str, Counters] | None:
         if self._admin is None:
             return None
@@ -187,25 +178,8 @@ class Publisher:
         except EnvoyUnavailable as exc:
             report.errors.append(exc)
             return {}
-        self._adopt(counters)
+        files.adopt(self.files, counters)
         return counters
-
-    def _adopt(self, counters: dict[str, Counters]) -> None:
-        """After a restart: a file on disk that Envoy runs (same version) is confirmed,
-        and is the one to re-install after a later rejection."""
-        for kind, state in self.files.items():
-            now = counters.get(kind)
-            if now is not None and state.before is not None and (
-                    now.success < state.before.success or (
-                        now.version == state.version and now.success <= state.before.success)):
-                # Envoy restarted: its counters began again. Also when they have come back
-                # to where they were: one Envoy takes the version written only by an update
-                # after `before` was read, which moves `update_success`; so it is a new
-                # Envoy that loaded the file at its start.
-                state.before = None
-            if state.confirmed is Confirmation.UNCONFIRMED and state.before is None and (
-                    now is not None and now.version == state.version != ""):
-                state.confirmed, state.last_confirmed = Confirmation.CONFIRMED, state.fragments
 
     def _write(self, kind: str, fragments: tuple[str, ...], salt: str = "",
                before: Counters | None = None) -> None:
