@@ -19,23 +19,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import TypeVar
 
 from controlplane.envoy import files
 from controlplane.envoy.admin import ALREADY_WRITTEN, AdminClient, Counters
-from controlplane.envoy.files import FILES, Confirmation, FileState, Report
-from controlplane.errors import (
-    ControlPlaneError,
-    EnvoyCannotBind,
-    EnvoyRejected,
-    EnvoyUnavailable,
-)
+from controlplane.envoy.files import FILES, Confirmation, FileState, Report, about, cause
+from controlplane.errors import EnvoyRejected, EnvoyUnavailable
 from controlplane.render.rendering import discovery_response
 from controlplane.render.snapshot import Snapshot
 from controlplane.settings import Settings
 from controlplane.writing import write_atomic
 
-_E = TypeVar("_E", bound=ControlPlaneError)
 SECONDS_PER_CLUSTER = 0.0015
 """The confirm timeout's floor per cluster: 1.5x what Envoy took to apply one here."""
 
@@ -210,11 +203,11 @@ class Publisher:
             self._admin.confirm(kind, before, state.version, self._confirm_timeout(),
                                 self._stop)
         except EnvoyRejected as exc:
-            report.rejected.append(self._cause(kind, _about(FILES[kind], exc)))
+            report.rejected.append(cause(self._admin, kind, about(FILES[kind], exc)))
             self._reinstall(report, kind)
             return
         except EnvoyUnavailable as exc:
-            report.unconfirmed.append(_about(FILES[kind], exc))
+            report.unconfirmed.append(about(FILES[kind], exc))
             return
         state.confirmed, state.before = Confirmation.CONFIRMED, None
         state.last_confirmed = state.fragments
@@ -224,22 +217,6 @@ class Publisher:
         per 1,000 clusters here (10,000 sites: 4.5-5 s), and a first apply is no failure."""
         return max(self._settings.confirm_timeout_s,
                    SECONDS_PER_CLUSTER * len(self.files["cds"].fragments))
-
-    def _cause(self, kind: str, rejected: EnvoyRejected) -> EnvoyRejected:
-        """A listener Envoy could not bind (its port taken) is not the content's fault:
-        say which address, as an EnvoyCannotBind. Asked before the re-install, which
-        clears Envoy's record of the failure."""
-        if kind != "lds" or self._admin is None:
-            return rejected
-        try:
-            failed = self._admin.listener_errors()
-        except EnvoyUnavailable:
-            return rejected
-        bind = {name: why for name, why in failed.items() if "cannot bind" in why}
-        if not bind:
-            return rejected
-        reasons = "; ".join(f"listener {name!r}: {why}" for name, why in sorted(bind.items()))
-        return EnvoyCannotBind(f"{rejected}; Envoy says: {reasons}", bind)
 
     def _reinstall(self, report: Report, kind: str) -> None:
         """After a rejection: the last confirmed content, under a new version."""
@@ -257,15 +234,8 @@ class Publisher:
             self._admin.confirm(kind, before, self.files[kind].version,
                                 self._confirm_timeout(), self._stop)
         except (EnvoyRejected, EnvoyUnavailable) as exc:
-            report.errors.append(_about(f"{FILES[kind]}: re-installing the last good file", exc))
+            report.errors.append(about(f"{FILES[kind]}: re-installing the last good file", exc))
             return
         state = self.files[kind]
         state.confirmed, state.before, state.last_confirmed = (
             Confirmation.CONFIRMED, None, good)
-
-
-def _about(what: str, exc: _E) -> _E:
-    """The same kind of error, its message prefixed with what it is about."""
-    return type(exc)(f"{what}: {exc}")
-
-
