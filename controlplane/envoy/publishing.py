@@ -12,6 +12,8 @@ apply is up to three steps, each confirmed through the admin socket before the n
 
 A rejection re-installs the last confirmed file under a new version and is reported; a
 timeout keeps the files and leaves the step unconfirmed, to be re-checked next pass.
+Once every file was confirmed, a step is confirmed by the version readouts alone, on
+counters kept from an earlier read (`_settled`); any doubt reads the counters again.
 Without an admin socket the steps are written in the same order with a short gap.
 """
 
@@ -61,6 +63,9 @@ class Publisher:
         again (the last confirmed one); filled from the snapshots applied."""
         self.secrets = files.read_secrets(settings.out_dir)
         """What each SDS file holds, by secret name."""
+        self._baseline: dict[str, Counters] | None = None
+        """The counters last read, by file kind, kept while every step since was
+        confirmed: the `before` of a settled step. None after any doubt."""
 
     def cluster_fragments(self) -> dict[str, str]:
         """Cluster name -> fragment of what cds.json holds."""
@@ -105,8 +110,11 @@ class Publisher:
         try:
             running = self._admin.versions()
         except EnvoyUnavailable:
-            return False
-        return all(running.get(kind) == f.version for kind, f in self.files.items())
+            running = {}
+        ours = all(running.get(kind) == f.version for kind, f in self.files.items())
+        if not ours:
+            self._baseline = None  # a new Envoy, perhaps: read the counters again
+        return ours
 
     def _probe(self, report: Report) -> None:
         """A pass with nothing to write still asks Envoy (one cheap text-readout read)
@@ -116,10 +124,12 @@ class Publisher:
         try:
             running = self._admin.versions()
         except EnvoyUnavailable as exc:
+            self._baseline = None
             report.unconfirmed.append(exc)
             return
         for kind, state in self.files.items():
             if running.get(kind) != state.version:
+                self._baseline = None
                 state.confirmed, state.before = Confirmation.UNCONFIRMED, None
                 self._stale.add(kind)  # renamed again next pass, so Envoy reloads it
                 report.unconfirmed.append(EnvoyUnavailable(
@@ -147,7 +157,9 @@ class Publisher:
                and self.files[kind].confirmed is not Confirmation.UNCONFIRMED
                for kind, fragments in targets.items()):
             return  # nothing to write or confirm: spare Envoy a /stats read
-        before = self._counters(report)
+        settled = self._settled(targets)
+        report.asked = report.asked or settled
+        before = self._baseline if settled else self._counters(report)
         for kind in targets:
             if files.not_loaded(self.files[kind], (before or {}).get(kind)):
                 self._stale.add(kind)
@@ -160,7 +172,30 @@ class Publisher:
             self._stale.discard(kind)
             self._write(kind, fragments, salt, before=(before or {}).get(kind))
             report.written.append(kind)
-        self._confirm(report, targets, before)
+        self._confirm(report, targets, before, settled)
+
+    def _settled(self, targets: Mapping[str, tuple[str, ...]]) -> bool:
+        """A step may skip the counters read before its write, and be confirmed by the
+        version readouts alone, when every file of it was confirmed (Envoy's
+        `version_text` was its version) and counters from an earlier read are kept.
+
+        Why the readout is then enough: a version is a digest of the file's content
+        (plus a salt for resyncs and re-installs), and `version_text` is the last
+        version Envoy accepted whole: a rejected update, even partly applied, leaves it
+        as it was. The step writes only files whose content differs from the confirmed
+        one, so the new version differs from what Envoy showed, and showing it can only
+        mean that Envoy accepted the new file. An Envoy restarted since then loaded the
+        same confirmed files from disk (or rejected them: an empty readout), which
+        changes nothing. The kept counters were read before the write and only rise in
+        one Envoy, so a rejection still shows above them; below them, a new Envoy,
+        which proves nothing: the confirmation waits for the readout or times out.
+        Anything unknown (a file unconfirmed or to resync, no counters kept after a
+        rejection, a timeout or Envoy not answering) takes the full path: counters
+        before the write, and `update_success` must move."""
+        baseline = self._baseline
+        return baseline is not None and all(
+            self.files[kind].confirmed is Confirmation.CONFIRMED and kind in baseline
+            and kind not in self._stale for kind in targets)
 
     def _counters(self, report: Report) -> dict[str, Counters] | None:
         if self._admin is None:
@@ -169,8 +204,10 @@ class Publisher:
         try:
             counters = dict(self._admin.counters())
         except EnvoyUnavailable as exc:
+            self._baseline = None
             report.errors.append(exc)
             return {}
+        self._baseline = dict(counters)
         files.adopt(self.files, counters)
         return counters
 
@@ -184,7 +221,7 @@ class Publisher:
                                      before=before)
 
     def _confirm(self, report: Report, targets: dict[str, tuple[str, ...]],
-                 before: dict[str, Counters] | None) -> None:
+                 before: dict[str, Counters] | None, settled: bool) -> None:
         if self._admin is None or before is None:
             if any(kind in report.written for kind in targets):
                 self._stop.wait(self._settings.unconfirmed_gap_s)
@@ -192,23 +229,32 @@ class Publisher:
                 self.files[kind].confirmed = Confirmation.UNASKED
             return
         for kind in targets:
-            self._confirm_one(report, kind, self.files[kind].before or ALREADY_WRITTEN)
+            self._confirm_one(report, kind, self.files[kind].before or ALREADY_WRITTEN,
+                              settled)
 
-    def _confirm_one(self, report: Report, kind: str, before: Counters) -> None:
+    def _confirm_one(self, report: Report, kind: str, before: Counters,
+                     settled: bool) -> None:
+        """A file written this step (or still unconfirmed) confirmed, or its rejection
+        reported and the last good one re-installed. Counters read on the way become the
+        baseline; any failure drops it, so the next step reads them fresh."""
         state = self.files[kind]
         if state.confirmed is Confirmation.CONFIRMED:
             return
         assert self._admin is not None
         try:
-            self._admin.confirm(kind, before, state.version, self._confirm_timeout(),
-                                self._stop)
+            now = self._admin.confirm(kind, before, state.version, self._confirm_timeout(),
+                                      self._stop, settled=settled)
         except EnvoyRejected as exc:
+            self._baseline = None
             report.rejected.append(cause(self._admin, kind, about(FILES[kind], exc)))
             self._reinstall(report, kind)
             return
         except EnvoyUnavailable as exc:
+            self._baseline = None
             report.unconfirmed.append(about(FILES[kind], exc))
             return
+        if not settled and self._baseline is not None:
+            self._baseline[kind] = now
         state.confirmed, state.before = Confirmation.CONFIRMED, None
         state.last_confirmed = state.fragments
 
