@@ -23,13 +23,13 @@ from tests.parts import Envoy, free_port, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def _settings(short_tmp: Path, **changes: object) -> Settings:
+def settings_in(short_tmp: Path, **changes: object) -> Settings:
     return Settings(out_dir=short_tmp / "out", listen=Listen(host="127.0.0.1", port=free_port()),
                     admin_socket=short_tmp / "envoy" / "admin.sock", confirm_timeout_s=3.0,
                     **changes)
 
 
-def _files(settings: Settings, *names: str) -> Snapshot:
+def files_of(settings: Settings, *names: str) -> Snapshot:
     resources = []
     for name in names:
         text = f"domains: [{name}.example]\nupstream: {{socket: /tmp/{name}.sock}}\n"
@@ -39,17 +39,17 @@ def _files(settings: Settings, *names: str) -> Snapshot:
     return snapshot(settings, resources)
 
 
-def _apply(publisher: Publisher, target: Snapshot, extra: dict[str, str] | None = None) -> Report:
+def apply(publisher: Publisher, target: Snapshot, extra: dict[str, str] | None = None) -> Report:
     clusters = {**target.clusters, **(extra or {})}
     return publisher.apply(dataclasses.replace(target, clusters=clusters), secrets=False)
 
 
 @pytest.fixture
 def envoy_with_files(short_tmp: Path, envoy_factory: list[Envoy]) -> tuple[Settings, Envoy]:
-    settings = _settings(short_tmp)
+    settings = settings_in(short_tmp)
     settings.out_dir.mkdir()
     first = Publisher(settings, None, threading.Event())
-    _apply(first, _files(settings, "a"))
+    apply(first, files_of(settings, "a"))
     return settings, Envoy.start(envoy_factory, short_tmp / "envoy", settings.out_dir)
 
 
@@ -58,10 +58,10 @@ def test_each_step_is_confirmed_by_envoy(envoy_with_files: tuple[Settings, Envoy
     settings, envoy = envoy_with_files
     assert settings.admin_socket is not None
     publisher = Publisher(settings, AdminClient(settings.admin_socket, settings), threading.Event())
-    report = _apply(publisher, _files(settings, "a", "b"))
+    report = apply(publisher, files_of(settings, "a", "b"))
     assert report.confirmed and report.written == ["cds", "rds"]
     assert envoy.clusters() == {"a", "b"}
-    report = _apply(publisher, _files(settings, "b"))
+    report = apply(publisher, files_of(settings, "b"))
     assert report.confirmed and report.written == ["rds", "cds"]
     assert envoy.clusters() == {"b"}
     stats = envoy.stats(r"cluster_manager\.cds\.version_text")
@@ -81,7 +81,7 @@ def test_a_write_before_a_restart_is_confirmed_when_the_counters_come_back_level
     now = admin.counters()["cds"]
     assert now.version == publisher.files["cds"].version  # Envoy started on the file
     publisher.files["cds"].before = Counters(success=now.success, version="older")
-    report = _apply(publisher, _files(settings, "a"))
+    report = apply(publisher, files_of(settings, "a"))
     assert report.confirmed, report
     assert publisher.files["cds"].confirmed is Confirmation.CONFIRMED
 
@@ -92,9 +92,9 @@ def test_rejection_reinstalls_the_last_good_file(envoy_with_files: tuple[Setting
     settings, envoy = envoy_with_files
     assert settings.admin_socket is not None
     publisher = Publisher(settings, AdminClient(settings.admin_socket, settings), threading.Event())
-    assert _apply(publisher, _files(settings, "a")).confirmed
+    assert apply(publisher, files_of(settings, "a")).confirmed
     good_version = publisher.files["cds"].version
-    report = _apply(publisher, _files(settings, "a", "c"), extra=_bad_cluster())
+    report = apply(publisher, files_of(settings, "a", "c"), extra=bad_cluster())
     assert report.rejected and "cds" in str(report.rejected[0])
     assert envoy.clusters() == {"a"}
     now = envoy.stats(r"cluster_manager\.cds\.version_text")["cluster_manager.cds.version_text"]
@@ -104,18 +104,18 @@ def test_rejection_reinstalls_the_last_good_file(envoy_with_files: tuple[Setting
 
 def test_no_envoy_is_a_timeout_not_a_hang(short_tmp: Path) -> None:
     """With the admin socket missing, the step is reported unconfirmed, files stay."""
-    settings = _settings(short_tmp)
+    settings = settings_in(short_tmp)
     settings.out_dir.mkdir()
     assert settings.admin_socket is not None
     publisher = Publisher(settings, AdminClient(settings.admin_socket, settings), threading.Event())
-    report = _apply(publisher, _files(settings, "a"))
+    report = apply(publisher, files_of(settings, "a"))
     assert not report.confirmed
     assert {p.name for p in settings.out_dir.iterdir()} == {"cds.json", "rds.json", "lds.json"}
-    report = _apply(publisher, _files(settings, "a", "b"))
+    report = apply(publisher, files_of(settings, "a", "b"))
     assert report.unconfirmed and "cds.json" in str(report.unconfirmed[0])
 
 
-def _bad_cluster() -> dict[str, str]:
+def bad_cluster() -> dict[str, str]:
     bad = {"name": "bad", "type": "STATIC", "connect_timeout": "5s", "load_assignment": {
         "cluster_name": "bad", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
             "pipe": {"path": "/tmp/" + "x" * 120}}}}]}]}}
@@ -138,23 +138,30 @@ class _PausingAdmin(AdminClient):
         return result
 
 
+@pytest.mark.parametrize("settled", [False, True], ids=["counters-first", "settled"])
 def test_a_rejection_after_a_timeout_is_seen_on_the_next_pass(
-        envoy_with_files: tuple[Settings, Envoy]) -> None:
+        envoy_with_files: tuple[Settings, Envoy], settled: bool) -> None:
     """Envoy rejects a file only after the confirmation gave up: the next apply still
-    sees the rejection (the counters from before the write are kept) and re-installs."""
+    sees the rejection (the counters from before the write are kept: read just before
+    it, or, in a settled step, kept from an earlier read) and re-installs."""
     settings, envoy = envoy_with_files
     assert settings.admin_socket is not None and envoy.process is not None
     admin = _PausingAdmin(settings.admin_socket, settings, envoy.process.pid)
     publisher = Publisher(settings, admin, threading.Event())
-    assert _apply(publisher, _files(settings, "a")).confirmed
-    admin.pause_next = True
+    if settled:
+        assert apply(publisher, files_of(settings, "a")).confirmed
+        os.kill(envoy.process.pid, signal.SIGSTOP)  # a settled step reads nothing first
+    else:
+        admin.pause_next = True  # frozen right after the read before the write
+    admin.requests.clear()
     try:
-        first = _apply(publisher, _files(settings, "a", "c"), extra=_bad_cluster())
+        first = apply(publisher, files_of(settings, "a", "c"), extra=bad_cluster())
     finally:
         os.kill(envoy.process.pid, signal.SIGCONT)
     assert first.unconfirmed and not first.rejected
+    assert admin.requests["counters"] == (0 if settled else 1)
     wait_for(lambda: envoy.rejections(), 5, "Envoy's late rejection")
-    second = _apply(publisher, _files(settings, "a", "c"), extra=_bad_cluster())
+    second = apply(publisher, files_of(settings, "a", "c"), extra=bad_cluster())
     assert second.rejected and "cds.json" in str(second.rejected[0])
     assert envoy.clusters() == {"a"}
 
@@ -166,9 +173,9 @@ def test_after_a_restart_the_running_file_is_the_one_re_installed(
     settings, envoy = envoy_with_files
     assert settings.admin_socket is not None
     admin = AdminClient(settings.admin_socket, settings)
-    assert _apply(Publisher(settings, admin, threading.Event()), _files(settings, "a")).confirmed
+    assert apply(Publisher(settings, admin, threading.Event()), files_of(settings, "a")).confirmed
     restarted = Publisher(settings, admin, threading.Event())
-    report = _apply(restarted, _files(settings, "a", "c"), extra=_bad_cluster())
+    report = apply(restarted, files_of(settings, "a", "c"), extra=bad_cluster())
     assert report.rejected and not report.errors
     assert envoy.clusters() == {"a"}
     version = envoy.stats(r"cluster_manager\.cds\.version_text")

@@ -1,8 +1,9 @@
 """Reading Envoy's admin stats over its Unix socket, and confirming a written version.
 
 A step is accepted when `update_success` moved past the value read before the rename
-and `version_text` equals the version written. `/config_dump` versions are not used:
-they change on partially applied rejected updates.
+and `version_text` equals the version written; or, when the file replaced was confirmed
+(`settled`), by `version_text` alone. `/config_dump` versions are not used: they change
+on partially applied rejected updates.
 
 Every request is bounded in total time (REQUEST_TIMEOUT_S for connect, send and the
 whole answer: a socket that drips its answer a byte at a time does not reset the clock)
@@ -13,6 +14,7 @@ Envoy's (EnvoyBadAnswer). None of them blocks or escapes as anything else.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import socket
@@ -37,6 +39,9 @@ POLL_S = 0.005
 MAX_POLL_S = 0.08
 """Confirmation polls start at 5 ms (small files confirm in 4-8 ms) and back off to this:
 a /stats read costs Envoy ~15 ms of its main thread at 1,000 clusters, ~150 at 10,000."""
+SETTLED_COUNTERS_EVERY = 3
+"""A settled confirmation reads the counters (to see a rejection) only on every third
+poll whose readout has not moved: an accepted file needs none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +112,14 @@ class AdminClient:
         self._prefixes = stat_prefixes(settings)
         self._max_bytes = settings.admin_max_bytes
         self._timeout = timeout
+        self.requests: collections.Counter[str] = collections.Counter()
+        """Requests made, by kind (`counters`, `versions`, or the path): what a step
+        costs Envoy's main thread, for tests and measurements."""
 
     def get(self, target: str) -> bytes:
         """The body of a 200 answer to `GET target`, within the time and byte bounds."""
         where = f"admin socket {self.path}: GET {target.split('?')[0]}"
+        self.requests[_request_kind(target)] += 1
         connection = _UnixConnection(self.path, time.monotonic() + self._timeout,
                                      self._max_bytes)
         try:
@@ -191,11 +200,14 @@ class AdminClient:
 
     def confirm(self, kind: str, before: Counters, version: str, timeout: float,
                 stop: threading.Event | None = None, poll_s: float = POLL_S,
-                max_poll_s: float = MAX_POLL_S) -> Counters:
+                max_poll_s: float = MAX_POLL_S, *, settled: bool = False) -> Counters:
         """Wait until Envoy accepted `version` of one file; raise on rejection or timeout.
 
         `before` is read before the rename; pass `ALREADY_WRITTEN` to re-check a file
-        written in an earlier pass (then only `version_text` has to match). `poll_s`
+        written in an earlier pass (then only `version_text` has to match). `settled`:
+        the file replaced was confirmed and `before` is from an earlier read (the
+        Publisher's `_settled` says why): the readout alone confirms. Returns the
+        counters last read (when none was, `before`'s with the version seen). `poll_s`
         and `max_poll_s`: the first pause between reads and the longest (an Envoy that
         serves nobody, the validation twin, is asked more often)."""
         deadline = time.monotonic() + timeout
@@ -204,7 +216,7 @@ class AdminClient:
         while True:
             try:
                 polls += 1
-                now = self._poll(kind, before, version, polls)
+                now = self._poll(kind, before, version, polls, settled)
             except EnvoyRefused:
                 raise
             except EnvoyUnavailable:
@@ -215,7 +227,7 @@ class AdminClient:
                     raise
                 waiter.wait(pause)
                 continue
-            if now.success > before.success and now.version == version:
+            if now.version == version and (settled or now.success > before.success):
                 return now
             if now.rejected > before.rejected or now.failure > before.failure:
                 raise EnvoyRejected(f"Envoy rejected {kind} version {version} (rejected"
@@ -226,14 +238,36 @@ class AdminClient:
             waiter.wait(pause)
             pause = min(pause * 2, max_poll_s)  # each /stats read costs Envoy's main thread
 
-    def _poll(self, kind: str, before: Counters, version: str, polls: int) -> Counters:
-        """The cheap version read every time; the counters (success, rejections) once the
-        version matches, and every fourth poll to see a rejection."""
+    def _poll(self, kind: str, before: Counters, version: str, polls: int,
+              settled: bool) -> Counters:
+        """The cheap version read every time. The counters (success, rejections): once
+        the version matches and every fourth poll; with `settled`, only every third poll
+        whose readout has not moved. Counters below `before` mean an Envoy that began
+        counting again (a restart): they say nothing of this file, so only the readout
+        counts, and without it the confirmation times out."""
         current = self.versions()[kind]
-        if current != version and polls % 4:
+        if settled:
+            skip = current == version or polls % SETTLED_COUNTERS_EVERY
+        else:
+            skip = current != version and polls % 4
+        now = None if skip else self.counters()[kind]
+        if now is None or (settled and _restarted(now, before)):
             return Counters(success=before.success, rejected=before.rejected,
                             failure=before.failure, version=current)
-        return self.counters()[kind]
+        return now
+
+
+def _restarted(now: Counters, before: Counters) -> bool:
+    """Counters never fall in one Envoy (nor in one subscription): a new one counts."""
+    return (now.success < before.success or now.rejected < before.rejected
+            or now.failure < before.failure)
+
+
+def _request_kind(target: str) -> str:
+    path = target.split("?")[0]
+    if path != "/stats":
+        return path
+    return "versions" if "type=TextReadouts" in target else "counters"
 
 
 def _counters(values: dict[str, object], prefix: str) -> Counters:

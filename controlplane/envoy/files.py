@@ -1,6 +1,6 @@
 """The output files as the Publisher knows them: what each holds, whether Envoy took it
-(`Confirmation`), what one apply did (`Report`), what a previous run left on disk, and
-the one-shot write of `render`.
+(`Confirmation`), what one apply did (`Report`) and what to say of a refusal, what a
+previous run left on disk, and the one-shot write of `render`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from controlplane.envoy.admin import Counters
+from controlplane.envoy.admin import AdminClient, Counters
 from controlplane.errors import (
     ControlPlaneError,
+    EnvoyCannotBind,
     EnvoyRejected,
     EnvoyUnavailable,
     OutputError,
@@ -26,6 +28,7 @@ from controlplane.settings import CDS_FILE, LDS_FILE, RDS_FILE
 from controlplane.writing import ensure_folder, write_atomic
 
 FILES = {"cds": CDS_FILE, "lds": LDS_FILE, "rds": RDS_FILE}
+_E = TypeVar("_E", bound=ControlPlaneError)
 
 
 class Confirmation(enum.Enum):
@@ -71,6 +74,28 @@ class Report:
     @property
     def confirmed(self) -> bool:
         return not (self.rejected or self.unconfirmed or self.errors)
+
+
+def cause(admin: AdminClient | None, kind: str, rejected: EnvoyRejected) -> EnvoyRejected:
+    """A listener Envoy could not bind (its port taken) is not the content's fault:
+    say which address, as an EnvoyCannotBind. Asked before the re-install, which
+    clears Envoy's record of the failure."""
+    if kind != "lds" or admin is None:
+        return rejected
+    try:
+        failed = admin.listener_errors()
+    except EnvoyUnavailable:
+        return rejected
+    bind = {name: why for name, why in failed.items() if "cannot bind" in why}
+    if not bind:
+        return rejected
+    reasons = "; ".join(f"listener {name!r}: {why}" for name, why in sorted(bind.items()))
+    return EnvoyCannotBind(f"{rejected}; Envoy says: {reasons}", bind)
+
+
+def about(what: str, exc: _E) -> _E:
+    """The same kind of error, its message prefixed with what it is about."""
+    return type(exc)(f"{what}: {exc}")
 
 
 def out_paths(out_dir: Path) -> dict[str, Path]:
@@ -154,3 +179,30 @@ def remove_secrets(out_dir: Path, held: dict[str, str], report: Report,
                                              f" {exc.strerror}"))
             continue
         del held[name]
+
+
+def not_loaded(state: FileState, now: Counters | None) -> bool:
+    """A file written before Envoy (re)started, or before this daemon did, that Envoy
+    does not run (it refused it at start: a port taken) is renamed again, or Envoy
+    would never look at it again. A file written in this run keeps its own counters
+    and is not rewritten while Envoy is merely slow."""
+    return bool(now is not None and state.confirmed is Confirmation.UNCONFIRMED and (
+        state.before is None and state.version and now.version != state.version))
+
+
+def adopt(states: Mapping[str, FileState], counters: Mapping[str, Counters]) -> None:
+    """After a restart: a file on disk that Envoy runs (same version) is confirmed,
+    and is the one to re-install after a later rejection."""
+    for kind, state in states.items():
+        now = counters.get(kind)
+        if now is not None and state.before is not None and (
+                now.success < state.before.success or (
+                    now.version == state.version and now.success <= state.before.success)):
+            # Envoy restarted: its counters began again. Also when they have come back
+            # to where they were: one Envoy takes the version written only by an update
+            # after `before` was read, which moves `update_success`; so it is a new
+            # Envoy that loaded the file at its start.
+            state.before = None
+        if state.confirmed is Confirmation.UNCONFIRMED and state.before is None and (
+                now is not None and now.version == state.version != ""):
+            state.confirmed, state.last_confirmed = Confirmation.CONFIRMED, state.fragments

@@ -12,6 +12,8 @@ apply is up to three steps, each confirmed through the admin socket before the n
 
 A rejection re-installs the last confirmed file under a new version and is reported; a
 timeout keeps the files and leaves the step unconfirmed, to be re-checked next pass.
+Once every file was confirmed, a step is confirmed by the version readouts alone, on
+counters kept from an earlier read (`_settled`); any doubt reads the counters again.
 Without an admin socket the steps are written in the same order with a short gap.
 """
 
@@ -19,23 +21,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import TypeVar
 
 from controlplane.envoy import files
 from controlplane.envoy.admin import ALREADY_WRITTEN, AdminClient, Counters
-from controlplane.envoy.files import FILES, Confirmation, FileState, Report
-from controlplane.errors import (
-    ControlPlaneError,
-    EnvoyCannotBind,
-    EnvoyRejected,
-    EnvoyUnavailable,
-)
+from controlplane.envoy.files import FILES, Confirmation, FileState, Report, about, cause
+from controlplane.errors import EnvoyRejected, EnvoyUnavailable
 from controlplane.render.rendering import discovery_response
 from controlplane.render.snapshot import Snapshot
 from controlplane.settings import Settings
 from controlplane.writing import write_atomic
 
-_E = TypeVar("_E", bound=ControlPlaneError)
 SECONDS_PER_CLUSTER = 0.0015
 """The confirm timeout's floor per cluster: 1.5x what Envoy took to apply one here."""
 
@@ -68,6 +63,9 @@ class Publisher:
         again (the last confirmed one); filled from the snapshots applied."""
         self.secrets = files.read_secrets(settings.out_dir)
         """What each SDS file holds, by secret name."""
+        self._baseline: dict[str, Counters] | None = None
+        """The counters last read, by file kind, kept while every step since was
+        confirmed: the `before` of a settled step. None after any doubt."""
 
     def cluster_fragments(self) -> dict[str, str]:
         """Cluster name -> fragment of what cds.json holds."""
@@ -112,8 +110,11 @@ class Publisher:
         try:
             running = self._admin.versions()
         except EnvoyUnavailable:
-            return False
-        return all(running.get(kind) == f.version for kind, f in self.files.items())
+            running = {}
+        ours = all(running.get(kind) == f.version for kind, f in self.files.items())
+        if not ours:
+            self._baseline = None  # a new Envoy, perhaps: read the counters again
+        return ours
 
     def _probe(self, report: Report) -> None:
         """A pass with nothing to write still asks Envoy (one cheap text-readout read)
@@ -123,10 +124,12 @@ class Publisher:
         try:
             running = self._admin.versions()
         except EnvoyUnavailable as exc:
+            self._baseline = None
             report.unconfirmed.append(exc)
             return
         for kind, state in self.files.items():
             if running.get(kind) != state.version:
+                self._baseline = None
                 state.confirmed, state.before = Confirmation.UNCONFIRMED, None
                 self._stale.add(kind)  # renamed again next pass, so Envoy reloads it
                 report.unconfirmed.append(EnvoyUnavailable(
@@ -154,9 +157,12 @@ class Publisher:
                and self.files[kind].confirmed is not Confirmation.UNCONFIRMED
                for kind, fragments in targets.items()):
             return  # nothing to write or confirm: spare Envoy a /stats read
-        before = self._counters(report)
+        settled = self._settled(targets)
+        report.asked = report.asked or settled
+        before = self._baseline if settled else self._counters(report)
         for kind in targets:
-            self._mark_if_not_loaded(kind, (before or {}).get(kind))
+            if files.not_loaded(self.files[kind], (before or {}).get(kind)):
+                self._stale.add(kind)
         for kind, fragments in targets.items():
             state = self.files[kind]
             if fragments == state.fragments and state.version and kind not in self._stale:
@@ -166,17 +172,30 @@ class Publisher:
             self._stale.discard(kind)
             self._write(kind, fragments, salt, before=(before or {}).get(kind))
             report.written.append(kind)
-        self._confirm(report, targets, before)
+        self._confirm(report, targets, before, settled)
 
-    def _mark_if_not_loaded(self, kind: str, now: Counters | None) -> None:
-        """A file written before Envoy (re)started, or before this daemon did, that Envoy
-        does not run (it refused it at start: a port taken) is renamed again, or Envoy
-        would never look at it again. A file written in this run keeps its own counters
-        and is not rewritten while Envoy is merely slow."""
-        state = self.files[kind]
-        if now is not None and state.confirmed is Confirmation.UNCONFIRMED and (
-                state.before is None and state.version and now.version != state.version):
-            self._stale.add(kind)
+    def _settled(self, targets: Mapping[str, tuple[str, ...]]) -> bool:
+        """A step may skip the counters read before its write, and be confirmed by the
+        version readouts alone, when every file of it was confirmed (Envoy's
+        `version_text` was its version) and counters from an earlier read are kept.
+
+        Why the readout is then enough: a version is a digest of the file's content
+        (plus a salt for resyncs and re-installs), and `version_text` is the last
+        version Envoy accepted whole: a rejected update, even partly applied, leaves it
+        as it was. The step writes only files whose content differs from the confirmed
+        one, so the new version differs from what Envoy showed, and showing it can only
+        mean that Envoy accepted the new file. An Envoy restarted since then loaded the
+        same confirmed files from disk (or rejected them: an empty readout), which
+        changes nothing. The kept counters were read before the write and only rise in
+        one Envoy, so a rejection still shows above them; below them, a new Envoy,
+        which proves nothing: the confirmation waits for the readout or times out.
+        Anything unknown (a file unconfirmed or to resync, no counters kept after a
+        rejection, a timeout or Envoy not answering) takes the full path: counters
+        before the write, and `update_success` must move."""
+        baseline = self._baseline
+        return baseline is not None and all(
+            self.files[kind].confirmed is Confirmation.CONFIRMED and kind in baseline
+            and kind not in self._stale for kind in targets)
 
     def _counters(self, report: Report) -> dict[str, Counters] | None:
         if self._admin is None:
@@ -185,27 +204,12 @@ class Publisher:
         try:
             counters = dict(self._admin.counters())
         except EnvoyUnavailable as exc:
+            self._baseline = None
             report.errors.append(exc)
             return {}
-        self._adopt(counters)
+        self._baseline = dict(counters)
+        files.adopt(self.files, counters)
         return counters
-
-    def _adopt(self, counters: dict[str, Counters]) -> None:
-        """After a restart: a file on disk that Envoy runs (same version) is confirmed,
-        and is the one to re-install after a later rejection."""
-        for kind, state in self.files.items():
-            now = counters.get(kind)
-            if now is not None and state.before is not None and (
-                    now.success < state.before.success or (
-                        now.version == state.version and now.success <= state.before.success)):
-                # Envoy restarted: its counters began again. Also when they have come back
-                # to where they were: one Envoy takes the version written only by an update
-                # after `before` was read, which moves `update_success`; so it is a new
-                # Envoy that loaded the file at its start.
-                state.before = None
-            if state.confirmed is Confirmation.UNCONFIRMED and state.before is None and (
-                    now is not None and now.version == state.version != ""):
-                state.confirmed, state.last_confirmed = Confirmation.CONFIRMED, state.fragments
 
     def _write(self, kind: str, fragments: tuple[str, ...], salt: str = "",
                before: Counters | None = None) -> None:
@@ -217,7 +221,7 @@ class Publisher:
                                      before=before)
 
     def _confirm(self, report: Report, targets: dict[str, tuple[str, ...]],
-                 before: dict[str, Counters] | None) -> None:
+                 before: dict[str, Counters] | None, settled: bool) -> None:
         if self._admin is None or before is None:
             if any(kind in report.written for kind in targets):
                 self._stop.wait(self._settings.unconfirmed_gap_s)
@@ -225,23 +229,32 @@ class Publisher:
                 self.files[kind].confirmed = Confirmation.UNASKED
             return
         for kind in targets:
-            self._confirm_one(report, kind, self.files[kind].before or ALREADY_WRITTEN)
+            self._confirm_one(report, kind, self.files[kind].before or ALREADY_WRITTEN,
+                              settled)
 
-    def _confirm_one(self, report: Report, kind: str, before: Counters) -> None:
+    def _confirm_one(self, report: Report, kind: str, before: Counters,
+                     settled: bool) -> None:
+        """A file written this step (or still unconfirmed) confirmed, or its rejection
+        reported and the last good one re-installed. Counters read on the way become the
+        baseline; any failure drops it, so the next step reads them fresh."""
         state = self.files[kind]
         if state.confirmed is Confirmation.CONFIRMED:
             return
         assert self._admin is not None
         try:
-            self._admin.confirm(kind, before, state.version, self._confirm_timeout(),
-                                self._stop)
+            now = self._admin.confirm(kind, before, state.version, self._confirm_timeout(),
+                                      self._stop, settled=settled)
         except EnvoyRejected as exc:
-            report.rejected.append(self._cause(kind, _about(FILES[kind], exc)))
+            self._baseline = None
+            report.rejected.append(cause(self._admin, kind, about(FILES[kind], exc)))
             self._reinstall(report, kind)
             return
         except EnvoyUnavailable as exc:
-            report.unconfirmed.append(_about(FILES[kind], exc))
+            self._baseline = None
+            report.unconfirmed.append(about(FILES[kind], exc))
             return
+        if not settled and self._baseline is not None:
+            self._baseline[kind] = now
         state.confirmed, state.before = Confirmation.CONFIRMED, None
         state.last_confirmed = state.fragments
 
@@ -250,22 +263,6 @@ class Publisher:
         per 1,000 clusters here (10,000 sites: 4.5-5 s), and a first apply is no failure."""
         return max(self._settings.confirm_timeout_s,
                    SECONDS_PER_CLUSTER * len(self.files["cds"].fragments))
-
-    def _cause(self, kind: str, rejected: EnvoyRejected) -> EnvoyRejected:
-        """A listener Envoy could not bind (its port taken) is not the content's fault:
-        say which address, as an EnvoyCannotBind. Asked before the re-install, which
-        clears Envoy's record of the failure."""
-        if kind != "lds" or self._admin is None:
-            return rejected
-        try:
-            failed = self._admin.listener_errors()
-        except EnvoyUnavailable:
-            return rejected
-        bind = {name: why for name, why in failed.items() if "cannot bind" in why}
-        if not bind:
-            return rejected
-        reasons = "; ".join(f"listener {name!r}: {why}" for name, why in sorted(bind.items()))
-        return EnvoyCannotBind(f"{rejected}; Envoy says: {reasons}", bind)
 
     def _reinstall(self, report: Report, kind: str) -> None:
         """After a rejection: the last confirmed content, under a new version."""
@@ -283,15 +280,8 @@ class Publisher:
             self._admin.confirm(kind, before, self.files[kind].version,
                                 self._confirm_timeout(), self._stop)
         except (EnvoyRejected, EnvoyUnavailable) as exc:
-            report.errors.append(_about(f"{FILES[kind]}: re-installing the last good file", exc))
+            report.errors.append(about(f"{FILES[kind]}: re-installing the last good file", exc))
             return
         state = self.files[kind]
         state.confirmed, state.before, state.last_confirmed = (
             Confirmation.CONFIRMED, None, good)
-
-
-def _about(what: str, exc: _E) -> _E:
-    """The same kind of error, its message prefixed with what it is about."""
-    return type(exc)(f"{what}: {exc}")
-
-
