@@ -230,10 +230,11 @@ class Daemon:
     its `pass` events read incrementally from its JSON log."""
 
     def __init__(self, folder: Path, stack: ExitStack, side: Side,
-                 extra: Sequence[str] = ()) -> None:
+                 extra: Sequence[str] = (), tag: str = "") -> None:
+        """`tag`: a second daemon on the same side (a restart) logs apart."""
         settings = side.settings
         self.started = time.monotonic()
-        logs = folder / f"daemon-{settings.out_dir.name}"  # one log per daemon
+        logs = folder / f"daemon-{settings.out_dir.name}{tag}"  # one log per daemon
         logs.mkdir(exist_ok=True)
         self.process = DaemonProcess(logs, [
             str(settings.sites_dir), "--out", str(settings.out_dir),
