@@ -32,6 +32,7 @@ import structlog
 
 from controlplane.envoy.admin import AdminClient, Counters
 from controlplane.envoy.twin import TWIN_DIR, TwinProcess
+from controlplane.envoy.verdicts import VERDICTS_FILE
 from controlplane.envoy.verifying import SCRATCH_DIR, Verifier, envoy_binary, short_reason
 from controlplane.errors import EnvoyRejected, EnvoyUnavailable, Stopping
 from controlplane.render import rendering
@@ -216,8 +217,8 @@ class TwinVerifier(Verifier):
     """`Verifier` whose runs go to the twin when it can take them."""
 
     def __init__(self, settings: Settings, twin: Twin, scratch: Path | None = None,
-                 stop: threading.Event | None = None) -> None:
-        super().__init__(settings, scratch=scratch, stop=stop)
+                 stop: threading.Event | None = None, verdicts: Path | None = None) -> None:
+        super().__init__(settings, scratch=scratch, stop=stop, verdicts=verdicts)
         self._twin = twin
         self.twin_runs = 0
         """Runs the twin answered (the rest went to `envoy --mode validate`)."""
@@ -240,25 +241,27 @@ class TwinVerifier(Verifier):
 class Validators:
     """The daemon's Envoy validator across passes and reloads, as the settings say: the
     twin, kept warm (started by the thread that asks first, the loop's, so it dies with
-    that thread), or an `envoy --mode validate` Verifier."""
+    that thread), or an `envoy --mode validate` Verifier; either keeps its verdicts in
+    `STATE/verdicts.json`, so a restart re-checks only what changed meanwhile."""
 
     def __init__(self, stop: threading.Event) -> None:
         self._stop = stop
         self._twin: Twin | None = None
 
     def verifier(self, settings: Settings) -> Verifier | None:
-        scratch = settings.state / SCRATCH_DIR
+        scratch, verdicts = settings.state / SCRATCH_DIR, settings.state / VERDICTS_FILE
         wanted = settings.verify_with_envoy and settings.validator == "twin"
         if self._twin is not None and (not wanted or self._twin.binary != envoy_binary(settings)):
             self.close()  # a reload turned it off, or names another Envoy
         if not settings.verify_with_envoy:
             return None
         if settings.validator == "process":
-            return Verifier(settings, scratch=scratch, stop=self._stop)
+            return Verifier(settings, scratch=scratch, stop=self._stop, verdicts=verdicts)
         if self._twin is None:
             self._twin = Twin(settings, self._stop)
             self._twin.start()  # answers within a second; `--mode validate` until then
-        return TwinVerifier(settings, self._twin, scratch=scratch, stop=self._stop)
+        return TwinVerifier(settings, self._twin, scratch=scratch, stop=self._stop,
+                            verdicts=verdicts)
 
     def close(self) -> None:
         if self._twin is not None:

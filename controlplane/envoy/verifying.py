@@ -5,9 +5,10 @@ so candidates go into a scratch bootstrap as `static_resources`: the clusters, a
 listeners of the LDS file from the same builder, with the route file's content inline,
 the secrets static (validate mode reads the certificate files, so a key that does not
 match its certificate is refused here) and access logs sent to /dev/null. Verdicts are cached by the
-digest of each site's rendered resources, so a pass re-checks only what changed. When a
-batch fails, it is bisected to name the sites at fault (about 2·log2(n) runs for one bad
-site among n).
+digest of each site's rendered resources, so a pass re-checks only what changed; the
+daemon keeps them in its state folder (`verdicts`), so a restart re-checks only what
+changed meanwhile. When a batch fails, it is bisected to name the sites at fault (about
+2·log2(n) runs for one bad site among n).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from controlplane.envoy.verdicts import VerdictFile, judge, kept
 from controlplane.errors import EnvoyBinaryError, Problem, Stopping
 from controlplane.render import listeners
 from controlplane.render.rendering import SiteResources
@@ -49,15 +51,20 @@ class Verifier:
     """Runs the Envoy binary on candidates; remembers which site renders passed."""
 
     def __init__(self, settings: Settings, scratch: Path | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, verdicts: Path | None = None) -> None:
         """`scratch`: where the scratch bootstraps go (created 0700); None: the system's
         temp folder (the one-shot commands). `stop`: set, it ends a run at once (the
-        child is killed and reaped) with Stopping."""
+        child is killed and reaped) with Stopping. `verdicts`: the file the passed
+        digests are kept in across restarts (the daemon's); None: in memory only."""
         self._settings = settings
         self._scratch = scratch
         self._stop = stop or threading.Event()
         self._binary = envoy_binary(settings)
-        self._passed: set[str] = set()
+        self._verdicts = None if verdicts is None else VerdictFile(
+            verdicts, judge(settings, self._binary))
+        self._passed: dict[str, None] = dict.fromkeys(
+            self._verdicts.load() if self._verdicts is not None else ())
+        """Render digests that passed, oldest first (a dict keeps the order)."""
         self._binary_ok = False
         self.runs = 0
         """Envoy runs so far (benchmarks and tests read it)."""
@@ -69,7 +76,14 @@ class Verifier:
         todo = [c for c in candidates if c.digest not in self._passed]
         if not todo:
             return {}
-        return self._bisect(todo, sources)
+        known = len(self._passed)
+        try:
+            return self._bisect(todo, sources)
+        finally:
+            if len(self._passed) > known:  # kept even when a stop or a broken binary ends it
+                self._passed = kept(self._passed, {c.digest for c in candidates})
+                if self._verdicts is not None:
+                    self._verdicts.save(self._passed)
 
     def explain(self, candidates: Sequence[SiteResources]) -> str | None:
         """Envoy's reason for refusing these resources together (no cache), or None.
@@ -81,7 +95,7 @@ class Verifier:
     ]:
         reason = self._run(group)
         if reason is None:
-            self._passed.update(c.digest for c in group)
+            self._passed.update(dict.fromkeys(c.digest for c in group))
             return {}
         if len(group) == 1:
             name = group[0].name
