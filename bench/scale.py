@@ -84,7 +84,8 @@ def _restart(folder: Path, stack: ExitStack, daemon: Daemon,
     """The daemon stopped, then started on the same files: start to its first pass done
     (nothing to write; Envoy's versions read back), and what that pass wrote."""
     daemon.process.stop()
-    again = Daemon(folder, stack, side, tag="-restart")
+    # A pass that changes nothing is logged at debug.
+    again = Daemon(folder, stack, side, ["--log-level", "debug"], tag="-restart")
     first = again.wait_pass(0, lambda e: True, 600)
     return {"ms": ms(time.monotonic() - again.started), "written": first.get("written", []),
             "confirmed": first.get("confirmed"), "first_pass_ms": first["stages_ms"]}
