@@ -141,3 +141,25 @@ def test_a_restart_takes_the_last_good_version_of_an_unchanged_file(
     assert after.last_good["a"] is loaded["a"], "a was parsed a second time"
     assert after.last_good["b"] is not loaded["b"]
     assert after.last_good["b"].domains == ("b2.example",)
+
+
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_a_linked_site_file_makes_every_pass_full(tmp_path: Path, link: str) -> None:
+    """`b.yaml` reaches `files/b.yaml` by a link: an edit there touches no name the
+    events give, so with such a file in the folder a pass always looks at everything."""
+    sites, files = tmp_path / "sites", tmp_path / "sites" / "_files"
+    files.mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    (sites / "a.yaml").write_text(_site("a.example", "/run/a.sock"))
+    (files / "b.yaml").write_text(_site("b.example", "/run/b.sock"))
+    if link == "symlink":
+        (sites / "b.yaml").symlink_to(files / "b.yaml")
+    else:
+        (sites / "b.yaml").hardlink_to(files / "b.yaml")
+    settings = Settings(sites_dir=sites, out_dir=tmp_path / "out", verify_with_envoy=False,
+                        unconfirmed_gap_s=0, resync_s=3600)
+    reconciler = Reconciler(settings, verifier=None, ask_envoy=False, stop=threading.Event())
+    assert sorted(reconciler.run_pass().added) == ["a", "b"]
+    with open(files / "b.yaml", "w") as edited:  # in place: the inode stays
+        edited.write(_site("b2.example", "/run/b.sock"))
+    assert reconciler.run_pass(touched=frozenset({"a.yaml"})).changed == ["b"]

@@ -52,6 +52,8 @@ class Scanner:
         """Who claims each domain, name and upstream, kept across all passes (what
         depends on the fence starts anew with it)."""
         self._full_at = float("-inf")
+        self._aliased = False
+        """Some site file is a link or has other hard links: every pass is full."""
         self._fresh: list[Checked] | None = None
         """Versions checked in this targeted pass (None: a full pass)."""
         self.loaded: dict[str, Checked] = {}
@@ -88,6 +90,7 @@ class Scanner:
         """This pass's checked version of every site file (None: no sites folder, said
         in `outcome`). `last_good` stands in for files written in place and not closed."""
         def check(entry: loading.Entry) -> Checked | None:
+            self._aliased = self._aliased or entry.aliased
             if unfinished and os.path.basename(entry.location) in unfinished:
                 return self._previous(entry.name, last_good)  # its last version stands in, if any
             return self._check_cached(entry)
@@ -100,7 +103,7 @@ class Scanner:
                     self._cache.pop(name, None)
                 self._checked = found
                 return found
-        self._fresh, self.fence = None, fence_of(self._settings)
+        self._fresh, self.fence, self._aliased = None, fence_of(self._settings), False
         self._checked, self._full_at = None, time.monotonic()
         try:
             scanned = scan(self._settings, check)
@@ -116,9 +119,10 @@ class Scanner:
 
     def _targeted(self, touched: frozenset[str] | None) -> bool:
         """Only the touched files need reading: events named them all, this reconciler
-        has a full pass to build on, and the resync is not due (it looks at everything,
-        for events inotify dropped and for paths outside the watched folders)."""
-        return touched is not None and self._checked is not None and (
+        has a full pass to build on, no site file is a link (an edit through another
+        name touches no name of ours), and the resync is not due (it looks at
+        everything, for events inotify dropped and for paths outside the watched folders)."""
+        return touched is not None and self._checked is not None and not self._aliased and (
             time.monotonic() - self._full_at < self._settings.resync_s)
 
     def _report_ignored(self, ignored: list[Problem]) -> None:

@@ -249,7 +249,8 @@ def rescan(settings: Settings, previous: dict[str, Checked], touched: Iterable[s
     """The sites folder after events that named only `touched`: `previous` with each
     touched site file checked again (or gone). None when only a full `scan` can tell: the
     defaults, a name `scan` reports as ignored, a link or folder among the junk names
-    (a ConfigMap's `..data` swap changes every file behind it), a site of two files."""
+    (a ConfigMap's `..data` swap changes every file behind it), a site of two files, a
+    site file that is a link or has other hard links."""
     folder, checked, added = settings.sites_dir, dict(previous), False
     for filename in sorted(set(touched)):
         path = os.path.join(folder, filename)
@@ -264,6 +265,8 @@ def rescan(settings: Settings, previous: dict[str, Checked], touched: Iterable[s
         if len(files) > 1 or (name in previous and not previous[name].digest):
             return None  # two files of one site, or were: `scan` judges the pair
         entry = loading.entry(folder, filename)
+        if entry is not None and entry.aliased:
+            return None  # a link: what else changed with it only `scan` can tell
         item = check(entry) if entry is not None else None
         if item is not None:
             added, checked[name] = added or name not in checked, item
