@@ -5,6 +5,7 @@ daemon, SIGKILL included."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -109,6 +110,47 @@ def test_after_a_rejection_the_same_files_are_refused_again(twin: tuple[Settings
     assert first is not None and ":-prefixed or host headers may not be modified" in first
     assert started.check(settings, [routes]) == first
     assert started.check(settings, [good]) is None
+
+
+def _twin_clusters(settings: Settings, started: Twin) -> set[str]:
+    """The clusters the twin holds, read by the test's own admin client."""
+    found = json.loads(AdminClient(started.process.admin_socket, settings).get(
+        "/clusters?format=json"))
+    return {c["name"] for c in found.get("cluster_statuses", ())}
+
+
+def test_a_settled_check_reads_no_counters(twin: tuple[Settings, Twin]) -> None:
+    """Once a check read the twin's counters, a one-site change (its cluster and its
+    routes) is confirmed by the version readouts alone, with no /stats counters request,
+    and the twin holds the new site."""
+    settings, started = twin
+    assert started.check(settings, [_site(settings, "a")]) is None
+    for name in ("b", "c"):
+        started.requests.clear()
+        assert started.check(settings, [_site(settings, name)]) is None
+        assert started.requests["counters"] == 0 and started.requests["versions"] >= 2
+        assert _twin_clusters(settings, started) == {name}
+
+
+def test_a_rejection_right_after_a_settled_accept_is_caught(
+        twin: tuple[Settings, Twin]) -> None:
+    """A cluster and a route rejection, each checked right after an accept made on the
+    readouts alone: refused with Envoy's reason; the check after it reads the counters
+    afresh (none are kept after a rejection) and takes a good site; the one after that
+    is settled again."""
+    settings, started = twin
+    assert started.check(settings, [_site(settings, "warm")]) is None
+    for bad in ("ringsize", "pseudo"):
+        started.requests.clear()
+        assert started.check(settings, [_site(settings, f"ok{bad}")]) is None
+        assert started.requests["counters"] == 0
+        reason = started.check(settings, [_site(settings, bad, HATCH[bad])])
+        assert reason is not None and ("ring_size" in reason or ":-prefixed" in reason)
+        for name, fresh in ((f"after{bad}", True), (f"then{bad}", False)):
+            started.requests.clear()
+            assert started.check(settings, [_site(settings, name)]) is None
+            assert (started.requests["counters"] > 0) is fresh
+            assert _twin_clusters(settings, started) == {name}
 
 
 def test_the_twin_binds_nothing_and_never_probes_an_upstream(short_tmp: Path) -> None:

@@ -205,8 +205,9 @@ class AdminClient:
 
         `before` is read before the rename; pass `ALREADY_WRITTEN` to re-check a file
         written in an earlier pass (then only `version_text` has to match). `settled`:
-        the file replaced was confirmed and `before` is from an earlier read (the
-        Publisher's `_settled` says why): the readout alone confirms. Returns the
+        `version_text` can show `version` only if Envoy took this file, and `before` may
+        be from an earlier read (the Publisher's `_settled` and `twinning` say why): the
+        readout alone confirms, the counters only tell a rejection. Returns the
         counters last read (when none was, `before`'s with the version seen). `poll_s`
         and `max_poll_s`: the first pause between reads and the longest (an Envoy that
         serves nobody, the validation twin, is asked more often)."""

@@ -3,17 +3,24 @@
 `verifying.Verifier` decides which groups of sites to check (the changed ones, bisected
 on a failure); `TwinVerifier` checks each group on the twin (`twin.TwinProcess`): the
 group is rendered as the live Envoy is given it and written to the twin's files in the
-live Envoy's make-before-break order (CDS, then RDS and LDS), each step confirmed as the
-live Envoy's are: `update_success` moved and `version_text` is the version written. A
-rejection's reason comes from the twin's log (file subscriptions report it nowhere else).
+live Envoy's make-before-break order (CDS, then RDS and LDS), each step confirmed by the
+version readouts alone, as the live Envoy's settled steps are (`AdminClient.confirm`,
+`settled`): each file goes in under a version this twin never held (the salt counts up),
+and `version_text` is the last version Envoy took whole (a rejected file, even partly
+applied, leaves it as it was), so showing it can only mean the twin took the file. The
+counters are read only to see a rejection: once before the first step after a start or
+a rejection, then kept while every step is taken (they only rise, and a taken step adds
+no rejection, so one still shows above them). A rejection's reason comes from the twin's
+log (file subscriptions report it nowhere else).
 
 What the twin is given differs from what the live Envoy is given only where Envoy does
 not judge a file when it applies it (`render/twinfiles`: listeners not bound, upstreams
 never probed, certificates inline, logs to /dev/null, clusters of routes validated).
 
-After any rejection, what the twin holds is unknown: before the next check its clusters
-are emptied (confirmed) and every file is rewritten under a new version, so no stale
-accept is inherited; a twin that does not answer is replaced.
+After any rejection, what the twin holds is unknown: the kept counters are dropped,
+before the next check its clusters are emptied (confirmed) and every file is rewritten
+under a new version, so no stale accept is inherited; a twin that does not answer is
+replaced.
 `--mode validate` (the parent class) stays the fallback: while the twin starts or after
 it died (it is restarted), when it does not answer, and for groups above
 `MAX_TWIN_GROUP` sites, where one process is faster. A twin left above `MAX_TWIN_RSS`
@@ -22,6 +29,7 @@ bytes after a check is restarted, which gives its memory back.
 
 from __future__ import annotations
 
+import collections
 import re
 import threading
 import time
@@ -73,6 +81,10 @@ class Twin:
         self._stop = stop
         self._known: TwinFiles | None = None
         self._counters: dict[str, Counters] | None = None
+        """The counters last read, by file kind, kept while every step since was taken:
+        a rejection shows above them. None: read them before the next step."""
+        self.requests: collections.Counter[str] = collections.Counter()
+        """Admin requests made to the twin, by kind, across its runs (tests, benchmarks)."""
         self._ready = self._said_died = False
         self._salt = 0
         self._next_start = 0.0
@@ -112,6 +124,7 @@ class Twin:
                 self.start()
             raise TwinUnavailable("the validation twin is starting")
         admin = AdminClient(self.process.admin_socket, settings)
+        admin.requests = self.requests
         if not self._ready:
             try:
                 admin.get("/ready")
@@ -157,9 +170,13 @@ class Twin:
 
     def _step(self, admin: AdminClient, settings: Settings,
               files: dict[str, tuple[str, ...]]) -> None:
-        """Write each file under a new version, then confirm each."""
-        if self._counters is None:
-            self._counters = dict(admin.counters())
+        """Write each file under a new version, then confirm each by its readout (the
+        module's docstring says why that is enough). The counters are read first only
+        when none are kept, and are kept again only once every file was taken: a step
+        that ends any other way leaves them unknown."""
+        counters, self._counters = self._counters, None
+        if counters is None:
+            counters = dict(admin.counters())
         versions = {}
         for kind, fragments in files.items():
             self._salt += 1
@@ -167,9 +184,10 @@ class Twin:
             write_atomic(self.process.paths()[kind], data, 0o600, force=True, durable=False)
             versions[kind] = version
         for kind, version in versions.items():
-            self._counters[kind] = admin.confirm(kind, self._counters[kind], version,
-                                                 settings.confirm_timeout_s, self._stop,
-                                                 poll_s=POLL_S, max_poll_s=MAX_POLL_S)
+            counters[kind] = admin.confirm(kind, counters[kind], version,
+                                           settings.confirm_timeout_s, self._stop,
+                                           poll_s=POLL_S, max_poll_s=MAX_POLL_S, settled=True)
+        self._counters = counters
 
     def _reason(self, mark: int) -> str:
         """The twin's own words for the rejection that followed `mark`."""
