@@ -79,7 +79,7 @@ def _burst(daemon: Daemon, side: common.Side, stage: Path, texts: dict[str, str]
     return {"rename_loop_ms": ms(renamed - started), "all_served_ms": ms(done - started),
             "late_after_last": len(late), "passes": len(passes),
             "rewrites": sum(writes.values()), "rewrites_by_file": dict(sorted(writes.items())),
-            "sites_per_pass": [len(e.get("added", [])) for e in passes],
+            "sites_per_pass": [common.count(e.get("added", [])) for e in passes],
             "pass_ms": [e["duration_ms"] for e in passes]}
 
 

@@ -68,6 +68,14 @@ def site_text(domains: Sequence[str], socket: Path | None = None,
     return f"domains: {json.dumps(list(domains))}\nupstream:\n  {endpoint}\n"
 
 
+def count(names: Sequence[str]) -> int:
+    """How many sites a pass event's list names: the log keeps the first ones and ends
+    with `and N more`."""
+    if names and names[-1].startswith("and ") and names[-1].endswith(" more"):
+        return len(names) - 1 + int(names[-1].split()[1])
+    return len(names)
+
+
 def host_of(name: str) -> str:
     return f"{name}.example.com"
 

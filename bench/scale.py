@@ -51,7 +51,7 @@ def measure(size: int, changes: int) -> dict[str, Any]:
         side = common.start_side(folder, stack, "d", sites, [])
         daemon = Daemon(folder, stack, side)
         served = side.probe.until(last, 200, timeout=600)
-        first = daemon.wait_pass(0, lambda e: len(e.get("added", [])) == size, 600)
+        first = daemon.wait_pass(0, lambda e: common.count(e.get("added", [])) == size, 600)
         daemon.wait_idle(0, quiet=0.5, timeout=600)
         cold_hwm = common.vm_hwm_kib(daemon.pid)
         missing = [n for n in texts if side.probe.status(common.host_of(n)) != 200]
