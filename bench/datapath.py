@@ -138,8 +138,13 @@ def _summary(runs: dict[str, list[dict[str, Any]]], kind: str, seconds: float) -
                             "errors": sum(r["status_4xx_5xx"] + r["connect_errors"]
                                           + r["read_errors"] + r["timeouts"]
                                           for found in runs.values() for r in found)}
-    data["ours_vs_minimal_rps"] = common.ratio(medians["envoy_unix"]["rps"],
-                                               medians["envoy_minimal"]["rps"])
+    # The target's figure pairs the two runs of each round (adjacent in time, so under
+    # the same load): run-to-run noise on 2 shared cores is +-15%, more than the 3%.
+    data["ours_vs_minimal_rps"] = round(common.median([
+        common.ratio(ours["rps"], minimal["rps"])
+        for ours, minimal in zip(runs["envoy_unix"], runs["envoy_minimal"], strict=True)]), 3)
+    data["ours_vs_minimal_rps_of_medians"] = common.ratio(medians["envoy_unix"]["rps"],
+                                                          medians["envoy_minimal"]["rps"])
     data["ours_vs_minimal_p99"] = common.ratio(medians["envoy_unix"]["p99_ms"],
                                                medians["envoy_minimal"]["p99_ms"])
     if "envoy_tcp" in medians:
@@ -176,7 +181,9 @@ def _markdown(data: dict[str, Any]) -> str:
             f" {data['unix_vs_tcp_p99']:.2f}x the p99." if "unix_vs_tcp_rps" in data
             else f"\n{data['note']}.")
     tail += (f"\nOur rendered config vs the minimal hand-written one, same socket:"
-             f" {data['ours_vs_minimal_rps']:.2f}x the req/s (target ≥ 0.97),"
+             f" {data['ours_vs_minimal_rps']:.2f}x the req/s (median of the rounds' paired"
+             f" ratios; target ≥ 0.97; ratio of the medians"
+             f" {data['ours_vs_minimal_rps_of_medians']:.2f}x),"
              f" {data['ours_vs_minimal_p99']:.2f}x the p99.")
     return (f"### Data path: wrk, 1 thread, {data['connections']} connections,"
             f" {data['seconds_per_run']:g} s per run, upstream {data['upstream']}"
@@ -222,7 +229,7 @@ def summary(data: dict[str, Any]) -> list[list[str]]:
                  f"{m['envoy_unix']['rps']:,.0f} req/s, p99 {m['envoy_unix']['p99_ms']:.2f} ms",
                  f"minimal {m['envoy_minimal']['rps']:,.0f} req/s,"
                  f" p99 {m['envoy_minimal']['p99_ms']:.2f} ms",
-                 f"{data['ours_vs_minimal_rps']:.2f}x req/s", "≥ 0.97x: " + (
+                 f"{data['ours_vs_minimal_rps']:.2f}x req/s (paired by round)", "≥ 0.97x: " + (
                      "met" if data["ours_vs_minimal_rps"] >= 0.97 else "**missed**")])
     if "unix_vs_tcp_rps" in data:
         rows.append(["Data path: Unix socket vs TCP through Envoy", "—",
