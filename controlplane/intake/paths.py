@@ -31,9 +31,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controlplane.intake.lookups import (
+    control_socket,
+    file_identity,
+    link_through,
+    open_folder,
+    real,
+    shown_as,
+)
 from controlplane.site.places import (
-    CONTROL_SOCKET_FOLDERS,
-    CONTROL_SOCKET_NAMES,
     CONTROL_SOCKET_PATHS,
     KERNEL_FOLDERS,
     PROCESS_LINKS,
@@ -82,18 +88,18 @@ class Fence:
             exclusive_upstreams: bool = False, page_dirs: Iterable[Path | str] = (),
             min_listen_port: int = 1024) -> Fence:
         fence = cls(exclusive_upstreams=exclusive_upstreams, min_listen_port=min_listen_port,
-                    page_dirs=tuple(dict.fromkeys(_real(d) for d in page_dirs)),
-                    socket_dirs=tuple(dict.fromkeys(_real(d) for d in socket_dirs)),
-                    log_dirs=tuple(dict.fromkeys(_real(d) for d in log_dirs)),
-                    private=tuple((_real(p), what) for p, what in private),
+                    page_dirs=tuple(dict.fromkeys(real(d) for d in page_dirs)),
+                    socket_dirs=tuple(dict.fromkeys(real(d) for d in socket_dirs)),
+                    log_dirs=tuple(dict.fromkeys(real(d) for d in log_dirs)),
+                    private=tuple((real(p), what) for p, what in private),
                     own_ports=dict(own_ports or {}))
         fence._socket_prefixes = tuple(d.rstrip("/") + "/" for d in fence.socket_dirs)
         known = [(p, "a control socket") for p in CONTROL_SOCKET_PATHS]
         if admin_socket is not None:
             known.insert(0, (str(admin_socket.absolute()), "Envoy's admin socket"))
         for path, what in known:
-            fence.forbidden_paths.setdefault(_real(path), what)
-            identity = _identity(path)
+            fence.forbidden_paths.setdefault(real(path), what)
+            identity = file_identity(path)
             if identity is not None:
                 fence.forbidden.setdefault(identity, f"{what} {path}")
         return fence
@@ -109,7 +115,7 @@ class Fence:
         if verdict.problem is None and use.kind in ("socket", "write") and (
                 use.path not in STANDARD_STREAMS) and under(posixpath.normpath(use.path),
                                                              PROCESS_LINKS):
-            return Verdict(problem=f"{use.path!r} goes through {_through(use.path)}, which"
+            return Verdict(problem=f"{use.path!r} goes through {link_through(use.path)}, which"
                            " leads elsewhere for Envoy than for this check; name the file"
                            " itself")
         return verdict
@@ -136,16 +142,16 @@ class Fence:
     def _resolve(self, path: str) -> tuple[str, os.stat_result | None]:
         folder, _, name = posixpath.normpath(path).rpartition("/")
         if not name:
-            return _real(path), None
+            return real(path), None
         base = self._folders.get(folder)
         if base is None:
-            base = self._folders[folder] = _real(folder or "/")
+            base = self._folders[folder] = real(folder or "/")
         full = posixpath.join(base, name)
         try:
             found = os.lstat(full)
         except OSError:
             return full, None
-        return (_real(full), found) if stat.S_ISLNK(found.st_mode) else (full, found)
+        return (real(full), found) if stat.S_ISLNK(found.st_mode) else (full, found)
 
     def _socket(self, path: str) -> Verdict:
         if not path.startswith("/"):
@@ -153,8 +159,8 @@ class Fence:
                            " reaches any process of the network namespace); a site may"
                            " not use it")
         resolved, found = self.resolve(path)
-        shown = _shown(path, resolved)
-        what = self.forbidden_paths.get(resolved) or _control(resolved)
+        shown = shown_as(path, resolved)
+        what = self.forbidden_paths.get(resolved) or control_socket(resolved)
         if what is not None:
             return Verdict(problem=f"{shown} is {what}; a site may not expose it")
         if self.socket_dirs and not (resolved in self.socket_dirs or resolved.startswith(
@@ -170,7 +176,7 @@ class Fence:
                            " a site may not expose it")
         folder = posixpath.dirname(resolved)
         if folder not in self._open:
-            self._open[folder] = _open_folder(folder)
+            self._open[folder] = open_folder(folder)
         return Verdict(warning=self._open[folder])
 
     def _identity_of(self, path: str, resolved: str, found: os.stat_result | None) -> tuple[
@@ -200,7 +206,7 @@ class Fence:
         if path in STANDARD_STREAMS:
             return Verdict()
         resolved, found = self.resolve(path)
-        shown = _shown(path, resolved)
+        shown = shown_as(path, resolved)
         if found is not None and stat.S_ISLNK(found.st_mode):
             return Verdict(problem=f"{path!r} is a symlink to {resolved!r}; Envoy would write"
                            " there: name a regular file")
@@ -227,7 +233,7 @@ class Fence:
 
     def _read(self, path: str) -> Verdict:
         resolved, _ = self.resolve(path)
-        shown = _shown(path, resolved)
+        shown = shown_as(path, resolved)
         if under(resolved, KERNEL_FOLDERS):
             return Verdict(problem=f"{shown} is a kernel file, not a certificate file")
         if any(what == "state folder" and under(resolved, (f,)) for f, what in self.private):
@@ -246,53 +252,8 @@ class Fence:
         """An error page: served to anyone, so only from the sites folder or page_dirs."""
         resolved, _ = self.resolve(path)
         if not under(resolved, self.page_dirs):
-            return Verdict(problem=f"{_shown(path, resolved)} is outside the sites folder and"
+            return Verdict(problem=f"{shown_as(path, resolved)} is outside the sites folder and"
                            f" the page folders ({', '.join(self.page_dirs)}); Envoy would"
                            " serve it to anyone: put the page beside the site file, or"
                            " under a folder of the setting `page_dirs`")
         return self._read(path)
-
-
-def _through(path: str) -> str:
-    return next(f for f in PROCESS_LINKS if under(posixpath.normpath(path), (f,)))
-
-
-def _real(path: Path | str) -> str:
-    return os.path.realpath(os.path.abspath(path))
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        found = os.stat(path)
-    except OSError:
-        return None
-    return found.st_dev, found.st_ino
-
-
-
-_CONTROL_PREFIXES = tuple(f + "/" for f in CONTROL_SOCKET_FOLDERS)
-
-
-def _control(resolved: str) -> str | None:
-    if resolved.rsplit("/", 1)[-1] in CONTROL_SOCKET_NAMES:
-        return "a control socket (a container runtime's, the kubelet's or D-Bus')"
-    if resolved.startswith(_CONTROL_PREFIXES):  # one call: 10,000 sockets a pass
-        folder = next(f for f in CONTROL_SOCKET_FOLDERS if resolved.startswith(f + "/"))
-        return f"in {folder}, which holds control sockets"
-    return None
-
-
-def _shown(path: str, resolved: str) -> str:
-    return repr(path) if resolved == path else f"{path!r} (resolves to {resolved!r})"
-
-
-def _open_folder(folder: str) -> str | None:
-    try:
-        mode = os.stat(folder).st_mode
-    except OSError:
-        return None
-    if mode & stat.S_IWOTH:
-        return (f"the socket folder {folder} is writable by every user on the host: anyone"
-                " there can put a socket or a symlink at this path; use a folder that only"
-                " the upstream's user can write")
-    return None
