@@ -5,9 +5,9 @@ Resolved: symlinks of the file and of every folder on the way, aliases such as
 `/var/run` -> `/run`, hard links (by device and inode), and `/proc` magic links (the
 path's identity must be the resolved path's). A `Fence` remembers what it resolved and
 judged. The daemon builds a new one for every full pass (an event outside the sites
-folder or one it cannot place, a reload, the resync) and keeps it only across passes
-started by site files' own events, which move no path (see "Security model" in the
-README).
+folder or one it cannot place, a reload, the resync), then `seal`s it for the passes
+started by site files' own events: what the full pass judged is kept, a path first
+named since is resolved afresh (see "Security model" in the README).
 
 - `socket` (an upstream Envoy connects to): under `socket_dirs`, not Envoy's admin socket
   nor a known control socket (container runtimes, the kubelet, systemd, D-Bus), by path
@@ -80,6 +80,7 @@ class Fence:
     _open: dict[str, str | None] = field(default_factory=dict)
     """The world-writable warning of each resolved socket folder."""
     _verdicts: dict[tuple[str, str], Verdict] = field(default_factory=dict)
+    _sealed: bool = False
 
     @classmethod
     def now(cls, *, socket_dirs: Iterable[Path | str], log_dirs: Iterable[Path | str],
@@ -104,11 +105,18 @@ class Fence:
                 fence.forbidden.setdefault(identity, f"{what} {path}")
         return fence
 
+    def seal(self) -> None:
+        """From now on keep only what was judged so far: a path first seen later is
+        resolved afresh each time (its folder may lead elsewhere by now)."""
+        self._sealed = True
+
     def judge(self, use: Use) -> Verdict:
-        key = (use.kind, use.path)
-        if key not in self._verdicts:
-            self._verdicts[key] = self._judge_links(use)
-        return self._verdicts[key]
+        found = self._verdicts.get(key := (use.kind, use.path))
+        if found is None:
+            found = self._judge_links(use)
+            if not self._sealed:
+                self._verdicts[key] = found
+        return found
 
     def _judge_links(self, use: Use) -> Verdict:
         verdict = self._judge(use)
@@ -135,17 +143,22 @@ class Fence:
 
     def resolve(self, path: str) -> tuple[str, os.stat_result | None]:
         """The resolved path, and the lstat of what the path names (None: missing)."""
-        if path not in self._resolved:
-            self._resolved[path] = self._resolve(path)
-        return self._resolved[path]
+        found = self._resolved.get(path)
+        if found is None:
+            found = self._resolve(path)
+            if not self._sealed:
+                self._resolved[path] = found
+        return found
 
     def _resolve(self, path: str) -> tuple[str, os.stat_result | None]:
         folder, _, name = posixpath.normpath(path).rpartition("/")
         if not name:
             return real(path), None
-        base = self._folders.get(folder)
+        base = None if self._sealed else self._folders.get(folder)
         if base is None:
-            base = self._folders[folder] = real(folder or "/")
+            base = real(folder or "/")
+            if not self._sealed:
+                self._folders[folder] = base
         full = posixpath.join(base, name)
         try:
             found = os.lstat(full)
