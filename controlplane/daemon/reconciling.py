@@ -76,6 +76,12 @@ class Reconciler:
         builds a new reconciler): a site whose state stays keeps its `changed_at`."""
         self.status, self.upstreams = previous.status, previous.upstreams
 
+    @property
+    def full_at(self) -> float:
+        """When the last full pass began (monotonic): the next is due `resync_s` later,
+        whatever targeted passes came between."""
+        return max(self._folder.full_at, time.monotonic() - self._settings.resync_s)
+
     def envoy_runs_ours(self) -> bool:
         """Envoy answers and runs the versions last written (True without an admin
         socket, or when there is nothing confirmed to compare)."""

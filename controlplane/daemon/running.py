@@ -64,7 +64,8 @@ class Daemon:
         self._reporter = Reporter(settings, self.notifier)
         self._watch_error: str | None = None
         self._validators = Validators(self.stop)
-        self.issuer = Issuer(settings, wake=self.signal.wake, counted=self.metrics.order_result,
+        self.issuer = Issuer(settings, wake=lambda: self.signal.wake(everything=True),
+                             counted=self.metrics.order_result,
                              served=lambda: served_serials(self.settings) if self._envoy.up.is_set()
                              else set())
 
@@ -181,8 +182,8 @@ class Daemon:
                 continue  # quiet, and Envoy still runs what was confirmed: no pass needed
             watched, outcome = self._watched_pass(watch, reconciler)
             failures = failures + 1 if outcome.retry else 0
-            if time.monotonic() >= next_resync or not outcome.retry:
-                next_resync = time.monotonic() + self.settings.resync_s
+            if time.monotonic() >= next_resync or not outcome.retry:  # a targeted pass
+                next_resync = min(time.monotonic(), reconciler.full_at) + self.settings.resync_s
 
     def _between_passes(self, reconciler: Reconciler) -> None:
         """Alive; the upstream sockets looked at again; an ACME order started when due."""

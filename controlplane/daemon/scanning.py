@@ -13,7 +13,9 @@ resolved paths.
 from __future__ import annotations
 
 import os
+import stat
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -30,6 +32,7 @@ from controlplane.intake.checking import (
     watched_folders,
 )
 from controlplane.intake.indexes import Indexes
+from controlplane.intake.naming import DEFAULTS
 from controlplane.settings import Settings
 
 log = structlog.get_logger("controlplane")
@@ -69,19 +72,14 @@ class Scanner:
         changed htpasswd file applied, at the next pass."""
 
     def socket_folders(self, last_good: dict[str, Checked]) -> list[str]:
-        """Worked out again only when a checked version or a last good one came or went;
-        after a targeted pass, the new versions' folders are added (a folder no longer
-        used is watched until the next full pass)."""
+        """Worked out again at every full pass, and in a targeted one when a checked
+        version or a last good one came or went and the new versions bring a folder."""
         key = (self.generation, len(self._cache), len(last_good))
-        if key != self._folders_key:
-            self._folders_key = key
-            if self._fresh is None:
-                self.folders = watched_folders(
-                    [*(c for _, c in self._cache.values()), *last_good.values()])
-            else:
-                known = set(self.folders)
-                self.folders += [f for f in watched_folders(self._fresh)
-                                        if f not in known]
+        if self._fresh is None or (key != self._folders_key and not set(
+                watched_folders(self._fresh)) <= set(self.folders)):
+            self.folders = watched_folders(
+                [*(c for _, c in self._cache.values()), *last_good.values()])
+        self._folders_key = key
         return self.folders
 
     def scan(self, outcome: Outcome, unfinished: frozenset[str],
@@ -92,19 +90,25 @@ class Scanner:
         def check(entry: loading.Entry) -> Checked | None:
             self._aliased = self._aliased or entry.aliased
             if unfinished and os.path.basename(entry.location) in unfinished:
-                return self._previous(entry.name, last_good)  # its last version stands in, if any
+                return self._previous(entry.name, last_good)  # its last version, if any
             return self._check_cached(entry)
 
-        self._fresh = [] if self._targeted(touched) else None
-        if self._fresh is not None and self._checked is not None and touched is not None:
-            found = rescan(self._settings, self._checked, touched, check)
+        previous, self._checked = self._checked, None  # a pass that fails: the next is full
+        self._fresh = [] if self._targeted(touched, previous) else None
+        if self._fresh is not None and previous is not None and touched is not None:
+            self.fence.seal()  # a path first named now is resolved afresh
+            found = rescan(self._settings, previous, touched, check)
             if found is not None:
-                for name in set(self._checked) - set(found):
+                for name in set(previous) - set(found):
                     self._cache.pop(name, None)
                 self._checked = found
                 return found
-        self._fresh, self.fence, self._aliased = None, fence_of(self._settings), False
-        self._checked, self._full_at = None, time.monotonic()
+        return self._scan_all(outcome, check)
+
+    def _scan_all(self, outcome: Outcome,
+                  check: Callable[[loading.Entry], Checked | None]) -> dict[str, Checked] | None:
+        self._fresh, self.fence = None, fence_of(self._settings)
+        self._aliased, self._full_at = _aliased_defaults(self._settings), time.monotonic()
         try:
             scanned = scan(self._settings, check)
         except (FileNotFoundError, NotADirectoryError):
@@ -114,15 +118,23 @@ class Scanner:
             return None
         self._report_ignored(scanned.ignored)
         self._cache = {n: v for n, v in self._cache.items() if n in scanned.checked}
+        digests = {c.digest for c in scanned.checked.values()}
+        self.rejected = {d: r for d, r in self.rejected.items() if d in digests}
         self._checked = scanned.checked
         return scanned.checked
 
-    def _targeted(self, touched: frozenset[str] | None) -> bool:
+    @property
+    def full_at(self) -> float:
+        """When the last full pass began (monotonic; -inf before the first)."""
+        return self._full_at
+
+    def _targeted(self, touched: frozenset[str] | None,
+                  previous: dict[str, Checked] | None) -> bool:
         """Only the touched files need reading: events named them all, this reconciler
         has a full pass to build on, no site file is a link (an edit through another
         name touches no name of ours), and the resync is not due (it looks at
         everything, for events inotify dropped and for paths outside the watched folders)."""
-        return touched is not None and self._checked is not None and not self._aliased and (
+        return touched is not None and previous is not None and not self._aliased and (
             time.monotonic() - self._full_at < self._settings.resync_s)
 
     def _report_ignored(self, ignored: list[Problem]) -> None:
@@ -166,3 +178,12 @@ class Scanner:
             return item
         return Checked(name=item.name, source=item.source, digest=item.digest,
                        problems=(Problem(item.source, "envoy", reason),))
+
+
+def _aliased_defaults(settings: Settings) -> bool:
+    """The defaults file is a link, or has other hard links: like a linked site file."""
+    try:
+        found = os.lstat(os.path.join(settings.sites_dir, DEFAULTS))
+    except OSError:
+        return False
+    return stat.S_ISLNK(found.st_mode) or found.st_nlink > 1

@@ -1,27 +1,21 @@
 """The change signal, and the watchdog handler that only signals.
 
-The handler does no work: it records that something happened and wakes the loop, so an
-exception can never kill the observer thread, and reading the site files (which the
-loop does) never wakes us again: only mutation events are subscribed to. Names are not
-filtered here; the scan filters them, so no event is ever wrongly dropped.
+The handler does no work: it records what happened (for the sites folder, the names its
+file events touched) and wakes the loop, so an exception never kills the observer
+thread; only mutation events are subscribed to, so reading the files never wakes us.
 
 `Signal.wait_batch` is the debounce: after the first event, wait until the folder has
-been quiet for `quiet` seconds, but never longer than `max_wait` after that event. An
-event that says a site file is complete (closed after writing, or renamed in from a name
-that is not a site file: the atomic save) needs no quiet window: the pass starts once
-nothing came for `coalesce` seconds (1-2 ms, which gathers the events of one tool's
-write). Any other event in the batch (a site file deleted or renamed away, as editors do
-before writing the new one; a folder swapped in) keeps its quiet window.
-
-A file written in place (IN_MODIFY) is unfinished until its writer closes it
-(IN_CLOSE_WRITE): `Signal.unfinished` names such files, so a pass keeps their previous
-version instead of reading half a file, and the close wakes the loop. A writer that
-never closes is waited for at most `max_wait` seconds, then its file is taken as it is.
+been quiet for `quiet` seconds, never longer than `max_wait`. An event that says a site
+file is complete (closed after writing, or renamed in: the atomic save) needs no quiet
+window, only `coalesce` (1-2 ms, one tool's events); any other event keeps its window.
+A file written in place (IN_MODIFY) is unfinished until closed (`Signal.unfinished`):
+a pass keeps its previous version meanwhile, for `max_wait` at most.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
 import time
@@ -47,6 +41,8 @@ from controlplane.intake.loading import is_site_name
 
 MAX_ALSO = 8
 """At most this many socket folders are watched besides the sites folder."""
+MAX_TOUCHED = 1000
+"""Names kept for a targeted pass; past this many, the pass is full."""
 MUTATIONS = [
     FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent, FileModifiedEvent,
     DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
@@ -67,8 +63,7 @@ class Signal:
         self._writing: dict[str, float] = {}
         """File name -> when a write without a close was first seen."""
         self._touched: set[str] | None = set()
-        """Names in the sites folder that events named since the last pass took them;
-        None when an event may have changed more (a folder, another watched folder)."""
+        """Sites folder names events touched since `take_touched`; None: maybe more."""
         self.count = 0
         self.completes = 0
         """Events of complete site files among `count` (tests read them)."""
@@ -81,6 +76,8 @@ class Signal:
                 self._touched = None
             else:
                 self._touched.update(names)
+                if len(self._touched) > MAX_TOUCHED:  # a full pass costs less by then
+                    self._touched = None
             now = time.monotonic()
             if self._first is None:
                 self._first = now
@@ -139,8 +136,7 @@ class Signal:
         return None if touched is None else frozenset(touched)
 
     def take_overdue(self, max_wait: float) -> list[str]:
-        """The files waited for `max_wait` seconds without a close, forgotten now (they
-        are taken as they are; a further write starts a new wait)."""
+        """The files waited for `max_wait` seconds without a close: taken as they are."""
         now = time.monotonic()
         with self._lock:
             overdue = sorted(n for n, t in self._writing.items() if now - t >= max_wait)
@@ -156,8 +152,12 @@ class Signal:
             self._first = self._last = self._last_complete = None
             self._event.clear()
 
-    def wake(self) -> None:
-        """Wake the loop without an event (stop, tests)."""
+    def wake(self, everything: bool = False) -> None:
+        """Wake the loop without an event (stop, tests); `everything`: the next pass
+        must look at every file (a certificate installed, events lost)."""
+        if everything:
+            with self._lock:
+                self._touched = None
         self._event.set()
 
 
@@ -232,6 +232,7 @@ class Watch:
             observer: BaseObserver = InotifyObserver(generate_full_events=True)
             observer.schedule(handler, str(self._folder), recursive=False,
                               event_filter=MUTATIONS)
+            _OVERFLOW.signals.add(self._signal)
             observer.start()
             return observer
         except OSError as exc:
@@ -248,7 +249,10 @@ class Watch:
         costs an inotify instance): an event there starts a pass, which resolves every
         socket path again, so a symlink planted in one is judged at once, not at the
         next resync. A folder that cannot be watched is left to the resync."""
-        wanted = set([f for f in folders if os.path.isdir(f)][:MAX_ALSO])  # in their order
+        # Never the sites folder again, by any name: one inode is one inotify watch, and
+        # unscheduling it as a page folder would end the sites folder's own watch.
+        wanted = set([f for f in folders if os.path.isdir(f)
+                      and _identity(Path(f)) != self._identity][:MAX_ALSO])  # in their order
         if self._observer is None:
             return
         for folder in set(self._also) - wanted:
@@ -261,6 +265,7 @@ class Watch:
                 continue
 
     def stop(self) -> None:
+        _OVERFLOW.signals.discard(self._signal)
         self._also = {}
         observer, self._observer, self._identity = self._observer, None, None
         if observer is not None:
@@ -274,3 +279,21 @@ def _identity(folder: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
+
+
+class _Overflow(logging.Handler):
+    """The inotify queue overflowed: watchdog drops what was pending and only logs it,
+    so each watch's next pass looks at every file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.signals: set[Signal] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Inotify queue overflowed"):
+            for signal in list(self.signals):
+                signal.wake(everything=True)
+
+
+_OVERFLOW = _Overflow()
+logging.getLogger("watchdog.observers.inotify_c").addHandler(_OVERFLOW)

@@ -271,7 +271,7 @@ def rescan(settings: Settings, previous: dict[str, Checked], touched: Iterable[s
         if item is not None:
             added, checked[name] = added or name not in checked, item
         elif entry is not None or (name in checked and checked[name].source == path):
-            del checked[name]
+            checked.pop(name, None)  # unfinished and new, or gone
     return dict(sorted(checked.items(), key=lambda i: i[1].source)) if added else checked
 
 

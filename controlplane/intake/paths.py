@@ -5,9 +5,9 @@ Resolved: symlinks of the file and of every folder on the way, aliases such as
 `/var/run` -> `/run`, hard links (by device and inode), and `/proc` magic links (the
 path's identity must be the resolved path's). A `Fence` remembers what it resolved and
 judged. The daemon builds a new one for every full pass (an event outside the sites
-folder or one it cannot place, a reload, the resync) and keeps it only across passes
-started by site files' own events, which move no path (see "Security model" in the
-README).
+folder or one it cannot place, a reload, the resync), then `seal`s it for the passes
+started by site files' own events: what the full pass judged is kept, a path first
+named since is resolved afresh (see "Security model" in the README).
 
 - `socket` (an upstream Envoy connects to): under `socket_dirs`, not Envoy's admin socket
   nor a known control socket (container runtimes, the kubelet, systemd, D-Bus), by path
@@ -31,9 +31,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controlplane.intake.lookups import (
+    control_socket,
+    file_identity,
+    link_through,
+    open_folder,
+    real,
+    shown_as,
+)
 from controlplane.site.places import (
-    CONTROL_SOCKET_FOLDERS,
-    CONTROL_SOCKET_NAMES,
     CONTROL_SOCKET_PATHS,
     KERNEL_FOLDERS,
     PROCESS_LINKS,
@@ -74,6 +80,7 @@ class Fence:
     _open: dict[str, str | None] = field(default_factory=dict)
     """The world-writable warning of each resolved socket folder."""
     _verdicts: dict[tuple[str, str], Verdict] = field(default_factory=dict)
+    _sealed: bool = False
 
     @classmethod
     def now(cls, *, socket_dirs: Iterable[Path | str], log_dirs: Iterable[Path | str],
@@ -82,34 +89,41 @@ class Fence:
             exclusive_upstreams: bool = False, page_dirs: Iterable[Path | str] = (),
             min_listen_port: int = 1024) -> Fence:
         fence = cls(exclusive_upstreams=exclusive_upstreams, min_listen_port=min_listen_port,
-                    page_dirs=tuple(dict.fromkeys(_real(d) for d in page_dirs)),
-                    socket_dirs=tuple(dict.fromkeys(_real(d) for d in socket_dirs)),
-                    log_dirs=tuple(dict.fromkeys(_real(d) for d in log_dirs)),
-                    private=tuple((_real(p), what) for p, what in private),
+                    page_dirs=tuple(dict.fromkeys(real(d) for d in page_dirs)),
+                    socket_dirs=tuple(dict.fromkeys(real(d) for d in socket_dirs)),
+                    log_dirs=tuple(dict.fromkeys(real(d) for d in log_dirs)),
+                    private=tuple((real(p), what) for p, what in private),
                     own_ports=dict(own_ports or {}))
         fence._socket_prefixes = tuple(d.rstrip("/") + "/" for d in fence.socket_dirs)
         known = [(p, "a control socket") for p in CONTROL_SOCKET_PATHS]
         if admin_socket is not None:
             known.insert(0, (str(admin_socket.absolute()), "Envoy's admin socket"))
         for path, what in known:
-            fence.forbidden_paths.setdefault(_real(path), what)
-            identity = _identity(path)
+            fence.forbidden_paths.setdefault(real(path), what)
+            identity = file_identity(path)
             if identity is not None:
                 fence.forbidden.setdefault(identity, f"{what} {path}")
         return fence
 
+    def seal(self) -> None:
+        """From now on keep only what was judged so far: a path first seen later is
+        resolved afresh each time (its folder may lead elsewhere by now)."""
+        self._sealed = True
+
     def judge(self, use: Use) -> Verdict:
-        key = (use.kind, use.path)
-        if key not in self._verdicts:
-            self._verdicts[key] = self._judge_links(use)
-        return self._verdicts[key]
+        found = self._verdicts.get(key := (use.kind, use.path))
+        if found is None:
+            found = self._judge_links(use)
+            if not self._sealed:
+                self._verdicts[key] = found
+        return found
 
     def _judge_links(self, use: Use) -> Verdict:
         verdict = self._judge(use)
         if verdict.problem is None and use.kind in ("socket", "write") and (
                 use.path not in STANDARD_STREAMS) and under(posixpath.normpath(use.path),
                                                              PROCESS_LINKS):
-            return Verdict(problem=f"{use.path!r} goes through {_through(use.path)}, which"
+            return Verdict(problem=f"{use.path!r} goes through {link_through(use.path)}, which"
                            " leads elsewhere for Envoy than for this check; name the file"
                            " itself")
         return verdict
@@ -129,23 +143,28 @@ class Fence:
 
     def resolve(self, path: str) -> tuple[str, os.stat_result | None]:
         """The resolved path, and the lstat of what the path names (None: missing)."""
-        if path not in self._resolved:
-            self._resolved[path] = self._resolve(path)
-        return self._resolved[path]
+        found = self._resolved.get(path)
+        if found is None:
+            found = self._resolve(path)
+            if not self._sealed:
+                self._resolved[path] = found
+        return found
 
     def _resolve(self, path: str) -> tuple[str, os.stat_result | None]:
         folder, _, name = posixpath.normpath(path).rpartition("/")
         if not name:
-            return _real(path), None
-        base = self._folders.get(folder)
+            return real(path), None
+        base = None if self._sealed else self._folders.get(folder)
         if base is None:
-            base = self._folders[folder] = _real(folder or "/")
+            base = real(folder or "/")
+            if not self._sealed:
+                self._folders[folder] = base
         full = posixpath.join(base, name)
         try:
             found = os.lstat(full)
         except OSError:
             return full, None
-        return (_real(full), found) if stat.S_ISLNK(found.st_mode) else (full, found)
+        return (real(full), found) if stat.S_ISLNK(found.st_mode) else (full, found)
 
     def _socket(self, path: str) -> Verdict:
         if not path.startswith("/"):
@@ -153,8 +172,8 @@ class Fence:
                            " reaches any process of the network namespace); a site may"
                            " not use it")
         resolved, found = self.resolve(path)
-        shown = _shown(path, resolved)
-        what = self.forbidden_paths.get(resolved) or _control(resolved)
+        shown = shown_as(path, resolved)
+        what = self.forbidden_paths.get(resolved) or control_socket(resolved)
         if what is not None:
             return Verdict(problem=f"{shown} is {what}; a site may not expose it")
         if self.socket_dirs and not (resolved in self.socket_dirs or resolved.startswith(
@@ -170,7 +189,7 @@ class Fence:
                            " a site may not expose it")
         folder = posixpath.dirname(resolved)
         if folder not in self._open:
-            self._open[folder] = _open_folder(folder)
+            self._open[folder] = open_folder(folder)
         return Verdict(warning=self._open[folder])
 
     def _identity_of(self, path: str, resolved: str, found: os.stat_result | None) -> tuple[
@@ -200,7 +219,7 @@ class Fence:
         if path in STANDARD_STREAMS:
             return Verdict()
         resolved, found = self.resolve(path)
-        shown = _shown(path, resolved)
+        shown = shown_as(path, resolved)
         if found is not None and stat.S_ISLNK(found.st_mode):
             return Verdict(problem=f"{path!r} is a symlink to {resolved!r}; Envoy would write"
                            " there: name a regular file")
@@ -227,7 +246,7 @@ class Fence:
 
     def _read(self, path: str) -> Verdict:
         resolved, _ = self.resolve(path)
-        shown = _shown(path, resolved)
+        shown = shown_as(path, resolved)
         if under(resolved, KERNEL_FOLDERS):
             return Verdict(problem=f"{shown} is a kernel file, not a certificate file")
         if any(what == "state folder" and under(resolved, (f,)) for f, what in self.private):
@@ -246,53 +265,8 @@ class Fence:
         """An error page: served to anyone, so only from the sites folder or page_dirs."""
         resolved, _ = self.resolve(path)
         if not under(resolved, self.page_dirs):
-            return Verdict(problem=f"{_shown(path, resolved)} is outside the sites folder and"
+            return Verdict(problem=f"{shown_as(path, resolved)} is outside the sites folder and"
                            f" the page folders ({', '.join(self.page_dirs)}); Envoy would"
                            " serve it to anyone: put the page beside the site file, or"
                            " under a folder of the setting `page_dirs`")
         return self._read(path)
-
-
-def _through(path: str) -> str:
-    return next(f for f in PROCESS_LINKS if under(posixpath.normpath(path), (f,)))
-
-
-def _real(path: Path | str) -> str:
-    return os.path.realpath(os.path.abspath(path))
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        found = os.stat(path)
-    except OSError:
-        return None
-    return found.st_dev, found.st_ino
-
-
-
-_CONTROL_PREFIXES = tuple(f + "/" for f in CONTROL_SOCKET_FOLDERS)
-
-
-def _control(resolved: str) -> str | None:
-    if resolved.rsplit("/", 1)[-1] in CONTROL_SOCKET_NAMES:
-        return "a control socket (a container runtime's, the kubelet's or D-Bus')"
-    if resolved.startswith(_CONTROL_PREFIXES):  # one call: 10,000 sockets a pass
-        folder = next(f for f in CONTROL_SOCKET_FOLDERS if resolved.startswith(f + "/"))
-        return f"in {folder}, which holds control sockets"
-    return None
-
-
-def _shown(path: str, resolved: str) -> str:
-    return repr(path) if resolved == path else f"{path!r} (resolves to {resolved!r})"
-
-
-def _open_folder(folder: str) -> str | None:
-    try:
-        mode = os.stat(folder).st_mode
-    except OSError:
-        return None
-    if mode & stat.S_IWOTH:
-        return (f"the socket folder {folder} is writable by every user on the host: anyone"
-                " there can put a socket or a symlink at this path; use a folder that only"
-                " the upstream's user can write")
-    return None
