@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--full", action="store_true", help="add the 10,000-site case")
     parser.add_argument("--quick", action="store_true", help="short runs, for trying changes")
+    parser.add_argument("--summary", action="store_true",
+                        help="run nothing: write summary.md from the saved results")
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"run only these ({', '.join(BENCHMARKS)})")
     args = parser.parse_args(argv)
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     names = args.names or list(BENCHMARKS)
+    if args.summary:
+        return _summarize(args.full)
     started = time.monotonic()
     rows: list[list[str]] = []
     failed: list[str] = []
@@ -70,6 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: {machine['wall_s']} s in all" + (f"; failed: {failed}" if failed else ""),
           file=sys.stderr)
     return 1 if failed else 0
+
+
+def _summarize(full: bool) -> int:
+    """summary.md again from each benchmark's saved JSON (after a benchmark was run
+    again on its own): the rows are the same functions' output."""
+    rows: list[list[str]] = []
+    for name, module in BENCHMARKS.items():
+        saved = common.RESULTS / f"{'scale-full' if full and name == 'scale' else name}.json"
+        rows += module.summary(json.loads(saved.read_text()))
+    machine = {**_machine(), "full": full, "quick": False, "wall_s": 0, "failed": [],
+               "assembled": True}
+    _write_summary(rows, machine)
+    print(common.table(HEADERS, rows))
+    return 0
 
 
 def _machine() -> dict[str, Any]:
@@ -129,6 +147,10 @@ def _write_summary(rows: list[list[str]], machine: dict[str, Any]) -> None:
               f" Python {m['python']}, Envoy {m['envoy']}, upstream {m['upstream']}"
               f" ({m['nginx'] or 'stand-in'}), load by {m['wrk']};"
               f" `make bench{'-full' if m['full'] else ''}` took {m['wall_s'] / 60:.1f} min.\n\n")
+    if m.get("assembled"):
+        header = (f"Assembled by `python -m bench --summary` at controlplane {m['commit']},"
+                  f" {m['date']}, from each benchmark's saved results (see its NAME.md)"
+                  f" on {m['nproc']} cores ({m['cpu']}), Envoy {m['envoy']}.\n\n")
     (common.RESULTS / f"{name}.md").write_text(header + common.table(HEADERS, rows))
 
 
