@@ -34,7 +34,7 @@ def _handler(name: str) -> type[BaseHTTPRequestHandler]:
             self.send_header("X-Upstream", name)
             for seen in ("X-Forwarded-For", "X-Real-IP"):
                 if self.headers.get(seen):
-                    self.send_header(f"X-Seen-{seen}", self.headers[seen])
+                    self.send_header(f"X-Seen-{seen.removeprefix('X-')}", self.headers[seen])
             self.end_headers()
             self.wfile.write(body)
 
