@@ -33,8 +33,11 @@ def _handler(name: str) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.send_header("X-Upstream", name)
             for seen in ("X-Forwarded-For", "X-Real-IP"):
-                if self.headers.get(seen):
-                    self.send_header(f"X-Seen-{seen.removeprefix('X-')}", self.headers[seen])
+                value = self.headers.get(seen)
+                # A folded request header keeps its CR LF here: echoed, it would be a
+                # line of the response of the client's making. Such a value is not echoed.
+                if value and "\r" not in value and "\n" not in value:
+                    self.send_header(f"X-Seen-{seen.removeprefix('X-')}", value)
             self.end_headers()
             self.wfile.write(body)
 
