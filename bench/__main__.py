@@ -82,6 +82,10 @@ def _summarize(full: bool) -> int:
     rows: list[list[str]] = []
     for name, module in BENCHMARKS.items():
         saved = common.RESULTS / f"{'scale-full' if full and name == 'scale' else name}.json"
+        if not saved.exists():
+            print(f"bench: no saved {saved.name}; run `python -m bench"
+                  f"{' --full' if full else ''} {name}` first", file=sys.stderr)
+            return 1
         rows += module.summary(json.loads(saved.read_text()))
     machine = {**_machine(), "full": full, "quick": False, "wall_s": 0, "failed": [],
                "assembled": True}
