@@ -7,6 +7,7 @@ and the upstreams they reach (each belongs to one site).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 
 from controlplane.intake.paths import Fence
 from controlplane.render.rendering import SiteResources
@@ -81,29 +82,40 @@ def upstreams(uses: tuple[Use, ...], fence: Fence) -> tuple[tuple[str, str, str,
     return tuple(found)
 
 
-def written_files(serving: dict[str, tuple[str, tuple[Use, ...]]], fence: Fence) -> dict[
+FileClaim = tuple[int, str, str, str]
+"""(its place among the site's uses, kind, field, path as written) of a file a site uses."""
+
+
+def file_claims(uses: tuple[Use, ...], fence: Fence) -> Iterator[tuple[str, FileClaim]]:
+    """(what it resolves to now, claim) of each file a site has Envoy read, append to or
+    serve as a page."""
+    for place, use in enumerate(uses):
+        if use.kind in ("read", "page", "write"):
+            yield fence.resolve(use.path)[0], (place, use.kind, use.field, use.path)
+
+
+def written_files(shared: list[tuple[str, list[tuple[str, str, FileClaim]]]]) -> dict[
         str, list[tuple[str, str]]]:
     """Site -> (field, reason) for each file it makes Envoy append to, or serve as an error
     page, that some site (itself included) has Envoy read (a certificate, a key, an
     htpasswd file) or serve as a page: log lines would corrupt it, a page would publish
     it; and for each page that is some site's access log (a client's text written into a
-    page served to anyone, or the log published)."""
-    protected: dict[str, dict[str, tuple[str, str]]] = {"read": {}, "page": {}, "write": {}}
-    for source, uses in serving.values():
-        for use in uses:
-            if use.kind in protected:
-                protected[use.kind].setdefault(fence.resolve(use.path)[0], (source, use.field))
+    page served to anyone, or the log published). `shared`: each file two claims or more
+    resolve to, with its (site, file, claim) claims in the folder's order (the first
+    claim of a kind holds the file)."""
     guarded = {"write": ("read", "page"), "page": ("read", "write")}
-    found: dict[str, list[tuple[str, str]]] = {}
-    for name, (_, uses) in serving.items():
-        for use in uses:
-            target = fence.resolve(use.path)[0] if use.kind in guarded else None
-            held = next((protected[k][target] for k in guarded.get(use.kind, ())
-                         if target in protected[k]), None)
+    found: dict[str, list[tuple[int, str, str]]] = {}
+    for _, users in shared:
+        protected: dict[str, tuple[str, str]] = {}
+        for _, source, (_, kind, field, _) in users:
+            protected.setdefault(kind, (source, field))
+        for name, _, (place, kind, field, path) in users:
+            held = next((protected[k] for k in guarded.get(kind, ()) if k in protected), None)
             if held is not None:
-                found.setdefault(name, []).append((use.field, (
-                    f"{use.path!r} is the {held[1]} of {held[0]}; {_HARM[use.kind]}")))
-    return found
+                found.setdefault(name, []).append((place, field, (
+                    f"{path!r} is the {held[1]} of {held[0]}; {_HARM[kind]}")))
+    return {name: [(field, reason) for _, field, reason in sorted(items)]
+            for name, items in found.items()}
 
 
 _HARM = {"write": "Envoy would append log lines to it: name a log file of its own",

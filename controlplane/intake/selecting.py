@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from controlplane.errors import Problem, bounded
 from controlplane.intake import claims, crossing, paths, sharing
 from controlplane.intake.checking import Checked
-from controlplane.intake.indexes import Contested, Indexes, Judged, Owners
+from controlplane.intake.indexes import Contested, Fenced, Indexes, Judged, Owners, replaced
 from controlplane.render import tls
 from controlplane.render.rendering import SiteResources
 
@@ -50,11 +50,13 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
     kept across passes by the daemon) and Envoy's verdict."""
     index = indexes or Indexes()
     result = Selection(serving={})
-    path_warnings: dict[tuple[str, str], list[Problem]] = {}
+    path_warnings: dict[str, dict[str, list[Problem]]] = {}
+    judged = checked
     if fence is not None:
-        checked, last_good = _fence(checked, last_good, fence, result, path_warnings,
-                                    index.judged(fence))
-    for name, item in checked.items():
+        fenced = _fence(checked, last_good, fence, result, index)
+        judged, last_good, path_warnings = fenced.judged, fenced.good, fenced.warnings
+    for name in checked:  # in the folder's order, which settles who holds a file first
+        item = judged[name]
         if item.problems:
             result.problems.setdefault(name, []).extend(item.problems)
         chosen = last_good.get(name) if item.problems else item
@@ -66,18 +68,17 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
         _settle_claims(result, last_good, cross, index.crossing)
     _settle(result, last_good, lambda serving: _name_conflicts(serving, index.names))
     if fence is not None:
-        _settle(result, last_good, lambda serving: _file_conflicts(serving, fence))
+        _settle(result, last_good, lambda serving: _file_conflicts(serving,
+                                                                   index.files(fence)))
     if fence is not None and fence.exclusive_upstreams:
         _settle(result, last_good, lambda serving: _upstream_conflicts(
             serving, index.upstreams(fence)))
     if max_certificates is not None:
-        _settle(result, last_good, lambda serving: tls.certificate_overflow(
-            {n: (c.source, c.resources.tls.secret_name) for n, c in serving.items()
-             if c.resources is not None and c.resources.tls is not None}, max_certificates,
-            {n for n, c in serving.items() if _is_last_good(c, last_good)}))
-    result.warnings = {n: [*c.warnings, *path_warnings.get((n, c.digest), [])]
+        _settle(result, last_good, lambda serving: _certificate_overflow(
+            serving, last_good, max_certificates, index.tls))
+    result.warnings = {n: [*c.warnings, *path_warnings.get(n, {}).get(c.digest, [])]
                        for n, c in result.serving.items()
-                       if c.warnings or path_warnings.get((n, c.digest))}
+                       if c.warnings or (n in path_warnings and c.digest in path_warnings[n])}
     if verifier is not None:
         _settle(result, last_good, lambda serving: verifier.verify(
             [c.resources for c in serving.values() if c.resources is not None],
@@ -87,39 +88,51 @@ def select(checked: dict[str, Checked], last_good: dict[str, Checked],
 
 
 def _fence(checked: dict[str, Checked], last_good: dict[str, Checked], fence: paths.Fence,
-           result: Selection, warnings: dict[tuple[str, str], list[Problem]],
-           memo: dict[tuple[str, str, str], Judged]) -> tuple[
-        dict[str, Checked], dict[str, Checked]]:
+           result: Selection, index: Indexes) -> Fenced:
     """Judge where each candidate's paths lead now, the new version's and the last good
     one's: a version whose paths fail is not served. When both fail (a symlink planted
-    under a path both name), the site stops serving until its paths are fixed."""
-    judged: dict[str, Checked] = {}
-    for name, item in checked.items():
-        if not item.problems:
-            problems, found = _judge(item, fence, memo)
-            warnings[(name, item.digest)] = found
-            if problems:
-                item = Checked(name=name, source=item.source, digest=item.digest,
-                               problems=tuple(problems))
-        judged[name] = item
-    good: dict[str, Checked] = {}
-    for name, item in last_good.items():
-        current = checked.get(name)
-        if current is None:
-            continue
-        if current.digest == item.digest and not current.problems:
-            if not judged[name].problems:
-                good[name] = item
-            continue
-        problems, found = _judge(item, fence, memo)
-        warnings[(name, item.digest)] = found
-        if not problems:
-            good[name] = item
-        elif judged[name].problems:  # else the new version serves and the old one is moot
-            result.problems.setdefault(name, []).extend(
-                dataclasses.replace(p, reason=f"its last good version too: {p.reason}")
-                for p in problems)
-    return judged, good
+    under a path both name), the site stops serving until its paths are fixed. Only the
+    sites whose versions changed since the last pass under `fence` are judged again."""
+    memo, seen = index.judged(fence), index.fenced(fence)
+    for name in replaced(checked, seen.checked) | replaced(last_good, seen.last_good):
+        for found in (seen.judged, seen.good, seen.problems, seen.warnings):
+            found.pop(name, None)
+        if name in checked:
+            _fence_site(checked[name], last_good.get(name), fence, memo, seen)
+    seen.checked, seen.last_good = dict(checked), dict(last_good)
+    for name, problems in seen.problems.items():
+        result.problems.setdefault(name, []).extend(problems)
+    return seen
+
+
+def _fence_site(current: Checked, previous: Checked | None, fence: paths.Fence,
+                memo: dict[tuple[str, str, str], Judged], into: Fenced) -> None:
+    """One site's entries of `into`: its judged version, its last good one if its paths
+    hold, what both warn of."""
+    name, judged = current.name, current
+    if not current.problems:
+        problems, found = _judge(current, fence, memo)
+        if found:
+            into.warnings.setdefault(name, {})[current.digest] = found
+        if problems:
+            judged = Checked(name=name, source=current.source, digest=current.digest,
+                             problems=tuple(problems))
+    into.judged[name] = judged
+    if previous is None:
+        return
+    if previous.digest == current.digest and not current.problems:
+        if not judged.problems:
+            into.good[name] = previous
+        return
+    problems, found = _judge(previous, fence, memo)
+    if found:
+        into.warnings.setdefault(name, {})[previous.digest] = found
+    if not problems:
+        into.good[name] = previous
+    elif judged.problems:  # else the new version serves and the old one is moot
+        into.problems[name] = [
+            dataclasses.replace(p, reason=f"its last good version too: {p.reason}")
+            for p in problems]
 
 
 def _judge(item: Checked, fence: paths.Fence,
@@ -154,8 +167,11 @@ def _sources(serving: dict[str, Checked], contested: Contested[Any, Any]) -> dic
 
 
 def _file_conflicts(serving: dict[str, Checked],
-                    fence: paths.Fence) -> dict[str, list[Problem]]:
-    found = claims.written_files({n: (c.source, c.uses) for n, c in serving.items()}, fence)
+                    files: Owners[str, claims.FileClaim]) -> dict[str, list[Problem]]:
+    files.update(serving)
+    found = claims.written_files([(target, sorted(
+        ((site, serving[site].source, claim) for site, claim in users),
+        key=lambda u: (u[1], u[2][0]))) for target, users in files.contested()])
     return {n: [Problem(serving[n].source, f, reason) for f, reason in items]
             for n, items in found.items()}
 
@@ -193,6 +209,18 @@ def _settle_claims(result: Selection, last_good: dict[str, Checked],
 
     _settle(result, last_good, lambda serving: {
         n: [p for _, p in found] for n, found in find(serving).items()}, holds)
+
+
+def _certificate_overflow(serving: dict[str, Checked], last_good: dict[str, Checked],
+                          limit: int, tls_sites: Owners[str, None]) -> dict[str, list[Problem]]:
+    tls_sites.update(serving)
+    secrets = {}
+    for name, _ in tls_sites.claimants("tls"):
+        item = serving[name]
+        assert item.resources is not None and item.resources.tls is not None
+        secrets[name] = (item.source, item.resources.tls.secret_name)
+    return tls.certificate_overflow(secrets, limit, {
+        n for n in secrets if _is_last_good(serving[n], last_good)})
 
 
 def _conflicts(serving: dict[str, Checked],
