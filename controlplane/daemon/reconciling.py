@@ -49,6 +49,7 @@ class Reconciler:
         self.socket_folders: list[str] = []
         """The folders of the sites' sockets and htpasswd files (`Scanner.socket_folders`)."""
         self.status = statusfile.StatusFile(settings.state)
+        self._recorder = recording.Recorder()
         self.upstreams = tracking.Tracker(settings=settings)
         self._confirmed: dict[str, str] = {}
         """Site -> the digest Envoy last confirmed running (a fully confirmed apply)."""
@@ -188,9 +189,13 @@ class Reconciler:
     def _record(self, outcome: Outcome, selection: Selection,
                 checked: dict[str, Checked] | None) -> None:
         now = time.time()
-        sites = recording.site_statuses(selection, checked, self._blocked, self._state,
-                                        self.status.sites, now)
-        self.status.update(sites, self.upstreams.after_pass(selection.serving))
+        sites, looked = self._recorder.statuses(
+            selection, checked, self._blocked, self._state, previous=self.status.sites,
+            confirmed=self._confirmed, state=(self._envoy_ok, self._publisher.asks_envoy),
+            now=now)
+        report = self.upstreams.after_pass(selection.serving)
+        moved = self.upstreams.moved_reports()
+        self.status.update(sites, report, None if looked is None else looked | moved)
         last = statusfile.PassStatus(
             at=now, added=outcome.added, changed=outcome.changed, removed=outcome.removed,
             invalid=outcome.invalid, written=outcome.written,

@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,15 +102,29 @@ class StatusFile:
         self.sites: dict[str, SiteStatus] = {}
         self._json = "{}"
         self._lines: dict[str, tuple[SiteStatus, str]] = {}
+        self._order: list[str] = []
+        self._place: dict[str, int] = {}
+        self._out: list[str] = []
+        """The lines of the sites part, in `_order`; `_place`: a site's index in it."""
         self._last: PassStatus | None = None
 
     def update(self, found: dict[str, SiteStatus],
-               upstream: Callable[[str], Any] = lambda _: None) -> None:
+               upstream: Callable[[str], Any] = lambda _: None,
+               among: set[str] | None = None) -> None:
         """This pass's status of every site, with the `upstream` of each serving one. One
-        whose state, version and problems stay keeps its `changed_at`."""
-        sites: dict[str, SiteStatus] = {}
-        changed = set(found) != set(self.sites)
-        for name, new in found.items():
+        whose state, version and problems stay keeps its `changed_at`. `among`: the only
+        sites whose status (as an object) or upstream may differ from the last update;
+        the others are left as they are (None: any may)."""
+        if among is None:
+            sites: dict[str, SiteStatus] = {}
+            names: Iterable[str] = found
+            changed = set(found) != set(self.sites)
+        else:
+            sites, names, changed = dict(self.sites), [n for n in among if n in found], False
+            for name in among - set(names):
+                changed = sites.pop(name, None) is not None or changed
+        for name in names:
+            new = found[name]
             report, old = upstream(name) if new.serving else None, self.sites.get(name)
             if new is old:  # the pass kept it (`recording`): only its upstream may move
                 sites[name] = old if report == old.upstream else dataclasses.replace(
@@ -131,7 +145,7 @@ class StatusFile:
             changed = True
         self.sites = sites
         if changed:
-            self._json = _sites_json(sites, self._lines)
+            self._json = self._sites_json(among)
 
     def write(self, last_pass: PassStatus) -> None:
         """The status file from the sites' status and this pass."""
@@ -145,8 +159,30 @@ class StatusFile:
             return
         for name in names:
             self.sites[name] = dataclasses.replace(self.sites[name], upstream=reports[name])
-        self._json = _sites_json(self.sites, self._lines)
+        self._json = self._sites_json(names)
         self.write(self._last)
+
+    def _sites_json(self, among: set[str] | None) -> str:
+        """The `sites` part of the status file, one line per site, sorted. Each site's
+        line is kept with the SiteStatus it was made from, to reuse while unchanged;
+        when no site came or went, only the lines of `among` are looked at."""
+        sites, lines = self.sites, self._lines
+        if among is None or len(self._out) != len(sites) or any(
+                (n in sites) != (n in lines) for n in among):
+            self._order = sorted(sites)
+            self._place = {name: place for place, name in enumerate(self._order)}
+            self._out = [""] * len(self._order)
+            among = set(sites)
+            for name in [n for n in lines if n not in sites]:
+                del lines[name]
+        for name in among & sites.keys():
+            site, cached = sites[name], lines.get(name)
+            if cached is None or cached[0] is not site:
+                cached = (site, f"  {json.dumps(name)}: "
+                                f"{json.dumps(_site_dict(site), sort_keys=True)}")
+                lines[name] = cached
+            self._out[self._place[name]] = cached[1]
+        return "{\n" + ",\n".join(self._out) + "\n}" if self._out else "{}"
 
     def certificate_expiries(self) -> dict[str, float]:
         """When each serving TLS site's certificate expires (Unix time)."""
@@ -159,22 +195,6 @@ class StatusFile:
         for site in self.sites.values():
             counts[site.state] = counts.get(site.state, 0) + 1
         return counts
-
-
-def _sites_json(sites: dict[str, SiteStatus], cache: dict[str, tuple[SiteStatus, str]]) -> str:
-    """The `sites` part of the status file, one line per site, sorted. `cache` keeps
-    each site's line with the SiteStatus it was made from, to reuse while unchanged."""
-    out = []
-    for name, site in sorted(sites.items()):
-        cached = cache.get(name)
-        if cached is None or cached[0] is not site:
-            cached = (site, f"  {json.dumps(name)}: "
-                            f"{json.dumps(_site_dict(site), sort_keys=True)}")
-            cache[name] = cached
-        out.append(cached[1])
-    for name in [n for n in cache if n not in sites]:
-        del cache[name]
-    return "{\n" + ",\n".join(out) + "\n}" if out else "{}"
 
 
 def _site_dict(site: SiteStatus) -> dict[str, Any]:

@@ -17,9 +17,10 @@ logged once (`upstream.down`, `upstream.up`).
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from controlplane.envoy.health import HealthReader
 from controlplane.errors import EnvoyUnavailable
 from controlplane.intake import probing
 from controlplane.intake.checking import Checked, fence_of
+from controlplane.intake.indexes import replaced
 from controlplane.intake.paths import Fence
 from controlplane.intake.probing import Followed
 from controlplane.settings import Settings
@@ -90,6 +92,7 @@ class Tracker:
     _health_at: float = float("-inf")
     _reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     _versions: dict[str, Checked] = field(default_factory=dict)  # what _sites came from
+    _handed: dict[str, dict[str, Any]] = field(default_factory=dict)  # `moved_reports`
 
     def __post_init__(self) -> None:
         if self.health is None and self.settings is not None and self.settings.admin_socket:
@@ -97,14 +100,29 @@ class Tracker:
 
     def follow(self, sites: dict[str, Followed]) -> None:
         """The serving sites' endpoints after a pass (what is no longer named is dropped)."""
-        self._sites = dict(sites)
-        self._users = {}
-        for name, site in sorted(sites.items()):
-            for path in site.sockets:
-                self._users.setdefault(path, []).append(name)
-        self._seen = {p: s for p, s in self._seen.items() if p in self._users}
-        self._fenced = {p: t for p, t in self._fenced.items() if p in self._users}
-        self._reports = {n: r for n, r in self._reports.items() if n in sites}
+        self._refollow(sites, set(sites) | set(self._sites))
+
+    def _refollow(self, sites: Mapping[str, Followed], names: set[str]) -> None:
+        """Follow `sites` for these names; a name they lack is no longer followed."""
+        emptied = set()
+        for name in names:
+            old = self._sites.pop(name, None)
+            for path in dict.fromkeys(old.sockets if old is not None else ()):
+                users = self._users[path]
+                users.remove(name)
+                if not users:
+                    del self._users[path]
+                    emptied.add(path)
+            new = sites.get(name)
+            if new is None:
+                self._reports.pop(name, None)
+                continue
+            self._sites[name] = new
+            for path in dict.fromkeys(new.sockets):
+                bisect.insort(self._users.setdefault(path, []), name)
+        for path in emptied - self._users.keys():
+            self._seen.pop(path, None)
+            self._fenced.pop(path, None)
 
     def due_in(self, now: float | None = None) -> float:
         """Seconds until some path or the health verdicts are due (inf: nothing to do)."""
@@ -144,10 +162,10 @@ class Tracker:
     def after_pass(self, serving: dict[str, Checked]) -> Callable[[str], dict[str, Any] | None]:
         """Follow the endpoints of the versions a pass serves, look at every path (the
         pass's events may have changed any), and give the report of each site."""
-        if serving != self._versions:  # by identity first: C speed while nothing changed
-            self.follow({n: self._sites[n] if self._versions.get(n) is c and n in self._sites
-                         else probing.followed(c.uses, c.resources)
-                         for n, c in serving.items()})
+        moved = replaced(serving, self._versions)
+        if moved:  # only the sites whose version is another object cost
+            self._refollow({n: probing.followed(serving[n].uses, serving[n].resources)
+                            for n in moved if n in serving}, moved)
             self._versions = dict(serving)
         self.refresh(self._fence(), everything=True)
         return self.report
@@ -257,6 +275,12 @@ class Tracker:
         """The `upstream` entry of one site's status (None: it is not followed)."""
         report = self._reports.get(name)
         return report if report is None or report["endpoints"] else None
+
+    def moved_reports(self) -> set[str]:
+        """The sites whose report came, went or changed since the last call."""
+        moved = replaced(self._reports, self._handed)
+        self._handed = dict(self._reports)
+        return moved
 
     def rows(self) -> list[tuple[str, str, bool]]:
         """(site, endpoint, up) for each followed endpoint: up when its socket accepts
