@@ -161,3 +161,23 @@ def test_validated_listeners_are_the_served_ones() -> None:
     routes = json.loads(snapshot.snapshot(settings, sites).routes)
     del routes["@type"]
     assert all(m["route_config"] == routes for m in managers)
+
+
+def test_a_render_envoy_accepted_skips_the_type_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart checks its last good versions again; those whose render digest Envoy
+    accepted (the persisted verdicts) are not parsed into protobuf types a second time,
+    and any other render is."""
+    path = REPO / "config" / "sites" / "blog.yaml"
+    settings = SETTINGS.model_copy(update={"sites_dir": path.parent})
+    first = check_content("blog", str(path), path.read_bytes(), settings)
+    assert first.resources is not None, first.problems
+    checked: list[str] = []
+    real = rendering.check_types
+    monkeypatch.setattr(rendering, "check_types",
+                        lambda resource, kind, *rest: checked.append(kind) or real(
+                            resource, kind, *rest))
+    again = check_content("blog", str(path), path.read_bytes(), settings,
+                          trusted={first.resources.digest})
+    assert checked == [] and again.resources == first.resources
+    check_content("blog", str(path), path.read_bytes(), settings, trusted={"0" * 16})
+    assert "virtual_host" in checked and rendering.CLUSTER in checked

@@ -64,10 +64,13 @@ class Reconciler:
         (a rejection must blame only what changed since)."""
 
     def _load_last_good(self) -> dict[str, Checked]:
+        """The last good versions in the state folder, checked again; the renders Envoy
+        accepted (persisted verdicts) skip the type checks."""
         found = {}
+        trusted = self._verifier.passed() if self._verifier is not None else frozenset()
         for name, content in statusfile.load_last_good(self._settings.state).items():
             source = str(self._settings.sites_dir / f"{name}.yaml")
-            item = check_content(name, source, content, self._settings)
+            item = check_content(name, source, content, self._settings, trusted)
             if not item.problems:
                 found[name] = item
         return found

@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,10 @@ class Verifier:
         self._binary_ok = False
         self.runs = 0
         """Envoy runs so far (benchmarks and tests read it)."""
+
+    def passed(self) -> Container[str]:
+        """The render digests Envoy accepted (kept across restarts in the verdicts file)."""
+        return self._passed
 
     def verify(self, candidates: Sequence[SiteResources], sources: dict[str, str]) -> dict[
         str, list[Problem]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 
 from controlplane.errors import Problem, SiteError
@@ -71,7 +71,10 @@ class Checked:
     """The site asks for its certificate by ACME (`tls: {acme: true}`)."""
 
 
-def check_content(name: str, source: str, content: bytes, settings: Settings) -> Checked:
+def check_content(name: str, source: str, content: bytes, settings: Settings,
+                  trusted: Container[str] = frozenset()) -> Checked:
+    """One site file's bytes checked, validated and rendered. `trusted`: render digests
+    Envoy accepted (`rendering.render_site`)."""
     shared = defaults.load(os.path.dirname(os.path.abspath(source)), settings.max_file_bytes)
     # The defaults are part of the version: a change to them is a new version of each site.
     digest = digest_of(content + b"\x00" + shared.content if shared.content else content)
@@ -82,7 +85,7 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
         merged = defaults.apply(parsed, shared, source, kind)
         if kind != "http":
             return _check_stream(name, source, digest, content, merged.document, settings,
-                                 reads)
+                                 reads, trusted)
         document = merged.document
         asked = validating.validate(name, source, digest, document, merged)
         site = store.resolve(asked, settings)
@@ -92,7 +95,8 @@ def check_content(name: str, source: str, content: bytes, settings: Settings) ->
         try:  # problems found after validation know their field, not its line
             resources = rendering.render_site(
                 site, settings, htpasswd=_read_htpasswd(site, fence),
-                pages=pages.read_pages(site, fence) if fence is not None else ())
+                pages=pages.read_pages(site, fence) if fence is not None else (),
+                trusted=trusted)
         except SiteError as exc:
             raise SiteError(validating.locate(exc.problems, document, merged)) from None
         uses = tuple(dataclasses.replace(u, line=None) if u.field.partition(".")[0] in (
@@ -121,12 +125,12 @@ def _acme_reads(asked: Site, settings: Settings) -> tuple[tuple[str, tuple[int, 
 
 
 def _check_stream(name: str, source: str, digest: str, content: bytes, document: Document,
-                  settings: Settings, reads: tuple[tuple[str, tuple[int, ...]], ...]
-                  ) -> Checked:
+                  settings: Settings, reads: tuple[tuple[str, tuple[int, ...]], ...],
+                  trusted: Container[str]) -> Checked:
     """A TCP or passthrough site: validated, rendered, its places listed (SiteError
     goes to the caller)."""
     site = streams.validate(name, source, digest, document)
-    resources = rendering.render_stream(site, settings)
+    resources = rendering.render_stream(site, settings, trusted=trusted)
     uses = streams.path_uses(site, document)
     if loops := crossing.loops(uses, source):
         raise SiteError(loops)
