@@ -12,7 +12,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import shtab
 from pydantic.fields import FieldInfo
 
 from controlplane import __version__
@@ -25,6 +24,22 @@ ALIASES = {"out_dir": ("--out", "--out-dir"), "state_dir": ("--state", "--state-
 
 PRECEDENCE = ("settings: flags win over CONTROLPLANE_* environment variables, which win"
               " over the --config file, which wins over the defaults")
+
+
+COMPLETE_FILE, COMPLETE_DIRECTORY = "file", "directory"
+"""What an option completes to, as `completion` maps it to shtab's (`with_completions`):
+shtab itself is imported only there, not at every start (40 ms)."""
+
+
+def with_completions(parser: argparse.ArgumentParser, kinds: dict[str, Any]) -> None:
+    """Each option's completion kind, and its subcommands', replaced by `kinds`' entry."""
+    for action in parser._actions:
+        kind = getattr(action, "complete", None)
+        if isinstance(kind, str) and kind in kinds:
+            action.complete = kinds[kind]  # type: ignore[attr-defined]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                with_completions(sub, kinds)
 
 
 def flag_names() -> dict[str, str]:
@@ -40,7 +55,7 @@ def settings_options(parser: argparse.ArgumentParser, top: bool) -> None:
     group = parser.add_argument_group(PRECEDENCE)
     config = group.add_argument("--config", type=Path, metavar="FILE", default=default,
                                 help="the settings file (YAML), like config/controlplane.yaml")
-    config.complete = shtab.FILE  # type: ignore[attr-defined]
+    config.complete = COMPLETE_FILE  # type: ignore[attr-defined]
     for key, info in Settings.model_fields.items():
         _option(group, key, info, default)
 
@@ -59,8 +74,8 @@ def _option(group: argparse._ArgumentGroup, key: str, info: FieldInfo, default: 
     action = group.add_argument(*names, dest=key, default=default, metavar=_metavar(key, info),
                                 choices=choices, help=text)
     if _mentions(info.annotation, Path):
-        action.complete = (shtab.DIRECTORY if key.endswith("_dir") or key.endswith("_dirs")  # type: ignore[attr-defined]
-                           else shtab.FILE)
+        action.complete = (COMPLETE_DIRECTORY  # type: ignore[attr-defined]
+                           if key.endswith("_dir") or key.endswith("_dirs") else COMPLETE_FILE)
 
 
 def _help(info: FieldInfo) -> str:

@@ -208,8 +208,17 @@ def test_completion_scripts_name_the_commands_and_options(
     assert main(["completion", shell]) == 0
     script = capsys.readouterr().out
     assert "--resync-s" in script and "status" in script and "completion" in script
+    assert {"bash": "_shtab_compgen_dirs", "zsh": "_files -/"}[shell] in script
     if shell == "bash":
         subprocess.run(["bash", "-n"], input=script.encode(), check=True)
+
+
+def test_a_start_does_not_import_the_completion_library() -> None:
+    """shtab costs 40 ms of every daemon start; only `completion` needs it."""
+    found = subprocess.run([sys.executable, "-c", "import sys, controlplane.cli;"
+                            " print('shtab' in sys.modules)"], capture_output=True, text=True,
+                           check=True)
+    assert found.stdout.strip() == "False", found.stderr
 
 
 @pytest.mark.parametrize("form", ["json", "console"])
