@@ -1,6 +1,9 @@
 """Hitless reloads: load through Envoy to one nginx site while 100 other sites are added,
 changed and removed (one file operation every 30 ms, so the daemon applies and Envoy
-reloads CDS and RDS many times), against the same load with no changes.
+reloads CDS and RDS many times), against the same load with no changes, and against the
+same operations given to a second Envoy alone: files the benchmark rendered beforehand,
+renamed into its folder in the daemon's order (what the churn costs Envoy itself, the
+floor under the daemon's figure).
 
 Counted: non-2xx responses (wrk's Lua script looks at every status; Envoy's own
 `http.ingress_http.downstream_rq_Nxx` counters are read as a cross-check) and socket
@@ -20,6 +23,7 @@ from typing import Any
 
 from bench import common
 from bench.common import Daemon
+from controlplane.render.rendering import SiteResources
 
 CHURN_SITES = 100
 CHURN_GAP_S = 0.03
@@ -34,16 +38,19 @@ class Churn:
         self.sites, self.stage, self.socks = sites, stage, socks
         self.ops = {"add": 0, "change": 0, "remove": 0}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="churn", daemon=True)
+        self._thread: threading.Thread | None = None
         self.cycle = 0
 
     def __enter__(self) -> Churn:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="churn", daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -74,6 +81,56 @@ class Churn:
                 os.unlink(self.sites / f"c{i:03d}.yaml")
 
 
+class EnvoyChurn(Churn):
+    """The same operations, as files renamed straight into a second Envoy: CDS confirmed
+    before RDS (RDS first for a removal), as the daemon orders them. The files of each
+    step are rendered before the runs, so the benchmark costs the cores nothing."""
+
+    def __init__(self, side: common.Side, socks: dict[str, Path], stable: str) -> None:
+        super().__init__(side.settings.sites_dir, side.settings.sites_dir, socks)
+        self.side, self._stable = side, stable
+        self._sites: dict[str, str] = {}
+        self._renders: dict[tuple[str, str], SiteResources] = {}
+        self._files: dict[tuple[str, str, int], dict[str, bytes]] = {}
+
+    def prepare(self, cycles: int) -> None:
+        """Render the files of the first `cycles` cycles of operations (cached)."""
+        for cycle in range(cycles):
+            self.cycle = cycle
+            for phase in ("add", "change", "remove"):
+                for i in range(CHURN_SITES):
+                    self._step_files(phase, f"c{i:03d}")
+        self.cycle, self._sites = 0, {}
+
+    def _do(self, phase: str, name: str) -> None:
+        common.apply_files(self.side, self._step_files(phase, name), removal=phase == "remove")
+
+    def _step_files(self, phase: str, name: str) -> dict[str, bytes]:
+        host = common.host_of(name)
+        if phase == "remove":
+            self._sites.pop(name, None)
+        elif phase == "add":
+            self._sites[name] = common.site_text([host], self.socks["c1"])
+        else:
+            self._sites[name] = common.site_text([host, f"r{self.cycle}.{host}"],
+                                                 self.socks["c2"])
+        key = (phase, name, self.cycle)
+        if key not in self._files:
+            self._files[key] = common.render_files(self.side.settings, [
+                self._render(n, t) for n, t in {"stable": self._stable, **self._sites}.items()])
+        return self._files[key]
+
+    def _render(self, name: str, text: str) -> SiteResources:
+        if (name, text) not in self._renders:
+            self._renders[(name, text)] = common.render_site(self.side.settings, name, text)
+        return self._renders[(name, text)]
+
+    def clear(self) -> None:
+        self._sites = {}
+        common.apply_files(self.side, common.render_files(
+            self.side.settings, [self._render("stable", self._stable)]), removal=True)
+
+
 def measure(seconds: float, repeats: int) -> dict[str, Any]:
     with common.scratch("hitless") as (folder, stack):
         socks = common.start_upstreams(folder, stack, "stable", "c1", "c2")
@@ -87,11 +144,40 @@ def measure(seconds: float, repeats: int) -> dict[str, Any]:
                                  [common.render_site(settings, "stable", text)])
         daemon = Daemon(folder, stack, side)
         daemon.wait_pass(0, lambda e: e.get("confirmed") is True, 60)
-        runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "churn": []}
+        floor = common.start_side(folder, stack, "f", sites, [])
+        alone = EnvoyChurn(floor, socks, text)
+        alone.prepare(cycles=2)
+        alone.clear()
+        runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
         for r in range(repeats):
-            for mode in ("baseline", "churn") if r % 2 == 0 else ("churn", "baseline"):
-                runs[mode].append(_one(daemon, side, stage, socks, seconds, mode == "churn"))
+            for mode in MODES[r % len(MODES):] + MODES[:r % len(MODES)]:
+                if mode == "envoy-churn":
+                    runs[mode].append(_alone(alone, seconds))
+                else:
+                    runs[mode].append(_one(daemon, side, stage, socks, seconds,
+                                           mode == "churn"))
         return _summary(runs, seconds)
+
+
+MODES = ("baseline", "churn", "envoy-churn")
+
+
+def _alone(churner: EnvoyChurn, seconds: float) -> dict[str, Any]:
+    """The load on the second Envoy while it takes the same operations as files."""
+    side = churner.side
+    before = side.envoy.stats(STATS)
+    with churner:
+        load = _load(f"http://127.0.0.1:{side.settings.listen.port}/", "stable.example.com",
+                     seconds)
+    after = side.envoy.stats(STATS)
+    ops = dict(churner.ops)
+    churner.ops = dict.fromkeys(ops, 0)
+    churner.cycle = 0
+    churner.clear()
+    envoy = {k.rsplit("_", 1)[-1]: after.get(k, 0) - before.get(k, 0) for k in after}
+    return {**load, "envoy_rq": envoy,
+            "envoy_non2xx": sum(v for k, v in envoy.items() if k != "2xx"),
+            "passes": 0, "rewrites": 2 * sum(ops.values()), "rejected": 0, "churn_ops": ops}
 
 
 def _one(daemon: Daemon, side: common.Side, stage: Path, socks: dict[str, Path],
@@ -157,7 +243,15 @@ def _summary(runs: dict[str, list[dict[str, Any]]], seconds: float) -> dict[str,
     churn = runs["churn"]
     failures = sum(r["non2xx"] + r["connect_errors"] + r["read_errors"] + r["write_errors"]
                    + r["timeouts"] for r in churn)
+    alone = runs["envoy-churn"]
     return {
+        "envoy_churn": {k: med("envoy-churn", k) for k in ("rps", "p50_ms", "p99_ms",
+                                                          "rewrites")},
+        "envoy_p99_ratio": common.ratio(med("envoy-churn", "p99_ms"),
+                                        med("baseline", "p99_ms")),
+        "envoy_churn_failures": sum(
+            r["non2xx"] + r["connect_errors"] + r["read_errors"] + r["write_errors"]
+            + r["timeouts"] for r in alone),
         "seconds_per_run": seconds, "connections": CONNECTIONS, "churn_sites": CHURN_SITES,
         "generator": churn[0]["generator"], "runs": runs,
         "baseline": {k: med("baseline", k) for k in ("rps", "p50_ms", "p99_ms")},
@@ -181,7 +275,7 @@ def run(full: bool, quick: bool) -> dict[str, Any]:
 
 def _markdown(data: dict[str, Any]) -> str:
     rows = []
-    for mode in ("baseline", "churn"):
+    for mode in MODES:
         for i, r in enumerate(data["runs"][mode]):
             ops = r["churn_ops"]
             rows.append([mode, i + 1, r["requests"], f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}",
@@ -200,16 +294,19 @@ def _markdown(data: dict[str, Any]) -> str:
             f" requests; target ({data['target']['rule']}): {verdict}. p99 with churn is"
             f" {data['p99_ratio']:.2f}x the p99 without (medians:"
             f" {data['churn']['p99_ms']:.2f} vs {data['baseline']['p99_ms']:.2f} ms); req/s"
-            f" {data['rps_ratio']:.2f}x.\n")
+            f" {data['rps_ratio']:.2f}x. Envoy alone, given the same operations as files"
+            f" (`envoy-churn`): p99 {data['envoy_churn']['p99_ms']:.2f} ms, "
+            f"{data['envoy_p99_ratio']:.2f}x the p99 without churn;"
+            f" {data['envoy_churn_failures']} failures.\n")
 
 
 def _plot(data: dict[str, Any]) -> Any:
     plt = common.pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
     for axis, key, label in ((left, "p99_ms", "p99 latency (ms)"), (right, "rps", "req/s")):
-        for offset, mode in ((-0.2, "baseline"), (0.2, "churn")):
+        for offset, mode in zip((-0.27, 0, 0.27), MODES, strict=True):
             values = [r[key] for r in data["runs"][mode]]
-            axis.bar([i + offset for i in range(len(values))], values, 0.4, label=mode)
+            axis.bar([i + offset for i in range(len(values))], values, 0.27, label=mode)
         axis.set_xlabel("repeat")
         axis.set_ylabel(label)
         axis.legend(fontsize=8)
@@ -225,5 +322,7 @@ def summary(data: dict[str, Any]) -> list[list[str]]:
     return [["Hitless reloads: non-2xx during churn; p99", f"{data['churn_sites']} sites churning",
              f"{data['churn_failures']} of {data['churn_requests']:,};"
              f" p99 {data['churn']['p99_ms']:.2f} ms",
-             f"no churn: p99 {data['baseline']['p99_ms']:.2f} ms",
+             f"no churn: p99 {data['baseline']['p99_ms']:.2f} ms; Envoy alone under the"
+             f" same churn: p99 {data['envoy_churn']['p99_ms']:.2f} ms"
+             f" ({data['envoy_p99_ratio']:.2f}x)",
              f"{data['p99_ratio']:.2f}x (p99)", verdict]]
