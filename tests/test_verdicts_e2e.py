@@ -22,7 +22,7 @@ from controlplane.intake.checking import check_content
 from controlplane.render.rendering import SiteResources
 from controlplane.settings import Settings
 from controlplane.values import Listen
-from tests.envoy_rejections import site_text
+from tests.envoy_rejections import HATCH, site_text
 
 pytestmark = pytest.mark.e2e
 NAMES = ("alpha", "beta", "gamma")
@@ -208,3 +208,31 @@ def test_the_daemons_validators_keep_their_verdicts(short_tmp: Path, validator: 
         finally:
             validators.close()
     assert (settings.state / VERDICTS_FILE).is_file()
+
+
+def test_groups_checked_ahead_are_passed_when_verify_comes_to_them(tmp_path: Path) -> None:
+    """A pass hands new renders to Envoy in groups while it renders the rest; `verify`
+    waits for them and runs Envoy only for what they did not cover."""
+    settings = _settings(tmp_path)
+    resources, sources = _sites(settings, tmp_path)
+    verifier = Verifier(settings)
+    verifier.check_ahead(resources[:2])
+    assert verifier.verify(resources, sources) == {}
+    assert verifier.runs == 2  # the group ahead, then the third site alone
+    assert verifier.verify(resources, sources) == {} and verifier.runs == 2
+
+
+def test_a_group_checked_ahead_that_fails_is_bisected_by_verify(tmp_path: Path) -> None:
+    """A group Envoy refuses ahead is only left unknown: `verify` finds the site."""
+    settings = _settings(tmp_path)
+    resources, sources = _sites(settings, tmp_path)
+    source = str(tmp_path / "sites" / "negtimeout.yaml")
+    bad = check_content("negtimeout", source, site_text(
+        "negtimeout", HATCH["negtimeout"]).encode(), settings)
+    assert bad.resources is not None, bad.problems
+    sources["negtimeout"] = source
+    verifier = Verifier(settings)
+    verifier.check_ahead([*resources, bad.resources])
+    problems = verifier.verify([*resources, bad.resources], sources)
+    assert list(problems) == ["negtimeout"], problems
+    assert "Envoy refuses it" in problems["negtimeout"][0].reason

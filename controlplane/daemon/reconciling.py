@@ -29,7 +29,14 @@ from controlplane.errors import (
 from controlplane.intake.checking import Checked, check_content
 from controlplane.intake.selecting import Selection, select
 from controlplane.render import snapshot
+from controlplane.render.rendering import SiteResources
 from controlplane.settings import Settings
+
+AHEAD_FIRST = 250
+"""New renders in a pass before the first group goes to Envoy's verdict ahead of the
+rest; each next group is twice as big, up to AHEAD_MAX (`--mode validate` costs about
+47 ms a run plus 0.4 ms a site: fewer, bigger runs, but the first starts early)."""
+AHEAD_MAX = 2000
 
 
 class Reconciler:
@@ -57,6 +64,11 @@ class Reconciler:
         """The last apply reached Envoy and was written (no timeout, refusal, output error)."""
         self._blocked: dict[str, list[str]] = {}
         """Sites kept from serving by a listener Envoy cannot bind, with the cause."""
+        self._ahead: list[SiteResources] = []
+        """New renders of this pass not handed to Envoy's verdict yet (`_check_ahead`)."""
+        self._ahead_sent = 0
+        if verifier is not None:
+            self._folder.on_checked = self._check_ahead
         self.last_good = self._load_last_good()
         self._folder.loaded = dict(self.last_good)
         self._serving: dict[str, Checked] = dict(self.last_good)
@@ -99,6 +111,7 @@ class Reconciler:
         nothing else changed; only those are read again (None: a full pass)."""
         outcome = Outcome()
         clock = Clock(outcome.durations_ms)
+        self._ahead, self._ahead_sent = [], 0
         checked = self._folder.scan(outcome, unfinished, touched, self.last_good)
         clock.lap("load_validate_render")
         if checked is None:  # no sites folder: what serves stays, if its paths still hold
@@ -117,6 +130,20 @@ class Reconciler:
         self.socket_folders = self._folder.socket_folders(self.last_good)
         clock.lap("record")
         return outcome
+
+    def _check_ahead(self, item: Checked) -> None:
+        """Hand new renders to Envoy's verdict in groups while the pass renders the rest
+        (a cold start, a burst): the first group after `AHEAD_FIRST` of them, each next
+        one twice as big, up to `AHEAD_MAX`. A one-site change hands nothing ahead."""
+        verifier = self._verifier
+        if verifier is None or item.problems or item.resources is None or (
+                item.resources.digest in verifier.passed()):
+            return
+        self._ahead.append(item.resources)
+        if len(self._ahead) >= min(AHEAD_MAX, AHEAD_FIRST << self._ahead_sent):
+            verifier.check_ahead(self._ahead)
+            self._ahead_sent += 1
+            self._ahead = []
 
     def _diff(self, outcome: Outcome, selection: Selection) -> None:
         old, new = self._serving, selection.serving

@@ -66,6 +66,8 @@ class Scanner:
         self.rejected: dict[str, str] = {}
         """Render digest -> why Envoy rejected the update that carried it (`hold_back`)."""
         self._ignored: set[str] = set()
+        self.on_checked: Callable[[Checked], None] | None = None
+        """Told of each version checked anew (not from the cache), as the pass goes."""
         self.folders: list[str] = []
         """The folders of the sites' sockets and htpasswd files, as written and resolved:
         the daemon watches them, so a symlink planted (or removed) there is judged, and a
@@ -163,6 +165,8 @@ class Scanner:
             self.generation += 1
             if self._fresh is not None:
                 self._fresh.append(item)
+            if self.on_checked is not None:
+                self.on_checked(item)
         return self._held_back(item)
 
     def hold_back(self, digest: str, reason: str) -> None:

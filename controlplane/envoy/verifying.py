@@ -24,12 +24,15 @@ from collections.abc import Container, Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from controlplane.envoy.verdicts import VerdictFile, judge, kept
-from controlplane.errors import EnvoyBinaryError, Problem, Stopping
+from controlplane.errors import ControlPlaneError, EnvoyBinaryError, Problem, Stopping
 from controlplane.render import listeners
 from controlplane.render.rendering import SiteResources
 from controlplane.settings import Settings
 
+log = structlog.get_logger("controlplane")
 SCRATCH_DIR = "scratch"
 """The daemon's scratch bootstraps go in `STATE/scratch/` (swept at start), not /tmp."""
 STOP_POLL_S = 0.1
@@ -68,15 +71,59 @@ class Verifier:
         self._binary_ok = False
         self.runs = 0
         """Envoy runs so far (benchmarks and tests read it)."""
+        self._ahead: list[list[SiteResources]] = []
+        self._ahead_lock = threading.Lock()
+        self._ahead_worker: threading.Thread | None = None
+        """Checks the groups `check_ahead` queued, and ends when there are none."""
 
     def passed(self) -> Container[str]:
         """The render digests Envoy accepted (kept across restarts in the verdicts file)."""
         return self._passed
 
+    def check_ahead(self, group: Sequence[SiteResources]) -> None:
+        """Have Envoy judge `group` in the background, one `--mode validate` on another
+        core, while the pass goes on rendering the rest (a cold start at 10,000 sites
+        spent 5 s loading, then 5 s validating). A group that passes is known passed
+        when `verify` comes to it; one that fails is left unknown, for `verify` to
+        bisect as ever. `verify` waits for the groups handed here first."""
+        todo = [c for c in group if c.digest not in self._passed]
+        if not todo:
+            return
+        with self._ahead_lock:
+            self._ahead.append(todo)
+            if self._ahead_worker is None:
+                self._ahead_worker = threading.Thread(target=self._check_ahead, daemon=True,
+                                                      name="controlplane-check-ahead")
+                self._ahead_worker.start()
+
+    def _check_ahead(self) -> None:
+        while True:
+            with self._ahead_lock:
+                if self._stop.is_set():
+                    self._ahead.clear()
+                if not self._ahead:
+                    self._ahead_worker = None
+                    return
+                group = self._ahead.pop(0)
+            try:
+                if Verifier._run(self, group) is None:  # never the twin: it is the loop's
+                    self._passed.update(dict.fromkeys(c.digest for c in group))
+            except ControlPlaneError as exc:  # stopping, a broken binary: `verify` says
+                log.debug("verify.ahead.failed", error=str(exc), sites=len(group))
+            except Exception:  # only costs `verify` the run; never the worker
+                log.exception("verify.ahead.crashed", sites=len(group))
+
+    def _wait_ahead(self) -> None:
+        """Until the groups handed ahead are checked (the worker ends with the last)."""
+        worker = self._ahead_worker
+        if worker is not None:
+            worker.join()
+
     def verify(self, candidates: Sequence[SiteResources], sources: dict[str, str]) -> dict[
         str, list[Problem]
     ]:
         """Problems per site name for the candidates Envoy refuses; {} when all pass."""
+        self._wait_ahead()
         todo = [c for c in candidates if c.digest not in self._passed]
         if not todo:
             return {}
