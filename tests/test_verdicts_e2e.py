@@ -222,6 +222,17 @@ def test_groups_checked_ahead_are_passed_when_verify_comes_to_them(tmp_path: Pat
     assert verifier.verify(resources, sources) == {} and verifier.runs == 2
 
 
+def test_verdicts_passed_ahead_are_kept_for_the_next_start(tmp_path: Path) -> None:
+    """Every candidate passed ahead (`verify` runs nothing itself): the verdicts file
+    still gets them, so the next start validates nothing."""
+    settings = _settings(tmp_path)
+    resources, sources = _sites(settings, tmp_path)
+    verifier = Verifier(settings, verdicts=settings.state / VERDICTS_FILE)
+    verifier.check_ahead(resources)
+    assert verifier.verify(resources, sources) == {} and verifier.runs == 1
+    assert _runs(settings, tmp_path) == 0
+
+
 def test_a_group_checked_ahead_that_fails_is_bisected_by_verify(tmp_path: Path) -> None:
     """A group Envoy refuses ahead is only left unknown: `verify` finds the site."""
     settings = _settings(tmp_path)

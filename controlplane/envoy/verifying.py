@@ -75,6 +75,8 @@ class Verifier:
         self._ahead_lock = threading.Lock()
         self._ahead_worker: threading.Thread | None = None
         """Checks the groups `check_ahead` queued, and ends when there are none."""
+        self._ahead_passed = 0
+        """Digests the worker passed since `verify` last saved the verdicts."""
 
     def passed(self) -> Container[str]:
         """The render digests Envoy accepted (kept across restarts in the verdicts file)."""
@@ -107,7 +109,9 @@ class Verifier:
                 group = self._ahead.pop(0)
             try:
                 if Verifier._run(self, group) is None:  # never the twin: it is the loop's
+                    known = len(self._passed)
                     self._passed.update(dict.fromkeys(c.digest for c in group))
+                    self._ahead_passed += len(self._passed) - known
             except ControlPlaneError as exc:  # stopping, a broken binary: `verify` says
                 log.debug("verify.ahead.failed", error=str(exc), sites=len(group))
             except Exception:  # only costs `verify` the run; never the worker
@@ -124,12 +128,10 @@ class Verifier:
     ]:
         """Problems per site name for the candidates Envoy refuses; {} when all pass."""
         self._wait_ahead()
+        known, self._ahead_passed = len(self._passed) - self._ahead_passed, 0
         todo = [c for c in candidates if c.digest not in self._passed]
-        if not todo:
-            return {}
-        known = len(self._passed)
         try:
-            return self._bisect(todo, sources)
+            return self._bisect(todo, sources) if todo else {}
         finally:
             if len(self._passed) > known:  # kept even when a stop or a broken binary ends it
                 self._passed = kept(self._passed, {c.digest for c in candidates})
