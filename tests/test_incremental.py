@@ -163,6 +163,33 @@ def test_targeted_passes_say_what_passes_with_no_memory_say(root: Path) -> None:
     assert {"serving", "serving-last-good", "invalid", "problems", "warnings"} <= states, states
 
 
+def test_a_pass_that_fails_to_record_leaves_the_next_one_to_record_everything(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the recorder keeps is what the status file holds: a pass that breaks off
+    while recording (here the status file's update raises) must not leave the changed
+    site's old line standing through the passes after it."""
+    (root / "sites" / "a.yaml").write_text(_site("a.test", "/run/a.sock"))
+    (root / "sites" / "b.yaml").write_text(_site("b.test", "/run/b.sock"))
+    kept = _reconciler(_settings(root, root / "state"))
+    kept.run_pass()
+    touched = _edit("b", lambda r: _site("b2.test", "/run/b.sock"))(root)
+    copy = root / "state-before"
+    shutil.copytree(root / "state", copy)
+    update = StatusFile.update
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(StatusFile, "update", broken)
+    with pytest.raises(OSError, match="went away"):
+        kept.run_pass(touched=touched)
+    monkeypatch.setattr(StatusFile, "update", update)
+    kept.run_pass(touched=frozenset())  # an event that changed nothing
+    fresh = _reconciler(_settings(root, copy))
+    fresh.run_pass()
+    assert _said(kept) == _said(fresh)
+
+
 def _status(state: str, serving: str | None = "d1") -> SiteStatus:
     return SiteStatus(state=state, file="/s/x.yaml", serving=serving, changed_at=1.0)
 

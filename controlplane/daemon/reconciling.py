@@ -219,13 +219,17 @@ class Reconciler:
     def _record(self, outcome: Outcome, selection: Selection,
                 checked: dict[str, Checked] | None) -> None:
         now = time.time()
-        sites, looked = self._recorder.statuses(
-            selection, checked, self._blocked, self._state, previous=self.status.sites,
-            confirmed=self._confirmed, state=(self._envoy_ok, self._publisher.asks_envoy),
-            now=now)
-        report = self.upstreams.after_pass(selection.serving)
-        moved = self.upstreams.moved_reports()
-        self.status.update(sites, report, None if looked is None else looked | moved)
+        try:
+            sites, looked = self._recorder.statuses(
+                selection, checked, self._blocked, self._state, previous=self.status.sites,
+                confirmed=self._confirmed,
+                state=(self._envoy_ok, self._publisher.asks_envoy), now=now)
+            report = self.upstreams.after_pass(selection.serving)
+            moved = self.upstreams.moved_reports()
+            self.status.update(sites, report, None if looked is None else looked | moved)
+        except BaseException:
+            self._recorder.forget()  # what it kept was not recorded: the next pass redoes all
+            raise
         last = statusfile.PassStatus(
             at=now, added=outcome.added, changed=outcome.changed, removed=outcome.removed,
             invalid=outcome.invalid, written=outcome.written,

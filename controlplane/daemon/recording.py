@@ -39,6 +39,10 @@ class Recorder:
     def __init__(self) -> None:
         self._seen: _Seen | None = None
 
+    def forget(self) -> None:
+        """Look at every site again next time (the statuses given out were not recorded)."""
+        self._seen = None
+
     def statuses(self, selection: Selection, checked: dict[str, Checked] | None,
                  blocked: dict[str, list[str]], state_of: StateOf, *,
                  previous: dict[str, SiteStatus], confirmed: dict[str, str],
