@@ -15,7 +15,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 
 from controlplane import __version__
-from controlplane.settings import Settings
+from controlplane.settings import Settings, field_docs
 from controlplane.values import Listen
 
 ALIASES = {"out_dir": ("--out", "--out-dir"), "state_dir": ("--state", "--state-dir"),
@@ -62,7 +62,7 @@ def settings_options(parser: argparse.ArgumentParser, top: bool) -> None:
 
 def _option(group: argparse._ArgumentGroup, key: str, info: FieldInfo, default: Any) -> None:
     names = ALIASES.get(key, ("--" + key.replace("_", "-"),))
-    text = _help(info)
+    text = _help(key, info)
     if info.annotation is bool:
         group.add_argument(*names, dest=key, action=argparse.BooleanOptionalAction,
                            default=default, help=text)
@@ -78,8 +78,8 @@ def _option(group: argparse._ArgumentGroup, key: str, info: FieldInfo, default: 
                            if key.endswith("_dir") or key.endswith("_dirs") else COMPLETE_FILE)
 
 
-def _help(info: FieldInfo) -> str:
-    doc = " ".join((info.description or "").split())
+def _help(key: str, info: FieldInfo) -> str:
+    doc = field_docs().get(key, "")
     sentences = re.split(r"(?<=[.)])\s+(?=[A-Z`])", doc)
     text = sentences[0]
     defaults = [s for s in sentences[1:] if s.startswith("Default:")]
@@ -146,7 +146,7 @@ def reference() -> str:
             flag += f", `--no-{key.replace('_', '-')}`"
         if key == "verify_with_envoy":
             flag += ", `--no-envoy`"
-        meaning = " ".join((info.description or "").split()).replace("|", "\\|")
+        meaning = field_docs().get(key, "").replace("|", "\\|")
         default = "unset" if info.default is None else f"`{_shown(info.default)}`"
         rows.append(f"| `{key}` | {flag} | {_value(key, info)} | {default} | {meaning} |")
     return "\n".join(rows) + "\n"

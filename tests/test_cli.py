@@ -19,7 +19,7 @@ import yaml
 from controlplane import __version__, logs
 from controlplane.cli import _parser, main
 from controlplane.daemon import statusfile
-from controlplane.settings import Settings
+from controlplane.settings import Settings, field_docs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,6 +101,9 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_every_option_has_help_with_its_default() -> None:
     """Each option of each subcommand explains itself; settings show their default."""
+    docs = field_docs()
+    assert set(docs) == set(Settings.model_fields), "a setting without its docstring"
+    assert docs["out_dir"].startswith("Where the dynamic files go (`cds.json`,"), docs["out_dir"]
     parser = _parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, sub in subcommands.choices.items():
