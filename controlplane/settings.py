@@ -293,8 +293,12 @@ class Settings(BaseModel):
 @functools.cache
 def field_docs() -> dict[str, str]:
     """Each setting's docstring, its lines joined: the string after its field in this
-    file's source, as Python leaves it."""
-    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    file's source, as Python leaves it (none when installed without its source: the
+    help then shows only the defaults, and the daemon still starts)."""
+    try:  # `__file__` is the .pyc itself when it was installed alone
+        tree = ast.parse(Path(__file__).with_suffix(".py").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
     body = next(node.body for node in tree.body
                 if isinstance(node, ast.ClassDef) and node.name == Settings.__name__)
     docs = {}

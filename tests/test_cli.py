@@ -224,6 +224,23 @@ def test_a_start_does_not_import_the_completion_library() -> None:
     assert found.stdout.strip() == "False", found.stderr
 
 
+def test_the_command_starts_when_installed_without_its_sources(tmp_path: Path) -> None:
+    """The settings' help texts come from settings.py's source (`field_docs`); a package
+    installed as compiled files alone still parses its flags, with the defaults shown."""
+    package = tmp_path / "controlplane"
+    shutil.copytree(REPO / "controlplane", package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-b", str(package)], check=True)
+    for source in package.rglob("*.py"):
+        source.unlink()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    found = subprocess.run([sys.executable, "-m", "controlplane", "check", "--help"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert found.returncode == 0, found.stderr
+    assert "--out DIR" in found.stdout and "(default: out)" in found.stdout, found.stdout
+    assert "Where the dynamic files go" not in found.stdout  # the texts did go
+
+
 @pytest.mark.parametrize("form", ["json", "console"])
 def test_log_format_is_chosen(form: str, capsys: pytest.CaptureFixture[str]) -> None:
     """--log-format json gives one JSON object a line; console gives text."""
