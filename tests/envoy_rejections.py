@@ -1,9 +1,15 @@
 """Site files that pass every check of the daemon's own and that Envoy refuses: the
 escape hatch's Envoy fields with values only Envoy judges (protoc-gen-validate rules, and
 Envoy's own checks when it builds a cluster or a route table). `tests/test_twin_e2e.py`
-runs them on the live Envoy, the validation twin and `envoy --mode validate`."""
+runs them on the live Envoy, the validation twin and `envoy --mode validate`. And
+`MISTAKES`: type errors no site file can make, which Envoy's verdict must refuse in a
+render of the daemon's own making, whose Python type checks it skips."""
 
 from __future__ import annotations
+
+import dataclasses
+
+from controlplane.render.rendering import CLUSTER, SiteResources, fragment
 
 _CHECK = "{timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1"
 
@@ -50,3 +56,15 @@ ACCEPTED = {
 
 def site_text(name: str, body: str) -> str:
     return f"domains: [{name}.example.com]\nupstream: {{socket: /tmp/{name}.sock}}\n{body}"
+
+
+MISTAKES = [{"connect_timeout": "soon"}, {"conect_timeout": "1s"}]
+"""Type errors the Python type checks catch: a wrong value, an unknown field."""
+
+
+def broken(good: SiteResources, mistake: dict[str, str]) -> SiteResources:
+    """`good` with `mistake` in its cluster, as a bug in the renderer would make it."""
+    (name, cluster), = good.clusters
+    changed = {**cluster, **mistake}
+    return dataclasses.replace(good, digest="b" * 16, clusters=((name, changed),),
+                               cluster_json=((name, fragment(changed, CLUSTER)),))

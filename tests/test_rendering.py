@@ -181,3 +181,29 @@ def test_a_render_envoy_accepted_skips_the_type_checks(monkeypatch: pytest.Monke
     assert checked == [] and again.resources == first.resources
     check_content("blog", str(path), path.read_bytes(), settings, trusted={"0" * 16})
     assert "virtual_host" in checked and rendering.CLUSTER in checked
+
+
+def test_the_renders_of_the_daemons_own_making_are_left_to_envoys_verdict(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With Envoy's verdict to come (`envoy_judges`, the daemon with a validator), a site
+    without `envoy:` overrides is not parsed into protobuf types in Python; a site with
+    overrides still is, so that a mistake in them names its field; `check` (no verdict
+    said to follow) checks everything."""
+    settings = SETTINGS.model_copy(update={"sites_dir": REPO / "config" / "sites"})
+    plain = "domains: [a.example.com]\nupstream: {socket: /run/a.sock}\n"
+    overridden = plain + "envoy: {cluster: {connect_timeout: 2s}}\n"
+    checked: list[str] = []
+    real = rendering.check_types
+    monkeypatch.setattr(rendering, "check_types",
+                        lambda resource, kind, *rest: checked.append(kind) or real(
+                            resource, kind, *rest))
+    judged = check_content("a", "/s/a.yaml", plain.encode(), settings, envoy_judges=True)
+    assert judged.resources is not None and checked == [], judged.problems
+    unjudged = check_content("a", "/s/a.yaml", plain.encode(), settings)
+    assert rendering.CLUSTER in checked and unjudged.resources == judged.resources
+    checked.clear()
+    check_content("a", "/s/a.yaml", overridden.encode(), settings, envoy_judges=True)
+    assert rendering.CLUSTER in checked and "virtual_host" in checked
+    bad = plain + "envoy: {cluster: {connect_timeout: soon}}\n"
+    refused = check_content("a", "/s/a.yaml", bad.encode(), settings, envoy_judges=True)
+    assert refused.resources is None and "envoy.cluster" in str(refused.problems[0])

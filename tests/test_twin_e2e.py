@@ -25,7 +25,7 @@ from controlplane.render.rendering import SiteResources
 from controlplane.render.snapshot import snapshot
 from controlplane.settings import Settings
 from controlplane.values import Listen
-from tests.envoy_rejections import ACCEPTED, HATCH, site_text
+from tests.envoy_rejections import ACCEPTED, HATCH, MISTAKES, broken, site_text
 from tests.parts import DaemonProcess, Envoy, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -93,6 +93,18 @@ def test_nothing_the_live_envoy_refuses_passes_the_twin_or_validate(
     assert [n for n, (live, by_twin, _) in verdicts.items() if live and not by_twin] == []
     assert [n for n, (live, _, by_process) in verdicts.items() if live and not by_process] == []
     assert [n for n in ACCEPTED if any(verdicts[n])] == []
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_the_twin_refuses_what_the_skipped_type_checks_would_have(
+        twin: tuple[Settings, Twin], mistake: dict[str, str]) -> None:
+    """A render of the daemon's own making is not type-checked in Python when Envoy's
+    verdict follows: a type error in it (a renderer's bug) is the twin's to refuse."""
+    settings, started = twin
+    good = _site(settings, "good")
+    assert started.check(settings, [good]) is None
+    reason = started.check(settings, [broken(good, mistake)])
+    assert reason is not None and next(iter(mistake)) in reason, reason
 
 
 def test_after_a_rejection_the_same_files_are_refused_again(twin: tuple[Settings, Twin]) -> None:

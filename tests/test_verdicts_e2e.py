@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from controlplane.daemon.reconciling import Reconciler
 from controlplane.envoy import verdicts
 from controlplane.envoy.twinning import Validators
 from controlplane.envoy.verdicts import VERDICTS_FILE
 from controlplane.envoy.verifying import Verifier, envoy_binary
 from controlplane.intake.checking import check_content
+from controlplane.render import rendering
 from controlplane.render.rendering import SiteResources
 from controlplane.settings import Settings
 from controlplane.values import Listen
-from tests.envoy_rejections import HATCH, site_text
+from tests.envoy_rejections import HATCH, MISTAKES, broken, site_text
 
 pytestmark = pytest.mark.e2e
 NAMES = ("alpha", "beta", "gamma")
@@ -247,3 +249,40 @@ def test_a_group_checked_ahead_that_fails_is_bisected_by_verify(tmp_path: Path) 
     problems = verifier.verify([*resources, bad.resources], sources)
     assert list(problems) == ["negtimeout"], problems
     assert "Envoy refuses it" in problems["negtimeout"][0].reason
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_envoys_verdict_refuses_what_the_skipped_type_checks_would_have(
+        tmp_path: Path, mistake: dict[str, str]) -> None:
+    """The daemon leaves the type checks of its own renders to Envoy's verdict
+    (`envoy_judges`). Should a render of its making ever carry a type error (a bug:
+    every value in it comes from a validated file), `--mode validate` refuses it and
+    names the site: nothing of the kind goes live (the twin: `test_twin_e2e`)."""
+    settings = _settings(tmp_path)
+    resources, sources = _sites(settings, tmp_path)
+    problems = Verifier(settings).verify([broken(resources[0], mistake), *resources[1:]],
+                                         sources)
+    assert list(problems) == [resources[0].name], problems
+
+
+@pytest.mark.parametrize("judged", [True, False])
+def test_the_daemon_type_checks_in_python_only_without_envoys_verdict(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, judged: bool) -> None:
+    """A daemon with a validator leaves its plain renders' type checks to Envoy (and the
+    site serves, judged by the real Envoy binary); with `verify_with_envoy: false` it
+    parses every render into Envoy's types itself."""
+    settings = _settings(tmp_path, sites_dir=tmp_path / "sites", verify_with_envoy=judged)
+    settings.sites_dir.mkdir()
+    (settings.sites_dir / "alpha.yaml").write_text(site_text("alpha", ""))
+    checked: list[str] = []
+    real = rendering.check_types
+    monkeypatch.setattr(rendering, "check_types",
+                        lambda resource, kind, *rest: checked.append(kind) or real(
+                            resource, kind, *rest))
+    verifier = Verifier(settings) if judged else None
+    reconciler = Reconciler(settings, verifier=verifier, ask_envoy=False,
+                            stop=threading.Event())
+    outcome = reconciler.run_pass()
+    assert outcome.added == ["alpha"] and not outcome.invalid, outcome
+    assert (checked == []) is judged, checked
+    assert (verifier is None) or verifier.runs == 1

@@ -69,6 +69,7 @@ class Reconciler:
         self._ahead_sent = 0
         if verifier is not None:
             self._folder.on_checked = self._check_ahead
+            self._folder.envoy_judges = True
         self.last_good = self._load_last_good()
         self._folder.loaded = dict(self.last_good)
         self._serving: dict[str, Checked] = dict(self.last_good)

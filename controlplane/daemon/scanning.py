@@ -68,6 +68,9 @@ class Scanner:
         self._ignored: set[str] = set()
         self.on_checked: Callable[[Checked], None] | None = None
         """Told of each version checked anew (not from the cache), as the pass goes."""
+        self.envoy_judges = False
+        """Envoy's verdict comes before any render goes live: the renders of the daemon's
+        own making skip the type checks in Python (`rendering.render_site`)."""
         self.folders: list[str] = []
         """The folders of the sites' sockets and htpasswd files, as written and resolved:
         the daemon watches them, so a symlink planted (or removed) there is judged, and a
@@ -160,7 +163,8 @@ class Scanner:
                 or time.time() - cached[1].checked_at < CERTIFICATE_RECHECK_S):
             item = cached[1]
         else:
-            item = check_entry(entry, self._settings, self.loaded.pop(entry.name, None))
+            item = check_entry(entry, self._settings, self.loaded.pop(entry.name, None),
+                               self.envoy_judges)
             self._cache[entry.name] = (entry.fingerprint, item)
             self.generation += 1
             if self._fresh is not None:

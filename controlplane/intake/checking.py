@@ -72,9 +72,9 @@ class Checked:
 
 
 def check_content(name: str, source: str, content: bytes, settings: Settings,
-                  trusted: Container[str] = frozenset()) -> Checked:
+                  trusted: Container[str] = frozenset(), envoy_judges: bool = False) -> Checked:
     """One site file's bytes checked, validated and rendered. `trusted`: render digests
-    Envoy accepted (`rendering.render_site`)."""
+    Envoy accepted; `envoy_judges`: Envoy's verdict follows (both `rendering.render_site`)."""
     shared = defaults.load(os.path.dirname(os.path.abspath(source)), settings.max_file_bytes)
     # The defaults are part of the version: a change to them is a new version of each site.
     digest = digest_of(content + b"\x00" + shared.content if shared.content else content)
@@ -85,7 +85,7 @@ def check_content(name: str, source: str, content: bytes, settings: Settings,
         merged = defaults.apply(parsed, shared, source, kind)
         if kind != "http":
             return _check_stream(name, source, digest, content, merged.document, settings,
-                                 reads, trusted)
+                                 reads, trusted, envoy_judges)
         document = merged.document
         asked = validating.validate(name, source, digest, document, merged)
         site = store.resolve(asked, settings)
@@ -96,7 +96,7 @@ def check_content(name: str, source: str, content: bytes, settings: Settings,
             resources = rendering.render_site(
                 site, settings, htpasswd=_read_htpasswd(site, fence),
                 pages=pages.read_pages(site, fence) if fence is not None else (),
-                trusted=trusted)
+                trusted=trusted, envoy_judges=envoy_judges)
         except SiteError as exc:
             raise SiteError(validating.locate(exc.problems, document, merged)) from None
         uses = tuple(dataclasses.replace(u, line=None) if u.field.partition(".")[0] in (
@@ -126,11 +126,12 @@ def _acme_reads(asked: Site, settings: Settings) -> tuple[tuple[str, tuple[int, 
 
 def _check_stream(name: str, source: str, digest: str, content: bytes, document: Document,
                   settings: Settings, reads: tuple[tuple[str, tuple[int, ...]], ...],
-                  trusted: Container[str]) -> Checked:
+                  trusted: Container[str], envoy_judges: bool) -> Checked:
     """A TCP or passthrough site: validated, rendered, its places listed (SiteError
     goes to the caller)."""
     site = streams.validate(name, source, digest, document)
-    resources = rendering.render_stream(site, settings, trusted=trusted)
+    resources = rendering.render_stream(site, settings, trusted=trusted,
+                                        envoy_judges=envoy_judges)
     uses = streams.path_uses(site, document)
     if loops := crossing.loops(uses, source):
         raise SiteError(loops)
@@ -178,9 +179,10 @@ def fence_of(settings: Settings) -> paths.Fence:
 
 
 def check_entry(entry: loading.Entry, settings: Settings,
-                known: Checked | None = None) -> Checked:
+                known: Checked | None = None, envoy_judges: bool = False) -> Checked:
     """`known`: a version checked before (the last good one, at start); when the file
-    holds the same bytes, its parse, validation and render are taken, not done again."""
+    holds the same bytes, its parse, validation and render are taken, not done again.
+    `envoy_judges`: as for `check_content`."""
     source = entry.location
     try:
         content = loading.read(entry, settings.sites_dir, settings.max_file_bytes)
@@ -189,7 +191,8 @@ def check_entry(entry: loading.Entry, settings: Settings,
     if known is not None and known.content == content and known.source == source and (
             all(reading.fingerprint(path) == seen for path, seen in known.reads)):
         return _check_certificates(known)
-    return _check_certificates(check_content(entry.name, source, content, settings))
+    return _check_certificates(check_content(entry.name, source, content, settings,
+                                             envoy_judges=envoy_judges))
 
 
 def _check_certificates(item: Checked) -> Checked:

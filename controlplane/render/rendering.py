@@ -126,12 +126,18 @@ class SiteResources:
 
 def render_site(site: Site, settings: Settings | None = None, *,
                 htpasswd: str | None = None, pages: tuple[Page, ...] = (),
-                trusted: Container[str] = frozenset()) -> SiteResources:
+                trusted: Container[str] = frozenset(),
+                envoy_judges: bool = False) -> SiteResources:
     """Render one site, merge its overrides, and check every resource against Envoy's
     API types; a failure names the site file and the Envoy field. `htpasswd` is the
     digest of the site's htpasswd file, `pages` its error pages, which the daemon read.
-    `trusted`: render digests Envoy itself accepted, whose type checks are not run
-    again (they parse each resource in pure Python: half of a restart at 10,000 sites)."""
+
+    The type checks parse each resource in pure Python (a third of loading a site), and
+    two cases skip them. `trusted`: render digests Envoy itself accepted (half of a
+    restart at 10,000 sites). `envoy_judges`: Envoy's verdict comes before any render
+    goes live (the daemon with a validator), so a site without `envoy:` overrides, all
+    of whose render is the daemon's own making from a validated file, is left to it;
+    overrides are always checked, for a message that names their field."""
     settings = settings or Settings()
     clusters = tuple((cluster_name(site, u), _cluster(site, u, settings.buffer_limit_bytes))
                      for u in site.upstream_names())
@@ -156,7 +162,7 @@ def render_site(site: Site, settings: Settings | None = None, *,
         _check_all(checks, site.source)
         raise
     digest = _hash([j for _, j in cluster_json] + [vhost_json] + extra)
-    if digest not in trusted:
+    if digest not in trusted and not (envoy_judges and site.spec.envoy is None):
         _check_all(checks, site.source)
     return SiteResources(name=site.name, digest=digest, clusters=clusters, virtual_host=vhost,
                          cluster_json=cluster_json, virtual_host_json=vhost_json,
@@ -164,10 +170,11 @@ def render_site(site: Site, settings: Settings | None = None, *,
 
 
 def render_stream(site: StreamSite, settings: Settings | None = None, *,
-                  trusted: Container[str] = frozenset()) -> SiteResources:
+                  trusted: Container[str] = frozenset(),
+                  envoy_judges: bool = False) -> SiteResources:
     """Render a TCP or passthrough site: its cluster, and its listener or filter chain,
-    each checked against Envoy's types (`trusted` as for `render_site`). It has no
-    virtual host."""
+    each checked against Envoy's types (`trusted` and `envoy_judges` as for
+    `render_site`: a stream site has no overrides). It has no virtual host."""
     settings = settings or Settings()
     rendered = streams.cluster(site, settings.buffer_limit_bytes)
     checks: list[tuple[dict[str, Any], str, str]] = [(rendered, CLUSTER, f"cluster {site.name}")]
@@ -181,7 +188,7 @@ def render_stream(site: StreamSite, settings: Settings | None = None, *,
         extra = fragment(chain, None)
     cluster_json = ((site.name, fragment(rendered, CLUSTER)),)
     digest = _hash([cluster_json[0][1], extra])
-    if digest not in trusted:
+    if digest not in trusted and not envoy_judges:
         _check_all(checks, site.source)
     return SiteResources(name=site.name, digest=digest,
                          clusters=((site.name, rendered),), virtual_host={},
