@@ -43,6 +43,15 @@ def _lines(text: str) -> list[str]:
                  "sites/site.yaml:5: routes[1].timeout: '30sec' is not a duration; write a"
                  " duration like 30s, 500ms, 5m (a number and a unit: ms, s, m or h)",
                  id="duration-30sec"),
+    pytest.param("domains: [a.example]\n" + SOCK + "routes:\n  - prefix: /\n"
+                 "    timeout: 99999999999999h\n",
+                 "sites/site.yaml:5: routes[1].timeout: '99999999999999h' is longer than Envoy"
+                 " takes; write at most 315576000000s (10,000 years)", id="duration-too-long"),
+    pytest.param("domains: [a.example]\n" + SOCK + "routes:\n  - prefix: /\n"
+                 "    timeout: " + "9" * 400 + "s\n",
+                 "sites/site.yaml:5: routes[1].timeout: '" + "9" * 400 + "s' is longer than"
+                 " Envoy takes; write at most 315576000000s (10,000 years)",
+                 id="duration-past-float"),
     pytest.param("domains: [a.example]\nupstream: http://127.0.0.1:8000\n",
                  "sites/site.yaml:2: upstream: 'http://127.0.0.1:8000' is not an endpoint;"
                  " write {address: 127.0.0.1:8000}", id="upstream-url"),

@@ -16,6 +16,7 @@ from controlplane.intake.checking import Checked, check_content
 from controlplane.render import bootstraps, listeners, rendering, snapshot, tls
 from controlplane.settings import Settings
 from controlplane.values import Listen
+from tests.test_features_e2e import make_certificate
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
@@ -204,6 +205,29 @@ def test_the_renders_of_the_daemons_own_making_are_left_to_envoys_verdict(
     checked.clear()
     check_content("a", "/s/a.yaml", overridden.encode(), settings, envoy_judges=True)
     assert rendering.CLUSTER in checked and "virtual_host" in checked
+    checked.clear()
+    in_route = plain + "routes: [{prefix: /, envoy: {route: {idle_timeout: 2s}}}]\n"
+    check_content("a", "/s/a.yaml", in_route.encode(), settings, envoy_judges=True)
+    assert rendering.CLUSTER in checked and "virtual_host" in checked
     bad = plain + "envoy: {cluster: {connect_timeout: soon}}\n"
     refused = check_content("a", "/s/a.yaml", bad.encode(), settings, envoy_judges=True)
     assert refused.resources is None and "envoy.cluster" in str(refused.problems[0])
+
+
+def test_the_live_tls_context_is_type_checked_even_when_envoy_judges(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No validator is given the TLS context as the live Envoy gets it (by SDS file), so
+    a TLS site's secret and context are checked in Python even with Envoy's verdict to
+    come; its cluster and virtual host are left to the verdict."""
+    make_certificate(tmp_path / "a.pem", tmp_path / "a.key", ["a.example.com"])
+    text = ("domains: [a.example.com]\nupstream: {socket: /run/a.sock}\n"
+            f"tls: {{cert: {tmp_path}/a.pem, key: {tmp_path}/a.key}}\n")
+    checked: list[str] = []
+    real = rendering.check_types
+    monkeypatch.setattr(rendering, "check_types",
+                        lambda resource, kind, *rest: checked.append(kind) or real(
+                            resource, kind, *rest))
+    item = check_content("a", str(tmp_path / "a.yaml"), text.encode(),
+                         SETTINGS.model_copy(update={"sites_dir": tmp_path}), envoy_judges=True)
+    assert item.resources is not None and item.resources.tls is not None, item.problems
+    assert checked == [rendering.SECRET, "tls_context"], checked

@@ -132,12 +132,14 @@ def render_site(site: Site, settings: Settings | None = None, *,
     API types; a failure names the site file and the Envoy field. `htpasswd` is the
     digest of the site's htpasswd file, `pages` its error pages, which the daemon read.
 
-    The type checks parse each resource in pure Python (a third of loading a site), and
-    two cases skip them. `trusted`: render digests Envoy itself accepted (half of a
+    The type checks parse each resource in pure Python (half of loading a plain site),
+    and two cases skip them. `trusted`: render digests Envoy itself accepted (half of a
     restart at 10,000 sites). `envoy_judges`: Envoy's verdict comes before any render
     goes live (the daemon with a validator), so a site without `envoy:` overrides, all
-    of whose render is the daemon's own making from a validated file, is left to it;
-    overrides are always checked, for a message that names their field."""
+    of whose render is the daemon's own making from a validated file, is left to it but
+    for its TLS secret and context, which no validator is given as the live Envoy gets
+    them (by SDS file); a site with overrides is always checked, for a message that
+    names their field."""
     settings = settings or Settings()
     clusters = tuple((cluster_name(site, u), _cluster(site, u, settings.buffer_limit_bytes))
                      for u in site.upstream_names())
@@ -149,6 +151,7 @@ def render_site(site: Site, settings: Settings | None = None, *,
     if log is not None:
         checks.append(({"access_log": [log]}, "access_log", "access_log"))
     site_tls = _site_tls(site, settings)
+    judged = len(checks)  # what Envoy's verdict is given; not the live TLS context (SDS)
     if site_tls is not None:
         checks += [(site_tls.secret, SECRET, "tls secret"), (
             {k: v for k, v in site_tls.context.items() if k != "@type"}, "tls_context",
@@ -162,8 +165,9 @@ def render_site(site: Site, settings: Settings | None = None, *,
         _check_all(checks, site.source)
         raise
     digest = _hash([j for _, j in cluster_json] + [vhost_json] + extra)
-    if digest not in trusted and not (envoy_judges and site.spec.envoy is None):
-        _check_all(checks, site.source)
+    if digest not in trusted:
+        _check_all(checks[judged:] if envoy_judges and not _overridden(site) else checks,
+                   site.source)
     return SiteResources(name=site.name, digest=digest, clusters=clusters, virtual_host=vhost,
                          cluster_json=cluster_json, virtual_host_json=vhost_json,
                          tls=site_tls, access_log=log)
@@ -194,6 +198,11 @@ def render_stream(site: StreamSite, settings: Settings | None = None, *,
                          clusters=((site.name, rendered),), virtual_host={},
                          cluster_json=cluster_json, virtual_host_json="", tcp_listener=own,
                          passthrough=chain, domains=tuple(site.spec.domains or ()))
+
+
+def _overridden(site: Site) -> bool:
+    """The site merges `envoy:` fields of its own, at the top or into a route."""
+    return site.spec.envoy is not None or any(r.envoy for r in site.spec.routes or ())
 
 
 def _cluster(site: Site, upstream: str, buffer_limit: int) -> dict[str, Any]:

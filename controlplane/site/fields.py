@@ -66,8 +66,17 @@ def _positive(text: str) -> str:
 
 
 Name = Annotated[str, Field(pattern=f"^{DNS_LABEL.pattern}$", max_length=63)]
+MAX_DURATION_S = 315_576_000_000
+"""The longest protobuf Duration (10,000 years): Envoy refuses more."""
+
+
 def _duration(value: Any) -> Any:
-    if isinstance(value, str) and _DURATION.match(value):
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is not None and float(match.group(1)) * _UNIT_MS[match.group(2)] > (
+            MAX_DURATION_S * 1000):
+        raise ValueError(f"{value!r} is longer than Envoy takes; write at most"
+                         f" {MAX_DURATION_S}s (10,000 years)")
+    if match is not None:
         return value
     raise ValueError(f"{value!r} is not a duration; write a duration like 30s, 500ms, 5m"
                      " (a number and a unit: ms, s, m or h)")
