@@ -50,7 +50,7 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=False)
     # The fields' docstrings are read by `field_docs` when help is built, not by pydantic
-    # (`use_attribute_docstrings`), which costs 20 ms of every start.
+    # (`use_attribute_docstrings`), which costs 40-60 ms of every start.
 
     sites_dir: Path = Path("config/sites")
     """The folder of site files, one `NAME.yaml` per site."""

@@ -19,6 +19,8 @@ DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+MAX_DURATION_S = 315_576_000_000
+"""The longest protobuf Duration (10,000 years): Envoy refuses more."""
 _RE2_QUIET = re2.Options()
 _RE2_QUIET.log_errors = False  # the reason is reported per file; nothing on stderr
 
@@ -66,20 +68,15 @@ def _positive(text: str) -> str:
 
 
 Name = Annotated[str, Field(pattern=f"^{DNS_LABEL.pattern}$", max_length=63)]
-MAX_DURATION_S = 315_576_000_000
-"""The longest protobuf Duration (10,000 years): Envoy refuses more."""
-
-
 def _duration(value: Any) -> Any:
     match = _DURATION.match(value) if isinstance(value, str) else None
-    if match is not None and float(match.group(1)) * _UNIT_MS[match.group(2)] > (
-            MAX_DURATION_S * 1000):
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration; write a duration like 30s, 500ms, 5m"
+                         " (a number and a unit: ms, s, m or h)")
+    if float(match.group(1)) * _UNIT_MS[match.group(2)] > MAX_DURATION_S * 1000:
         raise ValueError(f"{value!r} is longer than Envoy takes; write at most"
                          f" {MAX_DURATION_S}s (10,000 years)")
-    if match is not None:
-        return value
-    raise ValueError(f"{value!r} is not a duration; write a duration like 30s, 500ms, 5m"
-                     " (a number and a unit: ms, s, m or h)")
+    return value
 
 
 Duration = Annotated[str, BeforeValidator(_duration), WithJsonSchema(
