@@ -166,9 +166,11 @@ def test_saves_are_told_apart_from_removals(tmp_path: Path) -> None:
         watch.stop()
 
 
-def _touched_by(tmp_path: Path, act: Callable[[Path], None],
+def _touched_by(tmp_path: Path, act: Callable[[Path], None], expect: set[str] | None,
                 also: Path | None = None) -> frozenset[str] | None:
-    """What a real watch on `tmp_path/sites` says `act` touched (None: look at all)."""
+    """What a real watch on `tmp_path/sites` says `act` touched (None: look at all):
+    gathered until it holds `expect` (at most 5 s: the watch's thread may lag under
+    load), then 0.2 s more for any name it should not hold."""
     sites = tmp_path / "sites"
     sites.mkdir(exist_ok=True)
     signal = Signal()
@@ -179,11 +181,17 @@ def _touched_by(tmp_path: Path, act: Callable[[Path], None],
             watch.also([str(also)])
         wait_for(lambda: signal.count >= 1, 5, "the initial rescan signal")
         assert signal.take_touched() is None, "a new watch looks at everything"
-        seen = signal.count
         act(sites)
-        wait_for(lambda: signal.count > seen, 5, "the change to be seen")
+        seen: set[str] | None = set()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (
+                seen is not None and (expect is None or not expect <= seen)):
+            taken = signal.take_touched()
+            seen = None if taken is None else seen | taken
+            time.sleep(0.01)
         time.sleep(0.2)  # the rest of its events
-        return signal.take_touched()
+        taken = signal.take_touched()
+        return None if seen is None or taken is None else frozenset(seen | taken)
     finally:
         watch.stop()
 
@@ -193,19 +201,21 @@ def test_events_name_the_site_files_they_touched(tmp_path: Path) -> None:
     a folder made in the sites folder, or an event in a socket folder: everything."""
     outside = tmp_path / "stage.yaml"
     outside.write_text("x")
-    assert _touched_by(tmp_path, lambda s: (s / "a.yaml").write_text("x")) == {"a.yaml"}
-    assert _touched_by(tmp_path, lambda s: os.rename(outside, s / "b.yaml")) == {"b.yaml"}
-    assert _touched_by(tmp_path, lambda s: (s / "b.yaml").unlink()) == {"b.yaml"}
+    assert _touched_by(tmp_path, lambda s: (s / "a.yaml").write_text("x"),
+                       {"a.yaml"}) == {"a.yaml"}
+    assert _touched_by(tmp_path, lambda s: os.rename(outside, s / "b.yaml"),
+                       {"b.yaml"}) == {"b.yaml"}
+    assert _touched_by(tmp_path, lambda s: (s / "b.yaml").unlink(), {"b.yaml"}) == {"b.yaml"}
 
     def save(sites: Path) -> None:  # an atomic save: a temp file renamed over the site
         (sites / "c.yaml.tmp").write_text("x")
         (sites / "c.yaml.tmp").rename(sites / "c.yaml")
 
-    assert _touched_by(tmp_path, save) == {"c.yaml.tmp", "c.yaml"}
-    assert _touched_by(tmp_path, lambda s: (s / "sub").mkdir()) is None
+    assert _touched_by(tmp_path, save, {"c.yaml.tmp", "c.yaml"}) == {"c.yaml.tmp", "c.yaml"}
+    assert _touched_by(tmp_path, lambda s: (s / "sub").mkdir(), None) is None
     sockets = tmp_path / "sockets"
     sockets.mkdir()
-    assert _touched_by(tmp_path, lambda s: (sockets / "x.sock").write_text(""),
+    assert _touched_by(tmp_path, lambda s: (sockets / "x.sock").write_text(""), None,
                        also=sockets) is None
 
 
