@@ -24,14 +24,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import burst, common, datapath, hitless, propagation, scale, twin
+from bench import burst, common, datapath, hitless, price, propagation, scale, twin
 from controlplane.demo import servers
 from controlplane.envoy.verifying import envoy_binary
 from controlplane.settings import Settings
 
 BENCHMARKS: dict[str, ModuleType] = {
     "propagation": propagation, "scale": scale, "burst": burst, "hitless": hitless,
-    "datapath": datapath, "twin": twin,
+    "datapath": datapath, "price": price, "twin": twin,
 }
 HEADERS = ["benchmark", "case", "controlplane", "reference (same run)", "ratio", "target"]
 

@@ -71,31 +71,37 @@ def minimal_bootstrap(sock: Path, port: int) -> dict[str, Any]:
                               "path": str(sock)}}}}]}]}}]}}
 
 
-def ours_static(files: dict[str, bytes], ports: dict[str, int]) -> dict[str, Any]:
-    """The daemon's rendered listener, routes and cluster as static resources: ours on
-    `ports["ours_same_envoy"]`, and the same without the disabled filters on
-    `ports["ours_without_filters"]` (the router alone)."""
+def inline_listener(files: dict[str, bytes]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The daemon's rendered listener, its routes given inline instead of by RDS, and its
+    clusters: static resources, byte for byte as rendered but for that."""
     listener, = json.loads(files["lds"])["resources"]
     routes, = json.loads(files["rds"])["resources"]
     clusters = json.loads(files["cds"])["resources"]
     for resource in (listener, routes, *clusters):
         del resource["@type"]
     del routes["name"]
-    listeners = []
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    del manager["rds"]
+    manager["route_config"] = routes
+    return listener, clusters
+
+
+def ours_static(files: dict[str, bytes], ports: dict[str, int]) -> dict[str, Any]:
+    """Our listener (`inline_listener`) on `ports["ours_same_envoy"]`, and the same
+    without the disabled filters on `ports["ours_without_filters"]` (the router alone)."""
+    listeners, clusters = [], []
     for variant in ("ours_same_envoy", "ours_without_filters"):
-        copy = json.loads(json.dumps(listener))
-        copy["name"] = variant
-        copy["address"] = {"socket_address": {"address": "127.0.0.1",
-                                              "port_value": ports[variant]}}
-        manager = copy["filter_chains"][0]["filters"][0]["typed_config"]
-        del manager["rds"]
-        manager["route_config"] = routes
+        listener, clusters = inline_listener(files)
+        listener["name"] = variant
+        listener["address"] = {"socket_address": {"address": "127.0.0.1",
+                                                  "port_value": ports[variant]}}
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
         if variant == "ours_without_filters":
             manager["http_filters"] = [f for f in manager["http_filters"]
                                        if not f.get("disabled")]
             if [f["name"] for f in manager["http_filters"]] != ["envoy.filters.http.router"]:
                 raise AssertionError(f"a filter left enabled: {manager['http_filters']}")
-        listeners.append(copy)
+        listeners.append(listener)
     return {"listeners": listeners, "clusters": clusters}
 
 
@@ -118,14 +124,14 @@ def _reference_envoy(folder: Path, stack: ExitStack, sock: Path,
                                stdin=subprocess.DEVNULL)
     stack.callback(lambda: (process.terminate(), process.wait(timeout=10)))
     deadline = time.monotonic() + 20
-    while not all(_answers(port) for port in ports.values()):
+    while not all(answers(port) for port in ports.values()):
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the reference Envoy did not start: see {log.name}")
         time.sleep(0.05)
     return ports
 
 
-def _answers(port: int) -> bool:
+def answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
