@@ -418,6 +418,14 @@ def save(name: str, data: dict[str, Any], markdown: str, figure: Any) -> None:
     os.replace(temp, RESULTS / f"{name}.png")
 
 
+def skipped(name: str, title: str, reason: str) -> dict[str, Any]:
+    """The results of a benchmark that could not run here (a tool missing), saved so
+    that the summary says so."""
+    data: dict[str, Any] = {"skipped": reason}
+    save(name, data, f"### {title}\n\nSkipped: {reason}.\n", pyplot().figure())
+    return data
+
+
 def _replace(path: Path, text: str) -> None:
     temp = path.with_name(path.name + ".tmp")
     temp.write_text(text)

@@ -89,7 +89,8 @@ def inline_listener(files: dict[str, bytes]) -> tuple[dict[str, Any], list[dict[
 def ours_static(files: dict[str, bytes], ports: dict[str, int]) -> dict[str, Any]:
     """Our listener (`inline_listener`) on `ports["ours_same_envoy"]`, and the same
     without the disabled filters on `ports["ours_without_filters"]` (the router alone)."""
-    listeners, clusters = [], []
+    listeners: list[dict[str, Any]] = []
+    clusters: list[dict[str, Any]] = []
     for variant in ("ours_same_envoy", "ours_without_filters"):
         listener, clusters = inline_listener(files)
         listener["name"] = variant
@@ -223,10 +224,7 @@ def _paired(runs: dict[str, list[dict[str, Any]]], name: str, reference: str) ->
 
 def run(full: bool, quick: bool) -> dict[str, Any]:
     if not common.have_wrk():
-        data = {"skipped": "wrk is not installed (apt-get install wrk)"}
-        common.save("datapath", data, f"### Data path\n\nSkipped: {data['skipped']}.\n",
-                    common.pyplot().figure())
-        return data
+        return common.skipped("datapath", "Data path", "wrk is not installed (apt-get install wrk)")
     data = measure(1 if quick else 2, 2 if quick else 12)
     common.save("datapath", data, _markdown(data), _plot(data))
     return data

@@ -230,11 +230,8 @@ def run(full: bool, quick: bool) -> dict[str, Any]:
     missing = [tool for tool in ("valgrind", "callgrind_control", "wrk")
                if shutil.which(tool) is None]
     if missing:
-        data: dict[str, Any] = {"skipped": f"{', '.join(missing)} not installed"
-                                           " (apt-get install valgrind wrk)"}
-        common.save("price", data, f"### Data path price list\n\nSkipped: {data['skipped']}.\n",
-                    common.pyplot().figure())
-        return data
+        return common.skipped("price", "Data path price list", f"{', '.join(missing)} not"
+                              " installed (apt-get install valgrind wrk)")
     data = measure(3 if quick else 6, 1 if quick else 2)
     common.save("price", data, _markdown(data), _plot(data))
     return data
